@@ -1,0 +1,12 @@
+//! medbridge-runtime: the Rust library behind medbridge's scripts.
+//!
+//! Tensors, devices, seeds, run directories and the sandbox live here, together with the models,
+//! data, sampler, metrics, probe and training. Nothing in this crate knows about Rhai; the
+//! `medbridge-bindings` crate registers it into a scripting engine. `src/README.md` maps the
+//! modules.
+
+pub mod device;
+pub mod error;
+pub mod image;
+
+pub use error::{Context, Error, Result};
