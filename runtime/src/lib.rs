@@ -8,5 +8,6 @@
 pub mod device;
 pub mod error;
 pub mod image;
+pub mod models;
 
 pub use error::{Context, Error, Result};

@@ -1,0 +1,3 @@
+//! Model families medbridge implements in candle.
+
+pub mod qwen2_5_vl;
