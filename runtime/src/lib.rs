@@ -9,5 +9,8 @@ pub mod device;
 pub mod error;
 pub mod image;
 pub mod models;
+pub mod run;
+pub mod sandbox;
+pub mod tensor;
 
 pub use error::{Context, Error, Result};

@@ -1,0 +1,11 @@
+//! Runs: the run directory, the session every primitive shares, cancellation and progress.
+
+mod cancel;
+mod progress;
+mod run_dir;
+mod session;
+
+pub use cancel::CancelFlag;
+pub use progress::ProgressMode;
+pub use run_dir::{utc_stamp, RunDir};
+pub use session::{splitmix64, Session, DEFAULT_SEED};
