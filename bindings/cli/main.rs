@@ -1,1 +1,86 @@
-fn main() {}
+//! `medbridge`: run, check and document experiment scripts, or explore in a REPL.
+//!
+//! Exit codes: 0 success, 1 script error, 2 usage error (bad flag, bad device, unreadable file).
+
+mod commands;
+mod repl_cli;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "medbridge", version, about = "Rhai-scripted post-training experiments for medical VLMs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options shared by `run` and `repl`.
+#[derive(clap::Args, Clone)]
+pub struct RunArgs {
+    /// Run directory (default: runs/<script>-<UTC timestamp>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Let scripts read under this path too (repeatable).
+    #[arg(long = "allow-read", value_name = "PATH")]
+    allow_read: Vec<PathBuf>,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a script in a fresh run directory.
+    Run {
+        script: PathBuf,
+        /// Script argument, reaching the script as `args.name` (repeatable).
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+        #[command(flatten)]
+        opts: RunArgs,
+    },
+    /// Interactive session with a persistent scope.
+    Repl {
+        #[command(flatten)]
+        opts: RunArgs,
+    },
+    /// Compile scripts without running them.
+    Check {
+        #[arg(required = true)]
+        scripts: Vec<PathBuf>,
+    },
+    /// Every registered function, type and method, from the engine's metadata.
+    Doc {
+        #[arg(long, value_enum, default_value_t = DocFormat::Md)]
+        format: DocFormat,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DocFormat {
+    Md,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Run { script, set, opts } => commands::run(&script, &set, &opts),
+        Command::Repl { opts } => repl_cli::repl(&opts),
+        Command::Check { scripts } => commands::check(&scripts),
+        Command::Doc { format } => {
+            match format {
+                DocFormat::Md => print!("{}", medbridge_bindings::docs::markdown()),
+                DocFormat::Json => println!("{}", medbridge_bindings::docs::json()),
+            }
+            0
+        }
+    };
+    ExitCode::from(code)
+}

@@ -1,1 +1,19 @@
-pub fn x() {}
+//! medbridge-bindings: the runtime's primitives registered into a Rhai engine.
+//!
+//! One module per primitive family (`families.rs` lists them), the engine a script runs in,
+//! script/REPL drivers, import resolution and generated docs. `src/README.md` maps the files.
+
+pub mod context;
+pub mod convert;
+pub mod docs;
+pub mod engine;
+pub mod error;
+pub mod families;
+pub mod repl;
+pub mod resolver;
+pub mod run;
+pub mod script;
+pub mod tensor;
+
+pub use engine::{new_engine, Echo};
+pub use error::Diagnostic;

@@ -78,19 +78,21 @@ impl Sandbox {
 
     /// Resolve a path a script wants to read; it must exist and lie under a read root.
     pub fn resolve_read(&self, path: &str) -> Result<PathBuf> {
-        let raw = Path::new(path);
-        let candidates: Vec<PathBuf> = if raw.is_absolute() {
-            vec![raw.to_path_buf()]
-        } else {
-            self.bases.iter().map(|b| b.join(raw)).collect()
-        };
-        let found = candidates.iter().find_map(|c| c.canonicalize().ok());
-        let Some(real) = found else {
-            let tried = candidates.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(", ");
-            return Err(Error::msg(format!("`{path}` does not exist (looked at {tried})")));
+        self.locate_read(path)?.ok_or_else(|| {
+            let tried =
+                self.candidates(path).iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(", ");
+            Error::msg(format!("`{path}` does not exist (looked at {tried})"))
+        })
+    }
+
+    /// Like [`Sandbox::resolve_read`], but a missing path is `Ok(None)`; a path outside the roots
+    /// is still an error, so scripts cannot probe the filesystem.
+    pub fn locate_read(&self, path: &str) -> Result<Option<PathBuf>> {
+        let Some(real) = self.candidates(path).iter().find_map(|c| c.canonicalize().ok()) else {
+            return Ok(None);
         };
         if self.read_roots.iter().any(|r| real.starts_with(&r.path)) {
-            return Ok(real);
+            return Ok(Some(real));
         }
         let parent = real.parent().unwrap_or(&real).display().to_string();
         Err(Error::msg(format!(
@@ -99,6 +101,15 @@ impl Sandbox {
             real.display(),
             self.read_roots.iter().map(|r| r.origin.as_str()).collect::<Vec<_>>().join(", ")
         )))
+    }
+
+    fn candidates(&self, path: &str) -> Vec<PathBuf> {
+        let raw = Path::new(path);
+        if raw.is_absolute() {
+            vec![raw.to_path_buf()]
+        } else {
+            self.bases.iter().map(|b| b.join(raw)).collect()
+        }
     }
 
     /// Resolve a path a script wants to write: relative paths land in the run directory, and the

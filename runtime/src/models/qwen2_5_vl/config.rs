@@ -41,7 +41,7 @@ pub struct VisionConfig {
     pub hidden_size: usize,
     pub intermediate_size: usize,
     pub num_heads: usize,
-    #[serde(default = "default_in_chans", alias = "in_channels")]
+    #[serde(default = "default_in_chans")]
     pub in_chans: usize,
     pub out_hidden_size: usize,
     pub patch_size: usize,
@@ -89,6 +89,19 @@ pub struct Config {
 
 /// The `model_type` values this implementation accepts.
 pub const MODEL_TYPES: &[&str] = &["qwen2_5_vl"];
+
+/// `vision_config`, accepting the older `in_channels` spelling (transformers 5 re-saves keep both).
+fn vision_config(root: &Value) -> Result<VisionConfig> {
+    let mut raw = root.get("vision_config").cloned().context("config has no `vision_config`")?;
+    if let Some(map) = raw.as_object_mut() {
+        if !map.contains_key("in_chans") {
+            if let Some(c) = map.get("in_channels").cloned() {
+                map.insert("in_chans".into(), c);
+            }
+        }
+    }
+    serde_json::from_value(raw).context("config key `vision_config`")
+}
 
 impl Config {
     /// Parse `config.json` text in either layout.
@@ -151,10 +164,7 @@ impl Config {
             hidden_act: field("hidden_act").and_then(Value::as_str).unwrap_or("silu").to_string(),
             tie_word_embeddings,
         };
-        let vision: VisionConfig = serde_json::from_value(
-            root.get("vision_config").cloned().context("config has no `vision_config`")?,
-        )
-        .context("config key `vision_config`")?;
+        let vision = vision_config(root)?;
         let token = |name: &str, default: u32| -> u32 {
             root.get(name)
                 .or_else(|| field(name))
@@ -279,6 +289,17 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.text.mrope_section, vec![2, 3, 3]);
         assert_eq!(a.tokens.image_token_id, 290);
+    }
+
+    #[test]
+    fn the_parity_fixture_configs_parse_in_both_layouts() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/qwen2_5_vl_tiny");
+        let hub = Config::from_file(&dir.join("config.json")).unwrap();
+        let t5 = Config::from_file(&dir.join("transformers5/config.json")).unwrap();
+        assert_eq!(hub, t5);
+        assert_eq!(hub.text.mrope_section, vec![2, 3, 3]);
+        assert_eq!(hub.vision.fullatt_block_indexes, vec![2]);
+        assert_eq!(hub.tokens.image_token_id, 368);
     }
 
     #[test]

@@ -1,0 +1,142 @@
+//! Conversions between script values and runtime values: JSON-like data, nested numeric arrays,
+//! option maps.
+
+use rhai::{Array, Dynamic, Map};
+
+use crate::error::{script_msg, ScriptResult};
+
+/// Script data (maps, arrays, numbers, strings, bools, unit) as JSON.
+pub fn to_json(value: &Dynamic) -> ScriptResult<serde_json::Value> {
+    rhai::serde::from_dynamic(value)
+        .map_err(|e| script_msg(format!("cannot convert {} to JSON: {e}", value.type_name())))
+}
+
+/// JSON as script data.
+pub fn from_json(value: &serde_json::Value) -> ScriptResult<Dynamic> {
+    rhai::serde::to_dynamic(value)
+}
+
+/// A number (int or float) as f64.
+pub fn as_f64(value: &Dynamic) -> Option<f64> {
+    value.as_float().ok().or_else(|| value.as_int().ok().map(|i| i as f64))
+}
+
+/// A nested, rectangular array of numbers as (row-major values, shape).
+pub fn nested_numbers(array: &Array) -> ScriptResult<(Vec<f64>, Vec<usize>)> {
+    let mut values = Vec::new();
+    let shape = walk(array, &mut values, 0)?;
+    Ok((values, shape))
+}
+
+fn walk(array: &Array, out: &mut Vec<f64>, depth: usize) -> ScriptResult<Vec<usize>> {
+    let mut inner_shape: Option<Vec<usize>> = None;
+    for (i, item) in array.iter().enumerate() {
+        let shape = if let Some(x) = as_f64(item) {
+            out.push(x);
+            Vec::new()
+        } else if let Some(sub) = item.read_lock::<Array>() {
+            walk(&sub, out, depth + 1)?
+        } else {
+            return Err(script_msg(format!(
+                "tensor data must be numbers or arrays of numbers, found {} at depth {depth}, index {i}",
+                item.type_name()
+            )));
+        };
+        match &inner_shape {
+            None => inner_shape = Some(shape),
+            Some(s) if *s != shape => {
+                return Err(script_msg(format!(
+                    "ragged tensor data at depth {depth}: element {i} has shape {shape:?}, expected {s:?}"
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    let mut shape = vec![array.len()];
+    shape.extend(inner_shape.unwrap_or_default());
+    Ok(shape)
+}
+
+/// A shape given as an array of non-negative ints.
+pub fn shape_of(array: &Array) -> ScriptResult<Vec<usize>> {
+    array
+        .iter()
+        .map(|d| match d.as_int() {
+            Ok(n) if n >= 0 => Ok(n as usize),
+            _ => Err(script_msg(format!(
+                "a shape is an array of non-negative ints, found {d} ({})",
+                d.type_name()
+            ))),
+        })
+        .collect()
+}
+
+/// Typed access to an options map (`#{seed: 1, limit: 100}`), naming the option on errors.
+pub struct Options<'a> {
+    map: &'a Map,
+    what: &'a str,
+}
+
+impl<'a> Options<'a> {
+    /// `what` names the primitive in messages; unknown keys are rejected against `known`.
+    pub fn new(map: &'a Map, what: &'a str, known: &[&str]) -> ScriptResult<Self> {
+        if let Some(bad) = map.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(script_msg(format!(
+                "{what}: unknown option `{bad}`; known options: {}",
+                known.join(", ")
+            )));
+        }
+        Ok(Options { map, what })
+    }
+
+    pub fn int(&self, key: &str) -> ScriptResult<Option<i64>> {
+        self.map
+            .get(key)
+            .map(|v| {
+                v.as_int()
+                    .map_err(|t| script_msg(format!("{}: option `{key}` must be an int, got {t}", self.what)))
+            })
+            .transpose()
+    }
+
+    pub fn float(&self, key: &str) -> ScriptResult<Option<f64>> {
+        self.map
+            .get(key)
+            .map(|v| {
+                as_f64(v).ok_or_else(|| {
+                    script_msg(format!(
+                        "{}: option `{key}` must be a number, got {}",
+                        self.what,
+                        v.type_name()
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    pub fn string(&self, key: &str) -> ScriptResult<Option<String>> {
+        self.map
+            .get(key)
+            .map(|v| {
+                v.clone().into_string().map_err(|t| {
+                    script_msg(format!("{}: option `{key}` must be a string, got {t}", self.what))
+                })
+            })
+            .transpose()
+    }
+
+    pub fn bool(&self, key: &str) -> ScriptResult<Option<bool>> {
+        self.map
+            .get(key)
+            .map(|v| {
+                v.as_bool().map_err(|t| {
+                    script_msg(format!("{}: option `{key}` must be true or false, got {t}", self.what))
+                })
+            })
+            .transpose()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Dynamic> {
+        self.map.get(key)
+    }
+}

@@ -1,0 +1,105 @@
+//! Runtime errors become script errors here, and script errors become `file:line:col: message`
+//! diagnostics. This is the only place the two error worlds meet.
+
+use std::fmt;
+
+use medbridge_runtime::Error;
+use rhai::{EvalAltResult, Position};
+
+/// What native functions return to Rhai.
+pub type ScriptResult<T> = Result<T, Box<EvalAltResult>>;
+
+/// Convert a runtime result for Rhai; Rhai fills in the calling script's position.
+pub trait IntoScript<T> {
+    fn script(self) -> ScriptResult<T>;
+}
+
+impl<T> IntoScript<T> for medbridge_runtime::Result<T> {
+    fn script(self) -> ScriptResult<T> {
+        self.map_err(script_error)
+    }
+}
+
+impl<T> IntoScript<T> for candle_core::Result<T> {
+    fn script(self) -> ScriptResult<T> {
+        self.map_err(|e| script_error(Error::from(e)))
+    }
+}
+
+pub fn script_error(e: Error) -> Box<EvalAltResult> {
+    let message = if e.is_cancelled() { format!("cancelled: {e}") } else { e.to_string() };
+    Box::new(EvalAltResult::ErrorRuntime(message.into(), Position::NONE))
+}
+
+/// A script error with a plain message (bad option, bad value).
+pub fn script_msg(message: impl Into<String>) -> Box<EvalAltResult> {
+    Box::new(EvalAltResult::ErrorRuntime(message.into().into(), Position::NONE))
+}
+
+/// A script error located in a file, for terminals and tests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => write!(f, "{}:{l}:{c}: {}", self.file, self.message),
+            (Some(l), None) => write!(f, "{}:{l}: {}", self.file, self.message),
+            _ => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+/// Locate an error: errors inside functions and modules are followed to the innermost position,
+/// and the message keeps the chain of calls that led there.
+pub fn diagnose(err: &EvalAltResult, file: &str) -> Diagnostic {
+    let mut file = file.to_string();
+    let mut prefix = Vec::new();
+    let mut current = err;
+    let mut outer_pos = err.position();
+    loop {
+        match current {
+            EvalAltResult::ErrorInFunctionCall(name, source, inner, pos) => {
+                if !pos.is_none() {
+                    outer_pos = *pos;
+                }
+                if !source.is_empty() {
+                    file = source.clone();
+                }
+                if !name.starts_with("anon$") {
+                    prefix.push(format!("in `{name}`"));
+                }
+                current = inner;
+            }
+            EvalAltResult::ErrorInModule(name, inner, pos) => {
+                if !pos.is_none() {
+                    outer_pos = *pos;
+                }
+                file = name.clone();
+                prefix.push(format!("in module `{name}`"));
+                current = inner;
+            }
+            _ => break,
+        }
+    }
+    let pos = if current.position().is_none() { outer_pos } else { current.position() };
+    let mut message = match current {
+        EvalAltResult::ErrorRuntime(value, _) => value.to_string(),
+        EvalAltResult::ErrorTerminated(_, _) => "cancelled by the user (Ctrl-C)".to_string(),
+        other => strip_position(&other.to_string(), other.position()),
+    };
+    if !prefix.is_empty() {
+        message = format!("{}: {message}", prefix.join(": "));
+    }
+    Diagnostic { file, line: pos.line(), column: pos.position(), message }
+}
+
+fn strip_position(text: &str, pos: Position) -> String {
+    let suffix = format!(" ({pos})");
+    text.strip_suffix(&suffix).unwrap_or(text).to_string()
+}

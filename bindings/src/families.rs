@@ -1,0 +1,26 @@
+//! The primitive families registered into every engine, each a Rhai module with its own doc.
+//! `medbridge doc` walks this list, so adding a family here documents it.
+
+use rhai::{exported_module, Module};
+
+pub struct Family {
+    pub name: &'static str,
+    pub doc: &'static str,
+    pub module: Module,
+}
+
+/// Every family, in the order a reader meets them.
+pub fn families() -> Vec<Family> {
+    vec![
+        Family {
+            name: "tensor",
+            doc: "candle tensors: construction, inspection, arithmetic, reductions, .npy/.safetensors files",
+            module: exported_module!(crate::tensor::tensor_api),
+        },
+        Family {
+            name: "run",
+            doc: "the run directory, metrics, seeds and sandboxed file access",
+            module: exported_module!(crate::run::run_api),
+        },
+    ]
+}

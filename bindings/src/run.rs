@@ -1,0 +1,114 @@
+//! The `run` family: the run directory, metrics, seeds, and sandboxed file access.
+//!
+//! Scripts touch files only through these functions and the loaders of the other families.
+//! Reads are allowed under the sandbox's roots; writes land inside the run directory.
+
+use rhai::plugin::*;
+
+use crate::context::session;
+use crate::convert::{from_json, to_json};
+use crate::error::{script_msg, IntoScript};
+
+fn io_error(path: &std::path::Path, e: std::io::Error) -> Box<rhai::EvalAltResult> {
+    script_msg(format!("{}: {e}", path.display()))
+}
+
+#[export_module]
+pub mod run_api {
+    use super::*;
+
+    /// Record a metric in the run's `metrics.jsonl`, stamped with time and a per-name step:
+    /// `log("loss", 0.25)`. Values may be numbers, strings, bools, arrays or maps.
+    #[rhai_fn(name = "log", return_raw)]
+    pub fn log(ctx: NativeCallContext, name: &str, value: Dynamic) -> Result<(), Box<EvalAltResult>> {
+        session(&ctx)?.run.log_metric(name, to_json(&value)?, None).script()
+    }
+
+    /// Record a metric at an explicit step: `log("loss", 0.25, 10)`.
+    #[rhai_fn(name = "log", return_raw)]
+    pub fn log_at(
+        ctx: NativeCallContext,
+        name: &str,
+        value: Dynamic,
+        step: i64,
+    ) -> Result<(), Box<EvalAltResult>> {
+        if step < 0 {
+            return Err(script_msg(format!("log: step must be non-negative, got {step}")));
+        }
+        session(&ctx)?.run.log_metric(name, to_json(&value)?, Some(step as u64)).script()
+    }
+
+    /// Set the global seed. Every stochastic primitive called without its own `seed` option
+    /// draws from a stream that restarts here, so a seeded script replays exactly.
+    #[rhai_fn(return_raw)]
+    pub fn seed(ctx: NativeCallContext, n: i64) -> Result<(), Box<EvalAltResult>> {
+        if n < 0 {
+            return Err(script_msg(format!("seed must be non-negative, got {n}")));
+        }
+        session(&ctx)?.set_seed(n as u64);
+        Ok(())
+    }
+
+    /// The run directory's absolute path.
+    #[rhai_fn(return_raw)]
+    pub fn run_dir(ctx: NativeCallContext) -> Result<String, Box<EvalAltResult>> {
+        Ok(session(&ctx)?.run.path().display().to_string())
+    }
+
+    /// Read a text file (under the script's, the current or a data directory).
+    #[rhai_fn(return_raw)]
+    pub fn read_text(ctx: NativeCallContext, path: &str) -> Result<String, Box<EvalAltResult>> {
+        let p = session(&ctx)?.sandbox.resolve_read(path).script()?;
+        std::fs::read_to_string(&p).map_err(|e| io_error(&p, e))
+    }
+
+    /// Write a text file inside the run directory; returns the path written.
+    #[rhai_fn(return_raw)]
+    pub fn write_text(ctx: NativeCallContext, path: &str, text: &str) -> Result<String, Box<EvalAltResult>> {
+        let p = session(&ctx)?.sandbox.resolve_write(path).script()?;
+        std::fs::write(&p, text).map_err(|e| io_error(&p, e))?;
+        Ok(p.display().to_string())
+    }
+
+    /// Read a JSON file as script data (maps, arrays, numbers, strings).
+    #[rhai_fn(return_raw)]
+    pub fn read_json(ctx: NativeCallContext, path: &str) -> Result<Dynamic, Box<EvalAltResult>> {
+        let p = session(&ctx)?.sandbox.resolve_read(path).script()?;
+        let text = std::fs::read_to_string(&p).map_err(|e| io_error(&p, e))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| script_msg(format!("{}: invalid JSON: {e}", p.display())))?;
+        from_json(&value)
+    }
+
+    /// Write script data as pretty JSON inside the run directory; returns the path written.
+    #[rhai_fn(return_raw)]
+    pub fn write_json(
+        ctx: NativeCallContext,
+        path: &str,
+        value: Dynamic,
+    ) -> Result<String, Box<EvalAltResult>> {
+        let p = session(&ctx)?.sandbox.resolve_write(path).script()?;
+        let text = serde_json::to_string_pretty(&to_json(&value)?).map_err(|e| script_msg(e.to_string()))?;
+        std::fs::write(&p, text + "\n").map_err(|e| io_error(&p, e))?;
+        Ok(p.display().to_string())
+    }
+
+    /// Whether a readable path exists. Paths outside the readable roots are an error, not `false`,
+    /// so a script cannot probe the filesystem.
+    #[rhai_fn(return_raw)]
+    pub fn exists(ctx: NativeCallContext, path: &str) -> Result<bool, Box<EvalAltResult>> {
+        Ok(session(&ctx)?.sandbox.locate_read(path).script()?.is_some())
+    }
+
+    /// The entries of a readable directory, sorted by name.
+    #[rhai_fn(return_raw)]
+    pub fn list_dir(ctx: NativeCallContext, path: &str) -> Result<rhai::Array, Box<EvalAltResult>> {
+        let p = session(&ctx)?.sandbox.resolve_read(path).script()?;
+        let mut names: Vec<String> = std::fs::read_dir(&p)
+            .map_err(|e| io_error(&p, e))?
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        names.sort();
+        Ok(names.into_iter().map(Dynamic::from).collect())
+    }
+}
