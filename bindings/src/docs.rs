@@ -167,3 +167,39 @@ pub fn help(name: &str) -> Option<String> {
         .collect();
     (!lines.is_empty()).then(|| lines.join("\n"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// The per-family docs must list exactly what a full engine registers beyond Rhai's own
+    /// standard library, so nothing registered can go undocumented.
+    #[test]
+    fn docs_list_every_registered_function() {
+        let mut engine = Engine::new_raw();
+        for family in families() {
+            engine.register_global_module(family.module.into());
+        }
+        let meta: Value = serde_json::from_str(&engine.gen_fn_metadata_to_json(false).unwrap()).unwrap();
+        let registered: BTreeSet<String> = meta["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap().to_string())
+            .collect();
+        let documented: BTreeSet<String> =
+            family_docs().iter().flat_map(|f| f.functions.iter().map(|x| x.name.clone())).collect();
+        assert_eq!(registered, documented);
+        assert!(documented.contains("load_safetensors") && documented.contains("write_json"));
+    }
+
+    #[test]
+    fn signatures_read_as_script_types() {
+        let md = markdown();
+        assert!(md.contains("`Tensor.sum(dim: int) -> Tensor`"), "{md}");
+        assert!(md.contains("`Tensor + float -> Tensor`"), "{md}");
+        assert!(md.contains("`read_text(path: string) -> string`"), "{md}");
+        assert!(!md.contains("EvalAltResult") && !md.contains("&mut"), "{md}");
+    }
+}

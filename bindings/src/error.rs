@@ -91,12 +91,29 @@ pub fn diagnose(err: &EvalAltResult, file: &str) -> Diagnostic {
     let mut message = match current {
         EvalAltResult::ErrorRuntime(value, _) => value.to_string(),
         EvalAltResult::ErrorTerminated(_, _) => "cancelled by the user (Ctrl-C)".to_string(),
+        EvalAltResult::ErrorFunctionNotFound(signature, _) => function_not_found(signature),
         other => strip_position(&other.to_string(), other.position()),
     };
     if !prefix.is_empty() {
         message = format!("{}: {message}", prefix.join(": "));
     }
     Diagnostic { file, line: pos.line(), column: pos.position(), message }
+}
+
+/// Rhai names the missing signature; list the ones that exist under that name.
+fn function_not_found(signature: &str) -> String {
+    let name = signature.split([' ', '(']).next().unwrap_or(signature);
+    match crate::docs::help(name) {
+        Some(known) => {
+            let sigs: Vec<&str> = known
+                .lines()
+                .filter(|l| !l.starts_with(' '))
+                .map(|l| l.split("  [").next().unwrap_or(l))
+                .collect();
+            format!("Function not found: {signature}; available: {}", sigs.join("; "))
+        }
+        None => format!("Function not found: {signature}"),
+    }
 }
 
 fn strip_position(text: &str, pos: Position) -> String {

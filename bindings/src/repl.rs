@@ -123,3 +123,79 @@ fn is_unfinished(err: &ParseErrorType) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::script::{open_session, scope_with_args, SessionOptions};
+    use crate::{new_engine, Echo};
+    use medbridge_runtime::run::CancelFlag;
+
+    fn repl(dir: &std::path::Path, cancel: CancelFlag) -> Repl {
+        let opts = SessionOptions {
+            script: None,
+            out: Some(dir.join("run")),
+            device: "cpu".into(),
+            allow_read: vec![],
+            quiet: true,
+            cancel,
+        };
+        let session = open_session(&opts).unwrap();
+        Repl::new(new_engine(session, Echo::LogOnly), scope_with_args(rhai::Map::new()))
+    }
+
+    #[test]
+    fn scope_and_functions_persist_between_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = repl(dir.path(), CancelFlag::new());
+        assert_eq!(r.feed_line("let x = zeros([2, 3]);"), Outcome::Value(None));
+        assert_eq!(r.feed_line("fn double(v) { v * 2 }"), Outcome::Value(None));
+        assert_eq!(r.feed_line("double(x.shape()[1])"), Outcome::Value(Some("6".into())));
+    }
+
+    #[test]
+    fn open_blocks_continue_on_the_next_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = repl(dir.path(), CancelFlag::new());
+        assert_eq!(r.feed_line("let total = 0;"), Outcome::Value(None));
+        assert_eq!(r.feed_line("for i in 0..4 {"), Outcome::Incomplete);
+        assert!(r.is_continuing());
+        assert_eq!(r.feed_line("  total += i;"), Outcome::Incomplete);
+        assert_eq!(r.feed_line("}"), Outcome::Value(None));
+        assert_eq!(r.feed_line("total"), Outcome::Value(Some("6".into())));
+    }
+
+    #[test]
+    fn errors_do_not_end_the_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = repl(dir.path(), CancelFlag::new());
+        r.feed_line("let a = ones([2]);");
+        let Outcome::Error(e) = r.feed_line("a + ones([3])") else { panic!("expected an error") };
+        assert!(e.contains("<repl>:1:3") && e.contains("shapes [2] and [3]"), "{e}");
+        assert!(matches!(r.feed_line("let = ;"), Outcome::Error(_)));
+        assert_eq!(r.feed_line("a.sum()"), Outcome::Value(Some("2.0".into())));
+    }
+
+    #[test]
+    fn help_and_completion_come_from_the_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = repl(dir.path(), CancelFlag::new());
+        let Outcome::Info(text) = r.feed_line("help randn") else { panic!("expected help") };
+        assert!(text.contains("randn(shape: array, seed: int) -> Tensor") && text.contains("seed"), "{text}");
+        r.feed_line("let randomness = 1;");
+        let c = r.completions("rand");
+        assert!(c.contains(&"randn".to_string()) && c.contains(&"randomness".to_string()), "{c:?}");
+    }
+
+    #[test]
+    fn cancellation_stops_the_running_entry_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let cancel = CancelFlag::new();
+        let mut r = repl(dir.path(), cancel.clone());
+        cancel.cancel();
+        let Outcome::Error(e) = r.feed_line("loop { }") else { panic!("expected cancellation") };
+        assert!(e.contains("cancelled"), "{e}");
+        cancel.reset();
+        assert_eq!(r.feed_line("1 + 1"), Outcome::Value(Some("2".into())));
+    }
+}

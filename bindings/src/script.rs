@@ -82,9 +82,30 @@ pub fn scope_with_args(args: Map) -> Scope<'static> {
 /// reported before anything runs.
 pub fn compile(engine: &Engine, scope: &Scope, path: &Path, source: &str) -> Result<AST, Diagnostic> {
     let name = path.display().to_string();
-    let mut ast = engine.compile_into_self_contained(scope, source).map_err(|e| diagnose(&e, &name))?;
+    let mut ast = engine.compile_into_self_contained(scope, source).map_err(|e| {
+        let mut d = diagnose(&e, &name);
+        if d.line.is_none() {
+            if let Some((line, column)) = locate_import(source, &d.message) {
+                (d.line, d.column) = (Some(line), Some(column));
+            }
+        }
+        d
+    })?;
     ast.set_source(name);
     Ok(ast)
+}
+
+/// Rhai resolves imports without positions at compile time; find the `import` statement whose
+/// path the message names, as (line, column) of the path string.
+fn locate_import(source: &str, message: &str) -> Option<(usize, usize)> {
+    source.lines().enumerate().find_map(|(i, line)| {
+        let start = line.find("import")?;
+        let rest = &line[start..];
+        let open = rest.find('"')?;
+        let close = rest[open + 1..].find('"')?;
+        let path = &rest[open + 1..open + 1 + close];
+        message.contains(&format!("`{path}`")).then_some((i + 1, start + open + 1))
+    })
 }
 
 /// Read a script file, or a diagnostic naming it.

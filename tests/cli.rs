@@ -1,0 +1,270 @@
+//! The `medbridge` binary as a user meets it: checking every shipped script, the bad-script
+//! corpus, exit codes, `--set` arguments, the sandbox, determinism and the generated docs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn medbridge(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_medbridge")).args(args).current_dir(cwd).output().expect("binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn rhai_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(rhai_files(&p));
+        } else if p.extension().is_some_and(|e| e == "rhai") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Write `source` as a script in a fresh directory and run it there.
+fn run_source(source: &str, extra: &[&str]) -> (Output, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("s.rhai"), source).unwrap();
+    let mut args = vec!["run", "s.rhai", "--quiet", "--out", "run"];
+    args.extend_from_slice(extra);
+    (medbridge(&args, dir.path()), dir)
+}
+
+#[test]
+fn every_script_and_stdlib_module_passes_check() {
+    let mut files = rhai_files(&root().join("scripts"));
+    files.extend(rhai_files(&root().join("stdlib")));
+    assert!(!files.is_empty());
+    for f in files {
+        let out = medbridge(&["check", f.to_str().unwrap()], &root());
+        assert!(out.status.success(), "{}: {}", f.display(), stderr(&out));
+    }
+}
+
+#[test]
+fn bad_scripts_fail_with_file_line_col_and_exit_1() {
+    let corpus = rhai_files(&root().join("tests/bad_scripts"));
+    assert!(corpus.len() >= 5);
+    for f in corpus {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let header = text.lines().next().unwrap().strip_prefix("// expect: ").expect("corpus header");
+        let mut parts = header.splitn(3, ' ');
+        let (via, at, message) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let out_dir = dir.path().join("run");
+        let path = f.to_str().unwrap();
+        let args: Vec<&str> = match via {
+            "check" => vec!["check", path],
+            _ => vec!["run", path, "--quiet", "--out", out_dir.to_str().unwrap()],
+        };
+        let out = medbridge(&args, &root());
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{}: {err}", f.display());
+        assert!(err.contains(&format!("{path}:{at}: ")), "{}: expected {at} in {err}", f.display());
+        assert!(err.contains(message), "{}: expected `{message}` in {err}", f.display());
+        assert!(!err.contains("panicked"), "{err}");
+        if via == "check" {
+            // Errors a compile can see are also reported before a run starts anything.
+            let run = medbridge(&["run", path, "--quiet", "--out", out_dir.to_str().unwrap()], &root());
+            assert_eq!(run.status.code(), Some(1));
+        }
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("s.rhai"), "print(1);").unwrap();
+    let cases: [&[&str]; 4] = [
+        &["run", "s.rhai", "--set", "no_equals_sign"],
+        &["run", "missing.rhai"],
+        &["run", "s.rhai", "--device", "tpu"],
+        &["frobnicate"],
+    ];
+    for args in cases {
+        let out = medbridge(args, dir.path());
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_without_the_feature_says_how_to_build() {
+    let (out, _dir) = run_source("print(1);", &["--device", "cuda"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--features cuda"), "{}", stderr(&out));
+}
+
+#[test]
+fn set_arguments_reach_the_script_typed() {
+    let script =
+        r#"print(`${type_of(args.n)} ${type_of(args.lr)} ${type_of(args.quick)} ${type_of(args.model)}`);"#;
+    let (out, _dir) =
+        run_source(script, &["--set", "n=3", "--set", "lr=0.5", "--set", "quick=true", "--set", "model=a/b"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "i64 f64 bool string");
+}
+
+#[test]
+fn the_run_directory_records_script_args_metrics_and_output() {
+    let (out, dir) = run_source("log(\"x\", 1.5); print(\"hello\");", &["--set", "k=2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = dir.path().join("run");
+    assert!(stderr(&out).contains(&format!("run directory: {}", run.canonicalize().unwrap().display())));
+    assert_eq!(
+        std::fs::read_to_string(run.join("script.rhai")).unwrap(),
+        "log(\"x\", 1.5); print(\"hello\");"
+    );
+    assert!(std::fs::read_to_string(run.join("script.sha256")).unwrap().len() > 64);
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(info["args"]["k"], 2);
+    assert_eq!(info["device"], "cpu");
+    let metric: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().trim()).unwrap();
+    assert_eq!(
+        (metric["name"].as_str(), metric["value"].as_f64(), metric["step"].as_u64()),
+        (Some("x"), Some(1.5), Some(0))
+    );
+    assert_eq!(std::fs::read_to_string(run.join("output.log")).unwrap(), "hello\n");
+}
+
+#[test]
+fn sandbox_escapes_are_refused() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret.txt"), "secret").unwrap();
+    let secret = outside.path().join("secret.txt");
+    let escapes = [
+        format!("read_text(\"{}\")", secret.display()),
+        "read_text(\"../../../../../../../../etc/hostname\")".to_string(),
+        "read_text(\"link.txt\")".to_string(),
+        "write_text(\"../escape.txt\", \"x\")".to_string(),
+        format!("write_text(\"{}\", \"x\")", outside.path().join("w.txt").display()),
+        format!("exists(\"{}\")", secret.display()),
+    ];
+    for body in escapes {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(&secret, dir.path().join("link.txt")).unwrap();
+        std::fs::write(dir.path().join("s.rhai"), format!("{body};")).unwrap();
+        let out = medbridge(&["run", "s.rhai", "--quiet", "--out", "run"], dir.path());
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{body}: {err}");
+        assert!(err.contains("refused"), "{body}: {err}");
+    }
+    assert!(!outside.path().join("w.txt").exists());
+}
+
+#[test]
+fn allow_read_opens_a_directory() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("data.txt"), "42").unwrap();
+    let script = format!("print(read_text(\"{}\"));", outside.path().join("data.txt").display());
+    let (out, _dir) = run_source(&script, &["--allow-read", outside.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "42");
+}
+
+#[test]
+fn the_same_seeded_script_gives_identical_metrics() {
+    let values = |dir: &Path| -> Vec<(String, String)> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|v| (v["name"].to_string(), format!("{}@{}", v["value"], v["step"])))
+            .collect()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let demo = root().join("scripts/spine_demo.rhai");
+    let mut runs = Vec::new();
+    for name in ["a", "b"] {
+        let out_dir = dir.path().join(name);
+        let out = medbridge(
+            &[
+                "run",
+                demo.to_str().unwrap(),
+                "--quiet",
+                "--set",
+                "seed=7",
+                "--set",
+                "n=5",
+                "--out",
+                out_dir.to_str().unwrap(),
+            ],
+            dir.path(),
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        runs.push(values(&out_dir));
+    }
+    assert_eq!(runs[0].len(), 5);
+    assert_eq!(runs[0], runs[1]);
+}
+
+#[test]
+fn doc_json_covers_the_tensor_surface_with_docs() {
+    let out = medbridge(&["doc", "--format", "json"], &root());
+    assert!(out.status.success());
+    let families: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tensor = families.as_array().unwrap().iter().find(|f| f["name"] == "tensor").expect("tensor family");
+    let names: Vec<&str> =
+        tensor["functions"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    for expected in [
+        "tensor",
+        "zeros",
+        "ones",
+        "randn",
+        "shape",
+        "dtype",
+        "device",
+        "to_array",
+        "+",
+        "-",
+        "*",
+        "/",
+        "matmul",
+        "sum",
+        "mean",
+        "max",
+        "argmax",
+        "softmax",
+        "to_device",
+        "save_npy",
+        "load_npy",
+        "load_safetensors",
+        "to_string",
+    ] {
+        assert!(names.contains(&expected), "doc misses `{expected}`");
+    }
+    for f in tensor["functions"].as_array().unwrap() {
+        assert!(!f["doc"].as_str().unwrap().is_empty(), "undocumented: {}", f["signature"]);
+    }
+    let md = medbridge(&["doc"], &root());
+    assert!(stdout(&md).contains("`Tensor.matmul(b: Tensor) -> Tensor`"), "{}", stdout(&md));
+}
+
+#[test]
+fn tensor_files_round_trip_through_the_run_directory() {
+    let script = r#"
+        let t = tensor([[1.5, 2], [3, 4]]);
+        let p = t.save_npy("t.npy");
+        let back = load_npy(p);
+        print((back - t).sum());
+        print(back.to_array());
+    "#;
+    let (out, _dir) = run_source(script, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "0.0\n[[1.5, 2.0], [3.0, 4.0]]\n");
+}
