@@ -301,3 +301,126 @@ fn split(processed: Option<ProcessedImage>) -> (Option<Tensor>, Option<[usize; 3
 fn preview(text: &str) -> String {
     text.chars().take(60).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn testdata(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/models/qwen2_5_vl/testdata").join(name)
+    }
+
+    fn expected() -> Value {
+        serde_json::from_str(&std::fs::read_to_string(testdata("expected.json")).unwrap()).unwrap()
+    }
+
+    fn ids(v: &Value) -> Vec<u32> {
+        serde_json::from_value(v.clone()).unwrap()
+    }
+
+    /// Ids from transformers' tokenizer and chat template on the tiny preset's files, with the
+    /// image pads expanded for the 37x23 fixture image (grid 1x6x8 -> 12 pads).
+    #[test]
+    fn tiny_ids_match_transformers() {
+        let exp = expected();
+        let prompt = exp["prompt"].as_str().unwrap();
+        let processor = Processor::tiny().unwrap();
+        let image = Image::open(&testdata("input_37x23.png")).unwrap();
+        let with_image = processor.encode(Some(&image), prompt).unwrap();
+        assert_eq!(with_image.input_ids, ids(&exp["tiny_image_ids"]));
+        assert_eq!(with_image.grid_thw, Some([1, 6, 8]));
+        let text_only = processor.encode(None, prompt).unwrap();
+        assert_eq!(text_only.input_ids, ids(&exp["tiny_text_ids"]));
+        assert!(text_only.pixel_values.is_none() && text_only.grid_thw.is_none());
+    }
+
+    #[test]
+    fn image_pad_expands_to_one_token_per_merged_patch() {
+        let processor = Processor::tiny().unwrap();
+        let image = Image::new(28, 28, 1, vec![128u8; 28 * 28]).unwrap();
+        let enc = processor.encode(Some(&image), "What organ is this?").unwrap();
+        // A 28 px image is resized to 84x84: a 6x6 patch grid, 3x3 merged patches.
+        assert_eq!(enc.grid_thw, Some([1, 6, 6]));
+        let pads = enc.input_ids.iter().filter(|&&id| id == processor.image_pad_id()).count();
+        assert_eq!(pads, 9);
+        let start = enc.input_ids.iter().position(|&id| id == processor.vision_start_id()).unwrap();
+        assert!(enc.input_ids[start + 1..start + 10].iter().all(|&id| id == processor.image_pad_id()));
+        assert_eq!(enc.input_ids[start + 10], processor.vision_end_id());
+        assert_eq!(enc.pixel_values.unwrap().dims(), &[36, 3 * 2 * 14 * 14]);
+    }
+
+    #[test]
+    fn generation_prompt_ends_the_ids_and_decodes_back() {
+        let processor = Processor::tiny().unwrap();
+        let enc = processor.encode(None, "Is there a nodule? Answer yes or no.").unwrap();
+        let text = processor.decode(&enc.input_ids, false).unwrap();
+        assert!(text.ends_with("<|im_start|>assistant\n"), "{text:?}");
+        let plain = processor.decode(&enc.input_ids, true).unwrap();
+        assert_eq!(
+            plain,
+            "system\nYou are a helpful assistant.\nuser\nIs there a nodule? Answer yes or no.\nassistant\n"
+        );
+    }
+
+    #[test]
+    fn conversation_masks_exactly_the_completion() {
+        let processor = Processor::tiny().unwrap();
+        let image = Image::new(28, 28, 3, vec![200u8; 28 * 28 * 3]).unwrap();
+        let answer = "<think>The texture suggests debris.</think>\n<answer>C</answer>";
+        let conv = processor.encode_conversation(Some(&image), "Which tissue?", answer).unwrap();
+        let prompt = processor.encode(Some(&image), "Which tissue?").unwrap();
+        let n = prompt.input_ids.len();
+        assert_eq!(&conv.input_ids[..n], &prompt.input_ids[..]);
+        assert_eq!(conv.completion_mask.len(), conv.input_ids.len());
+        assert!(
+            conv.completion_mask[..n].iter().all(|&m| !m) && conv.completion_mask[n..].iter().all(|&m| m)
+        );
+        let completion = processor.decode(&conv.input_ids[n..], false).unwrap();
+        assert_eq!(completion, format!("{answer}<|im_end|>\n"));
+        assert_eq!(conv.grid_thw, prompt.grid_thw);
+    }
+
+    #[test]
+    fn tiny_special_ids_follow_the_trained_vocabulary() {
+        let processor = Processor::tiny().unwrap();
+        assert_eq!(processor.vocab_size(), 1024);
+        let s = processor.special_tokens();
+        assert_eq!((s.endoftext, s.im_start, s.im_end), (1002, 1003, 1004));
+        assert_eq!((s.vision_start, s.vision_end, s.image_pad, s.video_pad), (1011, 1012, 1014, 1015));
+        assert_eq!(processor.eos_token_ids(), &[1004, 1002]);
+    }
+
+    #[test]
+    fn from_dir_reads_a_checkpoint_and_its_generation_config() {
+        let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/qwen2_5_vl_tiny");
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"] {
+            std::fs::copy(assets.join(name), dir.path().join(name)).unwrap();
+        }
+        let loaded = Processor::from_dir(dir.path()).unwrap();
+        let tiny = Processor::tiny().unwrap();
+        assert_eq!(
+            loaded.encode(None, "hello").unwrap().input_ids,
+            tiny.encode(None, "hello").unwrap().input_ids
+        );
+        std::fs::write(dir.path().join("generation_config.json"), r#"{"eos_token_id": 1004}"#).unwrap();
+        assert_eq!(Processor::from_dir(dir.path()).unwrap().eos_token_ids(), &[1004]);
+    }
+
+    #[test]
+    fn missing_tokenizer_json_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Processor::from_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("loading the processor from") && err.contains("tokenizer.json"), "{err}");
+    }
+
+    #[test]
+    fn bad_preprocessor_config_is_named() {
+        let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/qwen2_5_vl_tiny");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(assets.join("tokenizer.json"), dir.path().join("tokenizer.json")).unwrap();
+        std::fs::write(dir.path().join("preprocessor_config.json"), r#"{"patch_size": "big"}"#).unwrap();
+        let err = Processor::from_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("preprocessor_config.json") && err.contains("patch_size"), "{err}");
+    }
+}

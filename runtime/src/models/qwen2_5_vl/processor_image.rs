@@ -216,6 +216,27 @@ pub fn smart_resize(
     Ok((h_bar, w_bar))
 }
 
+/// Flatten RGBA pixels onto an opaque white background as transformers' `convert_to_rgb` does
+/// (Pillow's `alpha_composite` in its 7-bit fixed point), giving interleaved RGB.
+///
+/// Decoders that meet an alpha channel should call this rather than drop the alpha, or
+/// transparent regions differ from what the reference processor feeds the model.
+pub fn rgba_on_white(rgba: &[u8]) -> Vec<u8> {
+    const BITS: u32 = 7;
+    let div255 = |v: u32| ((v >> 8) + v) >> 8;
+    let mut out = Vec::with_capacity(rgba.len() / 4 * 3);
+    for px in rgba.chunks_exact(4) {
+        let alpha = u32::from(px[3]);
+        let src_weight = alpha << BITS;
+        let white_weight = (255 << BITS) - src_weight;
+        for &channel in &px[..3] {
+            let mixed = u32::from(channel) * src_weight + 255 * white_weight;
+            out.push((div255(mixed + (0x80 << BITS)) >> BITS) as u8);
+        }
+    }
+    out
+}
+
 /// One image ready for the vision tower.
 #[derive(Debug, Clone)]
 pub struct ProcessedImage {
@@ -448,6 +469,41 @@ mod tests {
                 expect(128.0, 2)
             ]
         );
+    }
+
+    fn fixture_path(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/models/qwen2_5_vl/testdata").join(name)
+    }
+
+    /// transformers' `Qwen2VLImageProcessorPil` output for the 37x23 fixture image with patch 2,
+    /// merge 2 and max_pixels 600 (a downscale to 28x16), from `make_processor_fixture.py`.
+    #[test]
+    fn pixel_values_match_transformers_fixture() {
+        let expected_json: Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture_path("expected.json")).unwrap()).unwrap();
+        let cfg = PreprocessorConfig::from_json_str(&expected_json["small_config"].to_string()).unwrap();
+        let image = Image::open(&fixture_path("input_37x23.png")).unwrap();
+        let out = preprocess_image(&image, &cfg).unwrap();
+        assert_eq!(
+            out.grid_thw.to_vec(),
+            serde_json::from_value::<Vec<usize>>(expected_json["small_grid_thw"].clone()).unwrap()
+        );
+        let bytes = std::fs::read(fixture_path("pixel_values_small.f32")).unwrap();
+        let expected: Vec<f32> =
+            bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let got: Vec<f32> = out.pixel_values.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(out.pixel_values.dims(), &[112, 24]);
+        let max_diff = got.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert_eq!(got.len(), expected.len());
+        assert!(max_diff <= 1e-6, "max |diff| {max_diff}");
+    }
+
+    #[test]
+    fn rgba_is_composited_on_white_like_transformers() {
+        let rgba = image::open(fixture_path("rgba_8x6.png")).unwrap().to_rgba8().into_raw();
+        let expected = Image::open(&fixture_path("rgba_8x6_on_white.png")).unwrap();
+        assert_eq!(rgba_on_white(&rgba), expected.pixels());
+        assert_eq!(rgba_on_white(&[10, 20, 30, 0, 10, 20, 30, 255]), vec![255, 255, 255, 10, 20, 30]);
     }
 
     #[test]

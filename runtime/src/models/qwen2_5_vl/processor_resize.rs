@@ -119,6 +119,30 @@ pub(crate) fn resize_bicubic(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::Image;
+
+    fn fixture(name: &str) -> Image {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/models/qwen2_5_vl/testdata")
+            .join(name);
+        Image::open(&path).unwrap()
+    }
+
+    /// Pillow's `Image.resize((w, h), BICUBIC)` of a noisy 37x23 RGB image, written by
+    /// `testdata/make_processor_fixture.py` with Pillow 13.0: up, down and mixed scales all
+    /// agree exactly (max |difference| 0 grey levels). The `image` crate's CatmullRom resize is
+    /// not used because its float intermediate differs from Pillow's 8-bit one.
+    #[test]
+    fn matches_pillow_exactly() {
+        let input = fixture("input_37x23.png");
+        for (w, h) in [(112, 84), (13, 9), (20, 40), (37, 50)] {
+            let expected = fixture(&format!("resize_{w}x{h}.png"));
+            let out = resize_bicubic(input.pixels(), 37, 23, 3, w, h);
+            let max_diff = out.iter().zip(expected.pixels()).map(|(&a, &b)| a.abs_diff(b)).max().unwrap();
+            assert_eq!(out.len(), expected.pixels().len());
+            assert_eq!(max_diff, 0, "{w}x{h}");
+        }
+    }
 
     #[test]
     fn same_size_is_identity() {
