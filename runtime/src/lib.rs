@@ -10,5 +10,6 @@ pub mod device;
 pub mod error;
 pub mod image;
 pub mod models;
+pub mod task;
 
 pub use error::{Context, Error, Result};
