@@ -256,6 +256,21 @@ mod tests {
     }
 
     #[test]
+    fn files_written_by_numpy_savez_compressed_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/data/fixtures/numpy");
+        let grey = load_medmnist("breastmnist", &opts(&root, 28)).unwrap();
+        let rgb =
+            load_medmnist("dermamnist", &MedmnistOptions { split: Split::Train, ..opts(&root, 64) }).unwrap();
+        for (ds, size, channels) in [(&grey, 28usize, 1usize), (&rgb, 64, 3)] {
+            assert_eq!(ds.len(), 2);
+            let item = ds.get(1).unwrap();
+            assert_eq!((item.label, item.image.channels() as usize), (Some(1), channels));
+            let (y, x) = (5, 9);
+            assert_eq!(item.image.pixels()[(y * size + x) * channels], (40 + y + x) as u8);
+        }
+    }
+
+    #[test]
     fn chest_items_are_multi_label() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "chestmnist.npz", 5, 28, 1, 14, 2);
