@@ -142,6 +142,11 @@ impl McqTask {
         self
     }
 
+    /// The first `n` items (all of them if there are fewer), with the same template and extractor.
+    pub fn limit(&self, n: usize) -> McqTask {
+        McqTask { items: self.items[..n.min(self.items.len())].to_vec().into(), ..self.clone() }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -304,6 +309,7 @@ mod tests {
         assert_eq!(task.reward_format(0, "<answer>B</answer>").unwrap(), 0.0, "think is required");
         assert_eq!(task.reward_accuracy(0, "<answer>B</answer>").unwrap(), 1.0);
         assert!(task.prompt(3).unwrap_err().to_string().contains("no item 3"));
+        assert_eq!((task.limit(0).len(), task.limit(5).len()), (0, 1));
     }
 
     #[test]
