@@ -5,6 +5,7 @@
 //! `medbridge-bindings` crate registers it into a scripting engine. `src/README.md` maps the
 //! modules.
 
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod image;
@@ -12,5 +13,6 @@ pub mod models;
 pub mod run;
 pub mod sandbox;
 pub mod tensor;
+pub mod task;
 
 pub use error::{Context, Error, Result};

@@ -1,0 +1,25 @@
+//! Datasets: the MedMNIST facts table, the `.npz` loader, synthetic MedMNIST files, the `Dataset`
+//! type with its subset operations, and MedMNIST's official ACC/AUC evaluator.
+//!
+//! | file | job |
+//! | --- | --- |
+//! | `medmnist_info.rs` | the twelve 2D flags: labels, task types, sizes, modalities, published scores |
+//! | `npz.rs` | streaming `.npz`/`.npy` reader and writer (integer arrays only) |
+//! | `dataset.rs` | `Dataset`/`Item`, balanced samples, splits, filters, concatenation |
+//! | `medmnist.rs` | loads the official files from `MEDMNIST_ROOT` |
+//! | `synth.rs`, `synth_draw.rs` | writes synthetic files in the official format |
+//! | `medmnist_eval.rs` | ACC and AUC exactly as `medmnist/evaluator.py` computes them |
+
+pub mod dataset;
+pub mod medmnist;
+pub mod medmnist_eval;
+pub mod medmnist_info;
+pub mod npz;
+pub mod synth;
+pub mod synth_draw;
+
+pub use dataset::{BalanceBy, Dataset, Item, Split};
+pub use medmnist::{load_medmnist, medmnist_file_name, medmnist_root, MedmnistOptions};
+pub use medmnist_eval::{medmnist_acc, medmnist_auc, medmnist_evaluate, roc_auc, MedmnistScore};
+pub use medmnist_info::{flag_info, FlagInfo, Modality, ModalityTable, TaskType, MEDMNIST_2D};
+pub use synth::{synth_medmnist, SynthOptions};

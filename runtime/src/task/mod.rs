@@ -1,0 +1,17 @@
+//! Tasks: data together with its prompt, its answer extraction and its reward, so evaluation and
+//! training can never disagree about what "correct" means (the habit of nanochat's
+//! `tasks/common.py`).
+//!
+//! | file | job |
+//! | --- | --- |
+//! | `mcq.rs` | `McqItem`/`McqTask`: prompt template, SFT target, extraction, rewards |
+//! | `to_mcq.rs` | `Dataset::to_mcq`: class labels to lettered questions (yes/no per chest finding) |
+//! | `extract.rs` | the configurable answer extractor shared by evaluation and GRPO |
+
+pub mod extract;
+pub mod mcq;
+pub mod to_mcq;
+
+pub use extract::{option_letter, Extraction, Extractor, Rule};
+pub use mcq::{AnswerFormat, McqItem, McqTask, DEFAULT_TEMPLATE};
+pub use to_mcq::{McqOptions, OptionCount};
