@@ -58,6 +58,10 @@ impl Image {
             image::DynamicImage::ImageLuma8(g) => {
                 Image { width, height, channels: 1, pixels: g.into_raw().into() }
             }
+            other if other.color().has_alpha() => {
+                let rgb = rgba_on_white(&other.to_rgba8().into_raw());
+                Image { width, height, channels: 3, pixels: rgb.into() }
+            }
             other => Image { width, height, channels: 3, pixels: other.to_rgb8().into_raw().into() },
         }
     }
@@ -113,6 +117,25 @@ impl Image {
     }
 }
 
+/// Flatten RGBA pixels onto an opaque white background as transformers' `convert_to_rgb` does
+/// (Pillow's `alpha_composite` in its 7-bit fixed point), giving interleaved RGB. Dropping the
+/// alpha instead would show the model whatever colour hides under transparent regions.
+pub fn rgba_on_white(rgba: &[u8]) -> Vec<u8> {
+    const BITS: u32 = 7;
+    let div255 = |v: u32| ((v >> 8) + v) >> 8;
+    let mut out = Vec::with_capacity(rgba.len() / 4 * 3);
+    for px in rgba.chunks_exact(4) {
+        let alpha = u32::from(px[3]);
+        let src_weight = alpha << BITS;
+        let white_weight = (255 << BITS) - src_weight;
+        for &channel in &px[..3] {
+            let mixed = u32::from(channel) * src_weight + 255 * white_weight;
+            out.push((div255(mixed + (0x80 << BITS)) >> BITS) as u8);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +151,11 @@ mod tests {
         let img = Image::new(3, 2, 3, (0..18u8).collect::<Vec<_>>()).unwrap();
         let back = Image::decode(&img.to_png().unwrap()).unwrap();
         assert_eq!(back, img);
+    }
+
+    #[test]
+    fn transparent_pixels_become_white() {
+        assert_eq!(rgba_on_white(&[10, 20, 30, 0, 10, 20, 30, 255]), vec![255, 255, 255, 10, 20, 30]);
     }
 
     #[test]

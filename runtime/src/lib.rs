@@ -12,7 +12,7 @@ pub mod image;
 pub mod models;
 pub mod run;
 pub mod sandbox;
-pub mod tensor;
 pub mod task;
+pub mod tensor;
 
 pub use error::{Context, Error, Result};

@@ -216,27 +216,6 @@ pub fn smart_resize(
     Ok((h_bar, w_bar))
 }
 
-/// Flatten RGBA pixels onto an opaque white background as transformers' `convert_to_rgb` does
-/// (Pillow's `alpha_composite` in its 7-bit fixed point), giving interleaved RGB.
-///
-/// Decoders that meet an alpha channel should call this rather than drop the alpha, or
-/// transparent regions differ from what the reference processor feeds the model.
-pub fn rgba_on_white(rgba: &[u8]) -> Vec<u8> {
-    const BITS: u32 = 7;
-    let div255 = |v: u32| ((v >> 8) + v) >> 8;
-    let mut out = Vec::with_capacity(rgba.len() / 4 * 3);
-    for px in rgba.chunks_exact(4) {
-        let alpha = u32::from(px[3]);
-        let src_weight = alpha << BITS;
-        let white_weight = (255 << BITS) - src_weight;
-        for &channel in &px[..3] {
-            let mixed = u32::from(channel) * src_weight + 255 * white_weight;
-            out.push((div255(mixed + (0x80 << BITS)) >> BITS) as u8);
-        }
-    }
-    out
-}
-
 /// One image ready for the vision tower.
 #[derive(Debug, Clone)]
 pub struct ProcessedImage {
@@ -500,10 +479,9 @@ mod tests {
 
     #[test]
     fn rgba_is_composited_on_white_like_transformers() {
-        let rgba = image::open(fixture_path("rgba_8x6.png")).unwrap().to_rgba8().into_raw();
+        let decoded = Image::open(&fixture_path("rgba_8x6.png")).unwrap();
         let expected = Image::open(&fixture_path("rgba_8x6_on_white.png")).unwrap();
-        assert_eq!(rgba_on_white(&rgba), expected.pixels());
-        assert_eq!(rgba_on_white(&[10, 20, 30, 0, 10, 20, 30, 255]), vec![255, 255, 255, 10, 20, 30]);
+        assert_eq!(decoded.pixels(), expected.pixels());
     }
 
     #[test]
