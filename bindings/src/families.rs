@@ -18,6 +18,15 @@ pub fn families() -> Vec<Family> {
             module: exported_module!(crate::tensor::tensor_api),
         },
         Family {
+            name: "data",
+            doc: "MedMNIST (real or synthetic) datasets, subsets, and multiple-choice tasks",
+            module: {
+                let mut m = exported_module!(crate::data::data_api);
+                crate::data::register_iterators(&mut m);
+                m
+            },
+        },
+        Family {
             name: "run",
             doc: "the run directory, metrics, seeds and sandboxed file access",
             module: exported_module!(crate::run::run_api),

@@ -5,6 +5,7 @@
 
 pub mod context;
 pub mod convert;
+pub mod data;
 pub mod docs;
 pub mod engine;
 pub mod error;

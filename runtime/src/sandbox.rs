@@ -57,7 +57,7 @@ impl Sandbox {
         if let Some(data) = std::env::var_os("MEDBRIDGE_DATA") {
             roots.push(ReadRoot { path: data.into(), origin: "MEDBRIDGE_DATA".into() });
         }
-        roots.push(ReadRoot { path: medmnist_root(), origin: "MEDMNIST_ROOT".into() });
+        roots.push(ReadRoot { path: crate::data::medmnist_root(), origin: "MEDMNIST_ROOT".into() });
         roots.push(ReadRoot { path: hf_home(), origin: "the Hugging Face cache".into() });
         if let Some(cache) = std::env::var_os("HF_HUB_CACHE") {
             roots.push(ReadRoot { path: cache.into(), origin: "HF_HUB_CACHE".into() });
@@ -164,11 +164,6 @@ fn normalize(path: &Path) -> Option<PathBuf> {
 
 fn home() -> PathBuf {
     std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"))
-}
-
-/// Where MedMNIST `.npz` files live: `MEDMNIST_ROOT`, else `~/.medmnist` (as the medmnist package).
-pub fn medmnist_root() -> PathBuf {
-    std::env::var_os("MEDMNIST_ROOT").map(PathBuf::from).unwrap_or_else(|| home().join(".medmnist"))
 }
 
 /// The Hugging Face home: `HF_HOME`, else `~/.cache/huggingface`.
