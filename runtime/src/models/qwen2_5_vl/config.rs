@@ -41,7 +41,7 @@ pub struct VisionConfig {
     pub hidden_size: usize,
     pub intermediate_size: usize,
     pub num_heads: usize,
-    #[serde(default = "default_in_chans", alias = "in_channels")]
+    #[serde(default = "default_in_chans")]
     pub in_chans: usize,
     pub out_hidden_size: usize,
     pub patch_size: usize,
@@ -151,10 +151,15 @@ impl Config {
             hidden_act: field("hidden_act").and_then(Value::as_str).unwrap_or("silu").to_string(),
             tie_word_embeddings,
         };
-        let vision: VisionConfig = serde_json::from_value(
-            root.get("vision_config").cloned().context("config has no `vision_config`")?,
-        )
-        .context("config key `vision_config`")?;
+        let mut vision_value = root.get("vision_config").cloned().context("config has no `vision_config`")?;
+        // transformers 5 writes `in_channels` beside (or instead of) the hub's `in_chans`.
+        if let Some(map) = vision_value.as_object_mut() {
+            if let Some(channels) = map.remove("in_channels") {
+                map.entry("in_chans").or_insert(channels);
+            }
+        }
+        let vision: VisionConfig =
+            serde_json::from_value(vision_value).context("config key `vision_config`")?;
         let token = |name: &str, default: u32| -> u32 {
             root.get(name)
                 .or_else(|| field(name))
@@ -285,6 +290,14 @@ mod tests {
     fn hub_json_round_trips() {
         let a = Config::from_json_str(&flat()).unwrap();
         assert_eq!(Config::from_value(&a.to_hub_json()).unwrap(), a);
+    }
+
+    #[test]
+    fn transformers5_in_channels_beside_in_chans_is_accepted() {
+        let both = nested().replace("\"in_chans\": 3,", "\"in_chans\": 3, \"in_channels\": 3,");
+        assert_eq!(Config::from_json_str(&both).unwrap(), Config::from_json_str(&flat()).unwrap());
+        let only = nested().replace("\"in_chans\": 3,", "\"in_channels\": 4,");
+        assert_eq!(Config::from_json_str(&only).unwrap().vision.in_chans, 4);
     }
 
     #[test]

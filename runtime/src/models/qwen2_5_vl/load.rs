@@ -60,7 +60,7 @@ pub fn resolve(path_or_id: &str) -> Result<CheckpointFiles> {
     if dir.exists() {
         crate::bail!("model path {path_or_id} is not a directory");
     }
-    cached_files(path_or_id)
+    cached_files(&hub_cache(), path_or_id)
 }
 
 fn local_files(dir: &Path) -> Result<CheckpointFiles> {
@@ -122,8 +122,7 @@ fn hub_cache() -> hf_hub::Cache {
     }
 }
 
-fn cached_files(id: &str) -> Result<CheckpointFiles> {
-    let cache = hub_cache();
+fn cached_files(cache: &hf_hub::Cache, id: &str) -> Result<CheckpointFiles> {
     let repo = cache.model(id.to_string());
     let missing = |what: &str| {
         Error::msg(format!(
@@ -232,5 +231,148 @@ pub fn parse_dtype(name: &str) -> Result<DType> {
         "f16" | "float16" => Ok(DType::F16),
         "f64" | "float64" => Ok(DType::F64),
         other => crate::bail!("unknown dtype `{other}`: use f32, bf16 or f16"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{max_diff, pixels, prompt, tiny, GRID};
+    use super::*;
+    use candle_core::safetensors::{load as load_file, save};
+
+    /// Save the tiny model and return its directory and weights.
+    fn saved() -> (tempfile::TempDir, Qwen25VL, HashMap<String, Tensor>) {
+        let m = tiny(DType::F32, &Device::Cpu);
+        let dir = tempfile::tempdir().unwrap();
+        m.save(dir.path()).unwrap();
+        let weights = load_file(dir.path().join("model.safetensors"), &Device::Cpu).unwrap();
+        (dir, m, weights)
+    }
+
+    fn load_err(dir: &Path) -> String {
+        Qwen25VL::load(dir.to_str().unwrap(), DType::F32, &Device::Cpu).unwrap_err().to_string()
+    }
+
+    /// Rewrite the checkpoint as two shards with an index, optionally renaming tensors.
+    fn shard(dir: &Path, weights: &HashMap<String, Tensor>, rename: impl Fn(&str) -> String) {
+        std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+        let (mut a, mut b, mut map) = (HashMap::new(), HashMap::new(), serde_json::Map::new());
+        for (i, (name, t)) in weights.iter().enumerate() {
+            let (file, part) = if i % 2 == 0 {
+                ("model-00001-of-00002.safetensors", &mut a)
+            } else {
+                ("model-00002-of-00002.safetensors", &mut b)
+            };
+            part.insert(rename(name), t.clone());
+            map.insert(rename(name), file.into());
+        }
+        save(&a, dir.join("model-00001-of-00002.safetensors")).unwrap();
+        save(&b, dir.join("model-00002-of-00002.safetensors")).unwrap();
+        let index = serde_json::json!({"metadata": {}, "weight_map": map});
+        std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    }
+
+    fn to_transformers5(name: &str) -> String {
+        Layout::Transformers5.stored(name)
+    }
+
+    #[test]
+    fn both_layouts_sharded_give_identical_logits() {
+        let (dir, m, weights) = saved();
+        let ids = Tensor::new(prompt(m.config()), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let pv = pixels(DType::F32, &Device::Cpu);
+        let expected = m.forward(&ids, Some(&pv), &[GRID]).unwrap();
+        for rename in [str::to_string as fn(&str) -> String, to_transformers5] {
+            let fresh = tempfile::tempdir().unwrap();
+            std::fs::copy(dir.path().join("config.json"), fresh.path().join("config.json")).unwrap();
+            std::fs::copy(dir.path().join("model.safetensors"), fresh.path().join("model.safetensors"))
+                .unwrap();
+            shard(fresh.path(), &weights, rename);
+            let files = resolve(fresh.path().to_str().unwrap()).unwrap();
+            let source = SafetensorsSource::open(&files.weights).unwrap();
+            assert_eq!(source.layout() == Layout::Transformers5, rename("visual.x") == "model.visual.x");
+            let loaded = Qwen25VL::load(fresh.path().to_str().unwrap(), DType::F32, &Device::Cpu).unwrap();
+            assert_eq!(max_diff(&loaded.forward(&ids, Some(&pv), &[GRID]).unwrap(), &expected), 0.0);
+        }
+        let half = Qwen25VL::load(dir.path().to_str().unwrap(), DType::BF16, &Device::Cpu).unwrap();
+        assert_eq!(half.dtype(), DType::BF16);
+        assert!(
+            max_diff(
+                &half.forward(&ids, Some(&pv.to_dtype(DType::BF16).unwrap()), &[GRID]).unwrap(),
+                &expected
+            ) < 0.1
+        );
+    }
+
+    #[test]
+    fn missing_and_misshaped_tensors_are_named_with_their_file() {
+        let (dir, _, mut weights) = saved();
+        let file = dir.path().join("model.safetensors");
+        weights.remove("model.norm.weight");
+        save(&weights, &file).unwrap();
+        let err = load_err(dir.path());
+        assert!(
+            err.contains("tensor model.norm.weight is missing") && err.contains("model.safetensors"),
+            "{err}"
+        );
+
+        weights.insert("model.norm.weight".into(), Tensor::zeros(7, DType::F32, &Device::Cpu).unwrap());
+        save(&weights, &file).unwrap();
+        let err = load_err(dir.path());
+        assert!(err.contains("tensor model.norm.weight has shape [7], expected [64]"), "{err}");
+    }
+
+    #[test]
+    fn truncated_file_and_missing_shard_are_errors() {
+        let (dir, _, weights) = saved();
+        let file = dir.path().join("model.safetensors");
+        let bytes = std::fs::read(&file).unwrap();
+        std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+        let err = load_err(dir.path());
+        assert!(err.contains("truncated or corrupt") && err.contains("model.safetensors"), "{err}");
+
+        std::fs::write(&file, &bytes).unwrap();
+        shard(dir.path(), &weights, str::to_string);
+        std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
+        let err = load_err(dir.path());
+        assert!(err.contains("shard model-00002-of-00002.safetensors is missing"), "{err}");
+    }
+
+    #[test]
+    fn unknown_model_type_is_an_error() {
+        let (dir, _, _) = saved();
+        let path = dir.path().join("config.json");
+        let text = std::fs::read_to_string(&path).unwrap().replace("\"qwen2_5_vl\"", "\"qwen3_vl\"");
+        std::fs::write(&path, text).unwrap();
+        let err = load_err(dir.path());
+        assert!(err.contains("unsupported model_type `qwen3_vl`") && err.contains("config.json"), "{err}");
+    }
+
+    #[test]
+    fn hub_ids_resolve_in_the_cache_only() {
+        let cache_dir = tempfile::tempdir().unwrap();
+        let cache = hf_hub::Cache::new(cache_dir.path().to_path_buf());
+        let err = cached_files(&cache, "Qwen/Qwen2.5-VL-7B-Instruct").unwrap_err().to_string();
+        assert!(err.contains("Qwen/Qwen2.5-VL-7B-Instruct"), "{err}");
+        assert!(err.contains(&cache_dir.path().display().to_string()), "{err}");
+        assert!(err.contains("huggingface-cli download Qwen/Qwen2.5-VL-7B-Instruct"), "{err}");
+
+        let (dir, _, _) = saved();
+        let repo = cache_dir.path().join("models--org--tiny");
+        let snapshot = repo.join("snapshots").join("abc123");
+        std::fs::create_dir_all(&snapshot).unwrap();
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs").join("main"), "abc123").unwrap();
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::copy(dir.path().join(f), snapshot.join(f)).unwrap();
+        }
+        let files = cached_files(&cache, "org/tiny").unwrap();
+        assert_eq!(files.weights, vec![snapshot.join("model.safetensors")]);
+    }
+
+    #[test]
+    fn dtype_names_parse() {
+        assert_eq!(parse_dtype("bf16").unwrap(), DType::BF16);
+        assert!(parse_dtype("int8").unwrap_err().to_string().contains("unknown dtype"));
     }
 }

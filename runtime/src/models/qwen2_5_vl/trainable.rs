@@ -213,3 +213,163 @@ pub fn dtype_name(dtype: candle_core::DType) -> &'static str {
         _ => "float32",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{max_diff, pixels, prompt, tiny, GRID};
+    use super::super::{Config, LoraInit};
+    use super::*;
+    use candle_core::{DType, Device, D};
+
+    /// Next-token cross-entropy over the prompt, the shape of loss SFT uses.
+    fn loss(m: &Qwen25VL, dtype: DType, dev: &Device) -> Tensor {
+        let ids = prompt(m.config());
+        let n = ids.len();
+        let input = Tensor::new(&ids[..n - 1], dev).unwrap().unsqueeze(0).unwrap();
+        let target = Tensor::new(&ids[1..], dev).unwrap();
+        let logits = m.forward(&input, Some(&pixels(dtype, dev)), &[GRID]).unwrap().squeeze(0).unwrap();
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
+        logp.gather(&target.unsqueeze(1).unwrap(), 1).unwrap().neg().unwrap().mean_all().unwrap()
+    }
+
+    fn random_lora() -> LoraConfig {
+        LoraConfig { init: LoraInit::Random, seed: 3, ..LoraConfig::new(4, 8.0) }
+    }
+
+    fn assert_all_gradients_finite_and_nonzero(m: &Qwen25VL, dev: &Device) {
+        let grads = loss(m, m.dtype(), dev).backward().unwrap();
+        for (name, var) in m.trainable() {
+            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name} has no gradient"));
+            let g = g.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            assert!(g.iter().all(|v| v.is_finite()), "{name}: non-finite gradient");
+            assert!(g.iter().any(|&v| v != 0.0), "{name}: zero gradient");
+        }
+    }
+
+    #[test]
+    fn lora_on_all_seven_projections_gets_gradients() {
+        let dev = &Device::Cpu;
+        let m = tiny(DType::F32, dev).with_lora(&random_lora()).unwrap();
+        // 3 layers x 7 projections x (A, B).
+        assert_eq!(m.trainable().len(), 42);
+        assert_eq!(m.trainable()[0].0, "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");
+        assert!(m.trainable().iter().all(|(n, _)| !n.contains("visual")));
+        assert_all_gradients_finite_and_nonzero(&m, dev);
+    }
+
+    #[test]
+    fn full_finetuning_gets_gradients_on_every_lm_weight() {
+        let dev = &Device::Cpu;
+        let base = tiny(DType::F32, dev);
+        let m = base.full_finetune().unwrap();
+        let names: Vec<&str> = m.trainable().iter().map(|(n, _)| n.as_str()).collect();
+        assert!(names.contains(&"model.embed_tokens.weight") && names.contains(&"lm_head.weight"));
+        assert!(names.contains(&"model.layers.2.self_attn.k_proj.bias"));
+        assert_all_gradients_finite_and_nonzero(&m, dev);
+        // Updating a trainable copy leaves the base untouched.
+        let (_, var) = &m.trainable()[0];
+        var.set(&var.as_tensor().zeros_like().unwrap()).unwrap();
+        let ids = Tensor::new(&[[1u32, 2, 3]], dev).unwrap();
+        assert!(
+            max_diff(&base.forward(&ids, None, &[]).unwrap(), &m.forward(&ids, None, &[]).unwrap()) > 0.0
+        );
+    }
+
+    #[test]
+    fn lora_gradient_matches_finite_differences_in_f64() {
+        let dev = &Device::Cpu;
+        let m = Qwen25VL::new_random(&Config::tiny(), 7, DType::F64, dev)
+            .unwrap()
+            .with_lora(&random_lora())
+            .unwrap();
+        let grads = loss(&m, DType::F64, dev).backward().unwrap();
+        for (name, var) in [&m.trainable()[0], &m.trainable()[13], &m.trainable()[41]] {
+            let analytic =
+                grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let original = var.as_tensor().copy().unwrap();
+            let shape = original.dims().to_vec();
+            let flat = original.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let i = analytic.iter().enumerate().max_by(|a, b| a.1.abs().total_cmp(&b.1.abs())).unwrap().0;
+            let eps = 1e-6;
+            let at = |delta: f64| {
+                let mut v = flat.clone();
+                v[i] += delta;
+                var.set(&Tensor::from_vec(v, shape.as_slice(), dev).unwrap()).unwrap();
+                loss(&m, DType::F64, dev).to_scalar::<f64>().unwrap()
+            };
+            let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+            var.set(&original).unwrap();
+            let rel = (numeric - analytic[i]).abs() / analytic[i].abs().max(1e-12);
+            assert!(rel < 1e-3, "{name}[{i}]: analytic {} numeric {numeric}", analytic[i]);
+        }
+    }
+
+    #[test]
+    fn adapters_switch_off_and_merge() {
+        let dev = &Device::Cpu;
+        let base = tiny(DType::F32, dev);
+        let ids = Tensor::new(&[[1u32, 2, 3, 4]], dev).unwrap();
+        let reference = base.forward(&ids, None, &[]).unwrap();
+        let peft = base.with_lora(&LoraConfig::new(4, 8.0)).unwrap();
+        assert_eq!(max_diff(&peft.forward(&ids, None, &[]).unwrap(), &reference), 0.0);
+        let m = base.with_lora(&random_lora()).unwrap();
+        let adapted = m.forward(&ids, None, &[]).unwrap();
+        assert!(max_diff(&adapted, &reference) > 1e-4);
+        m.set_adapters_enabled(false);
+        assert_eq!(max_diff(&m.forward(&ids, None, &[]).unwrap(), &reference), 0.0);
+        m.set_adapters_enabled(true);
+        let merged = m.merge().unwrap();
+        assert!(merged.trainable().is_empty());
+        assert!(max_diff(&merged.forward(&ids, None, &[]).unwrap(), &adapted) < 1e-5);
+        assert!(m.with_lora(&random_lora()).is_err());
+        let none = LoraConfig { targets: vec!["nothing".into()], ..random_lora() };
+        assert!(base.with_lora(&none).unwrap_err().to_string().contains("match no module"));
+    }
+
+    #[test]
+    fn save_then_load_gives_the_same_model() {
+        let dev = &Device::Cpu;
+        let m = tiny(DType::F32, dev).with_lora(&random_lora()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        m.save(dir.path()).unwrap();
+        let loaded = Qwen25VL::load(dir.path().to_str().unwrap(), DType::F32, dev).unwrap();
+        assert_eq!(loaded.config(), m.config());
+        let ids = Tensor::new(prompt(m.config()), dev).unwrap().unsqueeze(0).unwrap();
+        let pv = pixels(DType::F32, dev);
+        let a = m.forward(&ids, Some(&pv), &[GRID]).unwrap();
+        let b = loaded.forward(&ids, Some(&pv), &[GRID]).unwrap();
+        assert!(max_diff(&a, &b) < 1e-5);
+    }
+
+    #[test]
+    fn tied_embeddings_round_trip_without_an_lm_head() {
+        let dev = &Device::Cpu;
+        let mut cfg = Config::tiny();
+        cfg.text.tie_word_embeddings = true;
+        let m = Qwen25VL::new_random(&cfg, 1, DType::F32, dev).unwrap();
+        assert!(m.named_tensors().unwrap().iter().all(|(n, _)| !n.starts_with("lm_head")));
+        let dir = tempfile::tempdir().unwrap();
+        m.save(dir.path()).unwrap();
+        let loaded = Qwen25VL::load(dir.path().to_str().unwrap(), DType::F32, dev).unwrap();
+        let ids = Tensor::new(&[[4u32, 5, 6]], dev).unwrap();
+        assert_eq!(
+            max_diff(&m.forward(&ids, None, &[]).unwrap(), &loaded.forward(&ids, None, &[]).unwrap()),
+            0.0
+        );
+    }
+
+    #[test]
+    fn info_counts_parameters() {
+        let dev = &Device::Cpu;
+        let m = tiny(DType::F32, dev);
+        let info = m.info().unwrap();
+        let stored: usize = m.named_tensors().unwrap().iter().map(|(_, t)| t.elem_count()).sum();
+        assert_eq!(info.total_params, stored);
+        assert_eq!(info.trainable_params, 0);
+        assert_eq!((info.dtype.as_str(), info.device.as_str()), ("float32", "cpu"));
+        let lora = m.with_lora(&LoraConfig::new(2, 4.0)).unwrap().info().unwrap();
+        let per_layer = 2 * (64 + 64) + 2 * (64 + 32) * 2 + 2 * (64 + 64) + 3 * 2 * (64 + 176);
+        assert_eq!(lora.trainable_params, 3 * per_layer);
+        assert_eq!(lora.total_params, info.total_params + lora.trainable_params);
+    }
+}

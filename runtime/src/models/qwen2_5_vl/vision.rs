@@ -204,6 +204,9 @@ impl VisionModel {
         let ordered: Vec<(usize, usize)> =
             window_index.iter().flat_map(|&u| positions[u * unit..(u + 1) * unit].iter().copied()).collect();
         let (cos, sin) = self.rotary(&ordered, x.device())?;
+        // The rotation runs in f32 as in transformers, or in f64 for an f64 model.
+        let rope_dtype = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
+        let (cos, sin) = (cos.to_dtype(rope_dtype)?, sin.to_dtype(rope_dtype)?);
 
         let full_bounds = frame_bounds(grids);
         for (i, block) in self.blocks.iter().enumerate() {
