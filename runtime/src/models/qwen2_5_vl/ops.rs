@@ -2,8 +2,10 @@
 //! attention and rotate-half rotary embedding.
 //!
 //! candle's fused `rms_norm`, `softmax_last_dim` and `rope` kernels have no backward pass, so
-//! everything here is composed from elementary ops that do. Half-precision inputs are upcast to
-//! f32 for the norm and the softmax, as transformers does.
+//! everything here is composed from elementary ops that do whenever a gradient can flow (an
+//! input tracks a `Var`). When none can, the fused kernels run instead: they give the same
+//! values and make an inference forward about four times faster on CPU. Half-precision inputs
+//! are upcast to f32 for the norm and the softmax, as transformers does.
 
 use candle_core::{DType, Tensor, D};
 
@@ -23,6 +25,9 @@ impl RmsNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.dtype() == DType::F32 && !x.track_op() && !self.weight.track_op() {
+            return Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps as f32)?);
+        }
         let dtype = x.dtype();
         let x = upcast(x)?;
         let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?;
@@ -42,6 +47,9 @@ pub fn upcast(x: &Tensor) -> Result<Tensor> {
 /// Softmax over the last dimension. The max is detached: softmax does not depend on the shift,
 /// so its gradient path through the max would only add rounding noise.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    if !x.track_op() {
+        return Ok(candle_nn::ops::softmax_last_dim(x)?);
+    }
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
@@ -79,31 +87,33 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
     #[test]
-    fn softmax_matches_candle_and_has_a_gradient() {
+    fn differentiable_softmax_matches_the_fused_one_and_has_a_gradient() {
         let dev = Device::Cpu;
         let x = candle_core::Var::new(&[[1.0f32, 2.0, 3.0], [0.5, -1.0, 4.0]], &dev).unwrap();
-        let ours = softmax_last(x.as_tensor()).unwrap();
-        let theirs = candle_nn::ops::softmax_last_dim(x.as_tensor()).unwrap();
-        let diff =
-            (ours.clone() - theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(diff < 1e-6);
+        let composed = softmax_last(x.as_tensor()).unwrap();
+        let fused = softmax_last(&x.as_tensor().detach()).unwrap();
+        assert!(max_diff(&composed, &fused) < 1e-6);
         let w = Tensor::new(&[[1.0f32, 0.0, 0.0], [0.0, 0.0, 1.0]], &dev).unwrap();
-        let grads = (ours * w).unwrap().sum_all().unwrap().backward().unwrap();
+        let grads = (composed * w).unwrap().sum_all().unwrap().backward().unwrap();
         let g =
             grads.get(x.as_tensor()).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(g > 0.0);
     }
 
     #[test]
-    fn rms_norm_matches_candle() {
+    fn differentiable_rms_norm_matches_the_fused_one() {
         let dev = Device::Cpu;
-        let x = Tensor::new(&[[1.0f32, -2.0, 3.0, 0.5]], &dev).unwrap();
+        let x = candle_core::Var::new(&[[1.0f32, -2.0, 3.0, 0.5]], &dev).unwrap();
         let weight = Tensor::new(&[1.0f32, 2.0, 0.5, -1.0], &dev).unwrap();
-        let norm = RmsNorm { weight: weight.clone(), eps: 1e-6 };
-        let ours = norm.forward(&x).unwrap();
-        let theirs = candle_nn::ops::rms_norm(&x, &weight, 1e-6).unwrap();
-        let diff = (ours - theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(diff < 1e-5);
+        let norm = RmsNorm { weight, eps: 1e-6 };
+        let composed = norm.forward(x.as_tensor()).unwrap();
+        let fused = norm.forward(&x.as_tensor().detach()).unwrap();
+        assert!(composed.track_op() && !fused.track_op());
+        assert!(max_diff(&composed, &fused) < 1e-5);
     }
 }

@@ -311,7 +311,8 @@ mod tests {
         let ids = Tensor::new(&[[1u32, 2, 3, 4]], dev).unwrap();
         let reference = base.forward(&ids, None, &[]).unwrap();
         let peft = base.with_lora(&LoraConfig::new(4, 8.0)).unwrap();
-        assert_eq!(max_diff(&peft.forward(&ids, None, &[]).unwrap(), &reference), 0.0);
+        // Zero B: unchanged up to the rounding of the differentiable kernels.
+        assert!(max_diff(&peft.forward(&ids, None, &[]).unwrap(), &reference) < 1e-6);
         let m = base.with_lora(&random_lora()).unwrap();
         let adapted = m.forward(&ids, None, &[]).unwrap();
         assert!(max_diff(&adapted, &reference) > 1e-4);
