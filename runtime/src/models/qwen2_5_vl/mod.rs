@@ -28,7 +28,7 @@ pub use cache::KvCache;
 pub use config::{Config, TextConfig, TokenIds, VisionConfig};
 pub use lora::{LoraConfig, LoraInit};
 pub use trainable::ModelInfo;
-pub use vision_window::Grid;
+pub use vision_window::{grids_from_tensor, Grid};
 
 use crate::error::{Context, Result};
 use lora::LoraState;
@@ -82,6 +82,22 @@ impl Qwen25VL {
 
     pub fn device(&self) -> &Device {
         self.text.device()
+    }
+
+    /// Merged vision features of each image `(tokens_i, out_hidden)` and their per-image mean
+    /// `(images, out_hidden)`, the pooled form a linear probe reads.
+    pub fn vision_features(&self, pixel_values: &Tensor, grids: &[Grid]) -> Result<(Vec<Tensor>, Tensor)> {
+        let merged = self.vision.forward(pixel_values, grids)?;
+        let unit = self.cfg.vision.spatial_merge_size.pow(2);
+        let mut per_image = Vec::with_capacity(grids.len());
+        let mut start = 0;
+        for &[t, h, w] in grids {
+            let n = t * h * w / unit;
+            per_image.push(merged.narrow(0, start, n)?);
+            start += n;
+        }
+        let pooled = per_image.iter().map(|f| f.mean_keepdim(0)).collect::<candle_core::Result<Vec<_>>>()?;
+        Ok((per_image, Tensor::cat(&pooled, 0)?))
     }
 
     /// Token embeddings with the image features written over the image tokens, `(b, s, hidden)`.
@@ -416,5 +432,12 @@ pub(crate) mod tests {
         assert!(max_diff(&merged.narrow(0, 0, 12).unwrap(), &alone) < 1e-5);
         let patches = m.vision().forward_pre_merger(&pv, &[GRID]).unwrap();
         assert_eq!(patches.dims(), &[48, 32]);
+        let (per_image, pooled) = m.vision_features(&two, &grids).unwrap();
+        assert_eq!(
+            (per_image[0].dims(), per_image[1].dims(), pooled.dims()),
+            (&[12, 64][..], &[4, 64][..], &[2, 64][..])
+        );
+        let mean = merged.narrow(0, 12, 4).unwrap().mean_keepdim(0).unwrap();
+        assert!(max_diff(&pooled.narrow(0, 1, 1).unwrap(), &mean) < 1e-6);
     }
 }

@@ -13,6 +13,19 @@ use crate::error::Result;
 /// One image's patch grid: `[t, h, w]` in patches.
 pub type Grid = [usize; 3];
 
+/// Grids from transformers' `image_grid_thw` tensor `(images, 3)` of any integer dtype.
+pub fn grids_from_tensor(grid_thw: &candle_core::Tensor) -> Result<Vec<Grid>> {
+    let rows = grid_thw.to_dtype(candle_core::DType::I64)?.to_vec2::<i64>()?;
+    rows.iter()
+        .map(|r| match r.as_slice() {
+            &[t, h, w] if t > 0 && h > 0 && w > 0 => Ok([t as usize, h as usize, w as usize]),
+            other => Err(crate::error::Error::msg(format!(
+                "image_grid_thw row {other:?} is not three positive sizes"
+            ))),
+        })
+        .collect()
+}
+
 /// Check each grid is usable with this merge size and return the total patch count.
 pub fn check_grids(grids: &[Grid], merge: usize) -> Result<usize> {
     let mut total = 0;
@@ -97,6 +110,15 @@ pub fn inverse(perm: &[usize]) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grids_read_from_a_tensor() {
+        let dev = candle_core::Device::Cpu;
+        let t = candle_core::Tensor::new(&[[1i64, 8, 10], [1, 4, 4]], &dev).unwrap();
+        assert_eq!(grids_from_tensor(&t).unwrap(), vec![[1, 8, 10], [1, 4, 4]]);
+        let bad = candle_core::Tensor::new(&[[1i64, 0, 10]], &dev).unwrap();
+        assert!(grids_from_tensor(&bad).is_err());
+    }
 
     #[test]
     fn patches_come_in_merge_units() {
