@@ -5,8 +5,9 @@
 //! features replace the `image_token_id` positions; position ids follow `get_rope_index`.
 //! The folder reads in data-flow order: `config`, `weights`/`load`, `ops`, `vision_window`,
 //! `vision`, `text`, `rope_index`, `cache`, then this file; `lora` and `trainable` make it
-//! trainable, `presets` holds the tiny CPU configuration.
+//! trainable, `adapter` reads and writes PEFT adapters, `presets` holds the tiny CPU configuration.
 
+pub mod adapter;
 pub mod cache;
 pub mod config;
 pub mod load;

@@ -71,7 +71,7 @@ impl TokenIds {
     /// (`<|im_end|>` = eos, then vision start/end, image pad, video pad); for tests and for
     /// tokenizers built that way.
     pub fn at_top(vocab_size: usize) -> Self {
-        let top = vocab_size as u32;
+        let top = vocab_size.max(5) as u32;
         Self {
             eos_token_id: Some(top - 5),
             vision_start_token_id: top - 4,
