@@ -309,6 +309,14 @@ mod tests {
     }
 
     #[test]
+    fn transformers5_in_channels_beside_in_chans_is_accepted() {
+        let both = nested().replace("\"in_chans\": 3,", "\"in_chans\": 3, \"in_channels\": 3,");
+        assert_eq!(Config::from_json_str(&both).unwrap(), Config::from_json_str(&flat()).unwrap());
+        let only = nested().replace("\"in_chans\": 3,", "\"in_channels\": 4,");
+        assert_eq!(Config::from_json_str(&only).unwrap().vision.in_chans, 4);
+    }
+
+    #[test]
     fn unknown_model_type_is_named() {
         let err = Config::from_json_str(&flat().replace("qwen2_5_vl", "llava")).unwrap_err().to_string();
         assert!(err.contains("unsupported model_type `llava`"), "{err}");

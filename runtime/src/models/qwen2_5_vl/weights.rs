@@ -1,0 +1,140 @@
+//! Where a module's tensors come from: a checkpoint on disk or a seeded random initialisation.
+//!
+//! Modules ask a [`Weights`] path builder for each tensor by its hub name (`vb.pp("q_proj")`
+//! style), so the layer constructors double as the map of the checkpoint, and the same
+//! constructor serves `load` and `new_random`.
+
+use candle_core::{DType, Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::Result;
+
+/// How a tensor is initialised when it is not read from a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    /// Normal with mean 0 and this standard deviation (transformers' `initializer_range`).
+    Normal(f64),
+    Ones,
+    Zeros,
+}
+
+/// A provider of tensors by full (hub-layout) name.
+pub trait WeightSource {
+    fn tensor(
+        &self,
+        name: &str,
+        shape: &[usize],
+        init: Init,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor>;
+}
+
+/// A cursor into a [`WeightSource`] at a name prefix.
+#[derive(Clone)]
+pub struct Weights<'a> {
+    source: &'a dyn WeightSource,
+    prefix: String,
+    dtype: DType,
+    device: Device,
+}
+
+impl<'a> Weights<'a> {
+    pub fn new(source: &'a dyn WeightSource, dtype: DType, device: &Device) -> Self {
+        Self { source, prefix: String::new(), dtype, device: device.clone() }
+    }
+
+    /// The cursor one level down: `pp("layers").pp(0)` reads `layers.0.*`.
+    pub fn pp(&self, name: impl ToString) -> Self {
+        let mut next = self.clone();
+        next.prefix = self.join(&name.to_string());
+        next
+    }
+
+    fn join(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    pub fn get(&self, shape: &[usize], name: &str, init: Init) -> Result<Tensor> {
+        self.source.tensor(&self.join(name), shape, init, self.dtype, &self.device)
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
+/// Seeded random initialisation. Each tensor draws from its own stream derived from the seed
+/// and its name, so the result does not depend on construction order.
+pub struct RandomSource {
+    seed: u64,
+}
+
+impl RandomSource {
+    pub fn new(seed: u64) -> Self {
+        Self { seed }
+    }
+}
+
+/// FNV-1a: a stable, dependency-free hash of a tensor name.
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+impl WeightSource for RandomSource {
+    fn tensor(
+        &self,
+        name: &str,
+        shape: &[usize],
+        init: Init,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let t = match init {
+            Init::Ones => Tensor::ones(shape, DType::F32, device)?,
+            Init::Zeros => Tensor::zeros(shape, DType::F32, device)?,
+            Init::Normal(std) => {
+                let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ name_hash(name));
+                let n: usize = shape.iter().product();
+                let values: Vec<f32> = (0..n).map(|_| (normal(&mut rng) * std) as f32).collect();
+                Tensor::from_vec(values, shape, device)?
+            }
+        };
+        Ok(t.to_dtype(dtype)?)
+    }
+}
+
+/// One standard normal draw (Box-Muller).
+pub fn normal(rng: &mut impl Rng) -> f64 {
+    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+    let u2: f64 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// A parameter as a model walk presents it: a whole linear layer (named without `.weight`,
+/// so LoRA can match module names) or a lone tensor (named in full, e.g. `model.norm.weight`).
+pub enum Param<'a> {
+    Linear(&'a mut super::lora::Linear),
+    Tensor(&'a mut Tensor),
+}
+
+/// The callback of a model walk; it receives each parameter with its hub-layout name.
+pub type Visitor<'v> = dyn FnMut(&str, Param<'_>) -> Result<()> + 'v;
+
+/// `prefix.name`, or `name` at the root.
+pub fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
