@@ -8,6 +8,7 @@
 pub mod device;
 pub mod error;
 pub mod image;
+pub mod metrics;
 pub mod models;
 
 pub use error::{Context, Error, Result};
