@@ -6,11 +6,13 @@
 //! "saturated"; `save` and `compare` write and tabulate reports.
 
 pub mod bootstrap;
+pub mod boundary;
 pub mod pass_at_k;
 pub mod record;
 pub mod support;
 
 pub use bootstrap::{BootstrapOptions, Estimate};
+pub use boundary::{boundary, BoundaryOptions, BoundaryRow, Regime};
 pub use pass_at_k::{pass_at_k, pass_at_k_curve};
 pub use record::{option_letter, QuestionRecord};
 pub use support::{AnswerEntropy, CurvePoint, FormatFailures, SupportReport};
