@@ -10,5 +10,6 @@ pub mod error;
 pub mod image;
 pub mod metrics;
 pub mod models;
+pub mod sample;
 
 pub use error::{Context, Error, Result};
