@@ -11,7 +11,7 @@ use crate::bail;
 use crate::error::Result;
 
 /// How intervals are computed.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BootstrapOptions {
     /// Number of resamples of the question set (default 1000).
     pub resamples: usize,

@@ -7,12 +7,16 @@
 
 pub mod bootstrap;
 pub mod boundary;
+pub mod compare;
 pub mod pass_at_k;
 pub mod record;
+pub mod save;
 pub mod support;
 
 pub use bootstrap::{BootstrapOptions, Estimate};
 pub use boundary::{boundary, BoundaryOptions, BoundaryRow, Regime};
+pub use compare::{compare, Comparison};
 pub use pass_at_k::{pass_at_k, pass_at_k_curve};
 pub use record::{option_letter, QuestionRecord};
+pub use save::Summary;
 pub use support::{AnswerEntropy, CurvePoint, FormatFailures, SupportReport};
