@@ -10,6 +10,7 @@ pub mod error;
 pub mod image;
 pub mod metrics;
 pub mod models;
+pub mod report;
 pub mod sample;
 
 pub use error::{Context, Error, Result};
