@@ -1,0 +1,22 @@
+//! Support metrics: how often the default (greedy) answer is right against how often the right
+//! answer is reachable by sampling, computed from plain per-question records.
+//!
+//! `pass_at_k` is the estimator; `record` the per-question data; `bootstrap` the intervals;
+//! `support` the report; `boundary` the rule that reads a report as "bridge", "sharpen" or
+//! "saturated"; `save` and `compare` write and tabulate reports.
+
+pub mod bootstrap;
+pub mod boundary;
+pub mod compare;
+pub mod pass_at_k;
+pub mod record;
+pub mod save;
+pub mod support;
+
+pub use bootstrap::{BootstrapOptions, Estimate};
+pub use boundary::{boundary, BoundaryOptions, BoundaryRow, Regime};
+pub use compare::{compare, Comparison};
+pub use pass_at_k::{pass_at_k, pass_at_k_curve};
+pub use record::{option_letter, QuestionRecord};
+pub use save::Summary;
+pub use support::{AnswerEntropy, CurvePoint, FormatFailures, SupportReport};

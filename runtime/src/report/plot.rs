@@ -1,0 +1,223 @@
+//! Pass@k curves as PNG and SVG: one line per report with its 95% bootstrap band, and each
+//! report's greedy Acc@1 as a dashed line of the same colour, on a log2 k axis so the small k
+//! where curves differ most get as much room as the large ones.
+
+use std::path::{Path, PathBuf};
+
+use plotters::coord::Shift;
+use plotters::element::DashedPathElement;
+use plotters::prelude::*;
+
+use super::font::{ensure_registered, FAMILY};
+use crate::bail;
+use crate::error::{Error, Result};
+use crate::metrics::SupportReport;
+
+/// Distinguishable line colours (the "tab10" palette), reused in order.
+const COLOURS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlotOptions {
+    /// Defaults to "Pass@k with 95% bootstrap CI".
+    pub title: Option<String>,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl Default for PlotOptions {
+    fn default() -> Self {
+        PlotOptions { title: None, width: 960, height: 640 }
+    }
+}
+
+/// Plots one or several labelled reports overlaid. `path`'s extension is replaced: the plot is
+/// written as both `<path>.png` and `<path>.svg`, which are returned.
+pub fn plot_pass_curves(
+    reports: &[(&str, &SupportReport)],
+    path: impl AsRef<Path>,
+    options: &PlotOptions,
+) -> Result<Vec<PathBuf>> {
+    if reports.is_empty() {
+        bail!("plot: no reports to plot");
+    }
+    if let Some((label, _)) = reports.iter().find(|(_, r)| r.n() == 0) {
+        bail!("plot: report {label:?} has no samples, so no Pass@k curve");
+    }
+    if options.width < 200 || options.height < 150 {
+        bail!("plot: size {}x{} is too small (at least 200x150)", options.width, options.height);
+    }
+    ensure_registered()?;
+    let path = path.as_ref();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let (w, h) = (options.width, options.height);
+
+    let png = path.with_extension("png");
+    let mut pixels = vec![0u8; w as usize * h as usize * 3];
+    draw(BitMapBackend::with_buffer(&mut pixels, (w, h)).into_drawing_area(), reports, options)?;
+    image::save_buffer(&png, &pixels, w, h, image::ExtendedColorType::Rgb8)
+        .map_err(|e| Error::msg(format!("{}: {e}", png.display())))?;
+
+    let svg = path.with_extension("svg");
+    let mut text = String::new();
+    draw(SVGBackend::with_string(&mut text, (w, h)).into_drawing_area(), reports, options)?;
+    std::fs::write(&svg, text).map_err(|e| Error::io(&svg, e))?;
+    Ok(vec![png, svg])
+}
+
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    reports: &[(&str, &SupportReport)],
+    options: &PlotOptions,
+) -> Result<()> {
+    let fail = |e: DrawingAreaErrorKind<DB::ErrorType>| Error::msg(format!("plot: {e}"));
+    let n_max = reports.iter().map(|(_, r)| r.n()).max().unwrap_or(1);
+    // With n = 1 there is a single k; widen the axis so the point is not on the frame.
+    let x_max = (n_max as f64).log2().max(1.0);
+    let title = options.title.clone().unwrap_or_else(|| "Pass@k with 95% bootstrap CI".to_string());
+
+    root.fill(&WHITE).map_err(fail)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, (FAMILY, 26))
+        .margin(16)
+        .x_label_area_size(52)
+        .y_label_area_size(64)
+        .build_cartesian_2d(-0.05 * x_max..x_max * 1.02, 0.0..1.02)
+        .map_err(fail)?;
+    chart
+        .configure_mesh()
+        .x_desc("k (samples drawn, log2 scale)")
+        .y_desc("Pass@k")
+        .x_labels(x_max as usize + 1)
+        .x_label_formatter(&|x| power_of_two_label(*x))
+        .y_labels(11)
+        .y_label_formatter(&|y| format!("{y:.1}"))
+        .label_style((FAMILY, 16))
+        .axis_desc_style((FAMILY, 18))
+        .light_line_style(WHITE.mix(0.0))
+        .bold_line_style(BLACK.mix(0.12))
+        .draw()
+        .map_err(fail)?;
+
+    let x = |k: usize| (k as f64).log2();
+    // All bands first, so no band tints another report's line.
+    for (i, (_, report)) in reports.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        let curve = report.curve();
+        let band: Vec<(f64, f64)> = curve
+            .iter()
+            .map(|p| (x(p.k), p.pass.hi))
+            .chain(curve.iter().rev().map(|p| (x(p.k), p.pass.lo)))
+            .collect();
+        chart.draw_series(std::iter::once(Polygon::new(band, colour.mix(0.18).filled()))).map_err(fail)?;
+    }
+    for (i, (label, report)) in reports.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        let curve = report.curve();
+        let k_max = curve.last().map_or(1, |p| p.k);
+        let pass = curve.last().map_or(0.0, |p| p.pass.value);
+        chart
+            .draw_series(LineSeries::new(
+                curve.iter().map(|p| (x(p.k), p.pass.value)),
+                colour.stroke_width(3),
+            ))
+            .map_err(fail)?
+            .label(format!("{label}: Pass@{k_max} = {pass:.3}"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(3)));
+
+        let acc1 = report.acc1().value;
+        let dashed = DashedLineSeries::new([(0.0, acc1), (x(k_max), acc1)], 10, 6, colour.stroke_width(2));
+        chart
+            .draw_series(dashed)
+            .map_err(fail)?
+            .label(format!("{label}: Acc@1 (greedy) = {acc1:.3}"))
+            .legend(move |(x, y)| {
+                DashedPathElement::new(vec![(x, y), (x + 24, y)], 6, 4, colour.stroke_width(2))
+            });
+        chart.draw_series(std::iter::once(Circle::new((0.0, acc1), 5, colour.filled()))).map_err(fail)?;
+    }
+
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .label_font((FAMILY, 16))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .draw()
+        .map_err(fail)?;
+    root.present().map_err(fail)?;
+    Ok(())
+}
+
+/// "1", "2", "4", ... at integer log2 positions; nothing between them.
+fn power_of_two_label(x: f64) -> String {
+    let rounded = x.round();
+    if (x - rounded).abs() < 1e-6 && rounded >= 0.0 {
+        format!("{}", 1u64 << rounded as u32)
+    } else {
+        String::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::support::tests::record;
+    use crate::metrics::BootstrapOptions;
+
+    fn report(offset: usize) -> SupportReport {
+        let records = (0..40)
+            .map(|q| {
+                let samples: Vec<_> =
+                    (0..16).map(|s| Some(usize::from((q * 7 + s * 3 + offset) % 5 != 0))).collect();
+                record(&q.to_string(), "t", 0, Some(usize::from(q % 3 != 0)), &samples)
+            })
+            .collect();
+        SupportReport::new(records, BootstrapOptions { resamples: 200, ..Default::default() }).unwrap()
+    }
+
+    #[test]
+    fn writes_png_and_svg_with_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (report(0), report(2));
+        let written = plot_pass_curves(
+            &[("base", &a), ("grpo", &b)],
+            dir.path().join("plots/pass.png"),
+            &PlotOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(written, [dir.path().join("plots/pass.png"), dir.path().join("plots/pass.svg")]);
+        let png = image::open(&written[0]).unwrap();
+        assert_eq!((png.width(), png.height()), (960, 640));
+        let svg = std::fs::read_to_string(&written[1]).unwrap();
+        assert!(
+            svg.contains("Acc@1 (greedy)") && svg.contains("grpo: Pass@16") && svg.contains("log2 scale")
+        );
+    }
+
+    #[test]
+    fn axis_labels_are_powers_of_two() {
+        let labels: Vec<String> = [0.0, 1.0, 2.5, 4.0, 10.0].iter().map(|&x| power_of_two_label(x)).collect();
+        assert_eq!(labels, ["1", "2", "", "16", "1024"]);
+    }
+
+    #[test]
+    fn refuses_reports_without_samples() {
+        let empty =
+            SupportReport::new(vec![record("1", "t", 0, Some(0), &[])], BootstrapOptions::default()).unwrap();
+        let err =
+            plot_pass_curves(&[("greedy only", &empty)], "/tmp/x", &PlotOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("greedy only"), "{err}");
+        assert!(plot_pass_curves(&[], "/tmp/x", &PlotOptions::default()).is_err());
+    }
+}
