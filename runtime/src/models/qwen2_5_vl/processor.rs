@@ -123,7 +123,7 @@ impl Processor {
     }
 
     /// The tiny preset's processor: a 1024-token byte-level BPE with Qwen's special tokens,
-    /// Qwen2.5-VL's chat template, and images resized to 84-112 px (files embedded at build time).
+    /// Qwen2.5-VL's chat template, and images kept between 28 and 56 px (files embedded at build time).
     pub fn tiny() -> Result<Self> {
         let tokenizer = parse_tokenizer(TINY_TOKENIZER.as_bytes()).context("tiny preset tokenizer.json")?;
         let config: Value =
@@ -328,7 +328,7 @@ mod tests {
         let image = Image::open(&testdata("input_37x23.png")).unwrap();
         let with_image = processor.encode(Some(&image), prompt).unwrap();
         assert_eq!(with_image.input_ids, ids(&exp["tiny_image_ids"]));
-        assert_eq!(with_image.grid_thw, Some([1, 6, 8]));
+        assert_eq!(with_image.grid_thw, Some([1, 4, 6]));
         let text_only = processor.encode(None, prompt).unwrap();
         assert_eq!(text_only.input_ids, ids(&exp["tiny_text_ids"]));
         assert!(text_only.pixel_values.is_none() && text_only.grid_thw.is_none());
@@ -339,14 +339,14 @@ mod tests {
         let processor = Processor::tiny().unwrap();
         let image = Image::new(28, 28, 1, vec![128u8; 28 * 28]).unwrap();
         let enc = processor.encode(Some(&image), "What organ is this?").unwrap();
-        // A 28 px image is resized to 84x84: a 6x6 patch grid, 3x3 merged patches.
-        assert_eq!(enc.grid_thw, Some([1, 6, 6]));
+        // A 28 px image keeps its size: a 4x4 grid of 7 px patches, 2x2 merged patches.
+        assert_eq!(enc.grid_thw, Some([1, 4, 4]));
         let pads = enc.input_ids.iter().filter(|&&id| id == processor.image_pad_id()).count();
-        assert_eq!(pads, 9);
+        assert_eq!(pads, 4);
         let start = enc.input_ids.iter().position(|&id| id == processor.vision_start_id()).unwrap();
-        assert!(enc.input_ids[start + 1..start + 10].iter().all(|&id| id == processor.image_pad_id()));
-        assert_eq!(enc.input_ids[start + 10], processor.vision_end_id());
-        assert_eq!(enc.pixel_values.unwrap().dims(), &[36, 3 * 2 * 14 * 14]);
+        assert!(enc.input_ids[start + 1..start + 5].iter().all(|&id| id == processor.image_pad_id()));
+        assert_eq!(enc.input_ids[start + 5], processor.vision_end_id());
+        assert_eq!(enc.pixel_values.unwrap().dims(), &[16, 3 * 2 * 7 * 7]);
     }
 
     #[test]
