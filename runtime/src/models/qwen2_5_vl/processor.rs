@@ -88,7 +88,19 @@ pub struct Processor {
     image_config: PreprocessorConfig,
     special: SpecialTokens,
     eos_token_ids: Vec<u32>,
+    /// The checkpoint files it was read from, verbatim, so `save` reproduces them exactly.
+    files: Vec<(String, String)>,
 }
+
+/// The processor files a checkpoint may carry, all copied verbatim by [`Processor::save`].
+const PROCESSOR_FILES: [&str; 6] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "preprocessor_config.json",
+    "chat_template.json",
+    "chat_template.jinja",
+    "generation_config.json",
+];
 
 impl std::fmt::Debug for Processor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -119,7 +131,13 @@ impl Processor {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(Error::io(&generation_path, e)),
         };
-        Self::new(tokenizer, template, image_config, eos)
+        let files = PROCESSOR_FILES
+            .iter()
+            .filter_map(|name| {
+                std::fs::read_to_string(dir.join(name)).ok().map(|text| (name.to_string(), text))
+            })
+            .collect();
+        Ok(Self::new(tokenizer, template, image_config, eos)?.with_files(files))
     }
 
     /// The tiny preset's processor: a 1024-token byte-level BPE with Qwen's special tokens,
@@ -131,7 +149,32 @@ impl Processor {
         let template = ChatTemplate::from_tokenizer_config(&config, "tiny preset tokenizer_config.json")?;
         let image_config = PreprocessorConfig::from_json_str(TINY_PREPROCESSOR_CONFIG)
             .context("tiny preset preprocessor_config.json")?;
-        Self::new(tokenizer, template, image_config, None)
+        let files = [
+            ("tokenizer.json", TINY_TOKENIZER),
+            ("tokenizer_config.json", TINY_TOKENIZER_CONFIG),
+            ("preprocessor_config.json", TINY_PREPROCESSOR_CONFIG),
+        ];
+        let files = files.into_iter().map(|(n, t)| (n.to_string(), t.to_string())).collect();
+        Ok(Self::new(tokenizer, template, image_config, None)?.with_files(files))
+    }
+
+    fn with_files(mut self, files: Vec<(String, String)>) -> Self {
+        self.files = files;
+        self
+    }
+
+    /// Write the processor files it was loaded from into `dir` (next to saved weights), so the
+    /// directory loads again here and in transformers.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        if self.files.is_empty() {
+            crate::bail!("this processor was assembled in code and has no files to save");
+        }
+        for (name, text) in &self.files {
+            let path = dir.join(name);
+            std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(())
     }
 
     /// Assemble a processor. Without explicit `eos_token_ids` generation stops at `<|im_end|>`
@@ -144,7 +187,7 @@ impl Processor {
     ) -> Result<Self> {
         let special = SpecialTokens::from_tokenizer(&tokenizer)?;
         let eos_token_ids = eos_token_ids.unwrap_or_else(|| vec![special.im_end, special.endoftext]);
-        Ok(Processor { tokenizer, template, image_config, special, eos_token_ids })
+        Ok(Processor { tokenizer, template, image_config, special, eos_token_ids, files: Vec::new() })
     }
 
     /// Token ids of one user turn (the image, if any, then `prompt`) with the template's
