@@ -10,6 +10,7 @@ pub mod device;
 pub mod error;
 pub mod image;
 pub mod models;
+pub mod probe;
 pub mod run;
 pub mod sandbox;
 pub mod task;
