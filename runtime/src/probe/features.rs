@@ -130,7 +130,7 @@ pub fn probe_datasets(
         .with_context(|| format!("linear_probe on {flag}"))
 }
 
-fn single_flag(ds: &Dataset, which: &str) -> Result<String> {
+pub(crate) fn single_flag(ds: &Dataset, which: &str) -> Result<String> {
     match ds.flags().as_slice() {
         [flag] => Ok(flag.to_string()),
         [] => crate::bail!("linear_probe: the {which} dataset is empty"),
