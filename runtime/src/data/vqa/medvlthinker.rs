@@ -1,8 +1,8 @@
 //! The MedVLThinker-Eval parquet: PMC-VQA, MMMU (medical), MedXpertQA-MM, PathVQA, SLAKE and
 //! VQA-RAD in one file. Columns: `images` (a list of image bytes or `{bytes, path}` structs),
-//! `question`, `options` (a JSON object letter → text), `answer_label` (the letter), `answer`
-//! (its text) and `dataset_name`, which becomes each item's task so results break down per
-//! benchmark. `McqItem` carries one picture, so a row with several images keeps its first.
+//! `question`, `options` (a JSON object letter → text, or `A. text` lines), `answer_label` (the
+//! letter), `answer` (its text) and `dataset_name`, which becomes each item's task so results
+//! break down per benchmark. `McqItem` carries one picture, so a row with several images keeps its first.
 
 use std::path::Path;
 
@@ -63,8 +63,32 @@ fn parse_options(json: &str) -> Result<Vec<String>> {
             Ok(pairs.into_iter().map(|(_, v)| v).collect())
         }
         Ok(Value::Array(list)) => Ok(list.iter().map(text).collect()),
-        _ => crate::bail!("expected a JSON object of lettered options, got {json:?}"),
+        _ => lettered_lines(json),
     }
+}
+
+/// Options written one per line as `A. text` (also `A: text`, `(A) text`), the other form this
+/// column takes in copies of the eval set.
+fn lettered_lines(options: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for line in options.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let letter = crate::task::extract::option_letter(out.len());
+        let rest = line.strip_prefix('(').unwrap_or(line);
+        let body = rest
+            .strip_prefix(letter)
+            .and_then(|r| r.strip_prefix(|c: char| ".:)".contains(c)))
+            .map(str::trim);
+        match body {
+            Some(text) => out.push(text.to_string()),
+            None => crate::bail!(
+                "expected a JSON object of lettered options or lines \"{letter}. text\", found line {line:?}"
+            ),
+        }
+    }
+    if out.len() < 2 {
+        crate::bail!("fewer than two options in {options:?}");
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -109,6 +133,18 @@ mod tests {
             .to_string();
         assert!(err.contains("bad_label.parquet: row 2, column `answer_label`"), "{err}");
         assert!(err.contains("\"E\""), "{err}");
+    }
+
+    #[test]
+    fn options_may_be_json_or_lettered_lines() {
+        assert_eq!(parse_options(r#"{"B": "two", "A": "one"}"#).unwrap(), ["one", "two"]);
+        assert_eq!(parse_options("A. one\nB: two\n(C) three").unwrap(), ["one", "two", "three"]);
+        let err = parse_options("A. one\nC. three").unwrap_err().to_string();
+        assert!(err.contains("\"B. text\"") && err.contains("C. three"), "{err}");
+        assert!(parse_options(r#"{"A": "one", "C": "three"}"#)
+            .unwrap_err()
+            .to_string()
+            .contains("run A, B, C"));
     }
 
     #[test]
