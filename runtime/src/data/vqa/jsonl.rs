@@ -8,19 +8,20 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::data::dataset::Split;
 use crate::data::vqa::question::{letter_index, Question};
+use crate::data::vqa::Shard;
 use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::task::mcq::McqItem;
 
-pub(super) fn load(path: &Path, split: Split, limit: usize) -> Result<Vec<McqItem>> {
+pub(super) fn load(shard: &Shard) -> Result<Vec<McqItem>> {
+    let path = shard.path;
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let task = path.file_stem().and_then(|s| s.to_str()).unwrap_or("jsonl").to_string();
     let mut items = Vec::new();
     for (row, line) in std::io::BufReader::new(file).lines().enumerate() {
-        if items.len() >= limit {
+        if items.len() >= shard.limit {
             break;
         }
         let line = line.map_err(|e| Error::io(path, e))?;
@@ -50,7 +51,7 @@ pub(super) fn load(path: &Path, split: Split, limit: usize) -> Result<Vec<McqIte
             }
             Some(other) => crate::bail!("{}: expected a path, got {other}", here("image")),
         };
-        let q = Question { task: task.clone(), split, row, image, question };
+        let q = Question { task: task.clone(), split: shard.split, row, image, question };
         items.push(q.choice(options, answer));
     }
     Ok(items)

@@ -8,17 +8,18 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::data::dataset::Split;
 use crate::data::vqa::parquet_rows::{for_each_row, Cell};
 use crate::data::vqa::question::{letter_index, Question};
+use crate::data::vqa::Shard;
 use crate::error::Result;
 use crate::task::mcq::McqItem;
 
 const COLUMNS: [&str; 5] = ["images", "question", "options", "answer_label", "dataset_name"];
 
-pub(super) fn load(path: &Path, split: Split, limit: usize) -> Result<Vec<McqItem>> {
+pub(super) fn load(shard: &Shard) -> Result<(Vec<McqItem>, usize)> {
+    let path = shard.path;
     let mut items = Vec::new();
-    for_each_row(path, &COLUMNS, |row, record| {
+    let rows = for_each_row(path, &COLUMNS, |row, record| {
         let cell = |column| Cell::get(path, row, record, column);
         let options_cell = cell("options")?;
         let options = parse_options(&options_cell.text()?).map_err(|e| {
@@ -30,15 +31,15 @@ pub(super) fn load(path: &Path, split: Split, limit: usize) -> Result<Vec<McqIte
         })?;
         let question = Question {
             task: cell("dataset_name")?.text()?,
-            split,
-            row,
+            split: shard.split,
+            row: shard.first_row + row,
             image: cell("images")?.images()?.into_iter().next(),
             question: cell("question")?.text()?,
         };
         items.push(question.choice(options, answer));
-        Ok(items.len() < limit)
+        Ok(items.len() < shard.limit)
     })?;
-    Ok(items)
+    Ok((items, rows))
 }
 
 /// Option texts in letter order from `{"A": "...", "B": "..."}` (a JSON list is accepted too).
@@ -94,6 +95,7 @@ fn lettered_lines(options: &str) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::dataset::Split;
     use crate::data::vqa::{load_vqa, VqaKind, VqaOptions};
 
     fn fixture(name: &str) -> std::path::PathBuf {

@@ -12,7 +12,8 @@
 //! | `question.rs` | answer labels, yes/no questions, free-text items, benchmark modalities |
 //!
 //! A path is either one file or a folder, in which the split's file is looked up by its published
-//! name (`test.json`, `test_2.csv`, `test-00000-of-00001.parquet`, ...).
+//! name (`test.json`, `test_2.csv`, `test-00000-of-00001.parquet`, ...; every parquet shard of the
+//! split is read, in name order).
 
 mod hf_yes_no;
 mod jsonl;
@@ -98,37 +99,52 @@ impl Default for VqaOptions {
     }
 }
 
-/// Read one benchmark file (or the split's file in a folder) into a multiple-choice task.
+/// Read one benchmark file (or the split's files in a folder) into a multiple-choice task.
 pub fn load_vqa(kind: VqaKind, path: &Path, opts: &VqaOptions) -> Result<McqTask> {
     let load = || -> Result<McqTask> {
-        let file = split_file(kind, path, opts.split)?;
+        let files = split_files(kind, path, opts.split)?;
         let limit = opts.limit.unwrap_or(usize::MAX);
-        let items: Vec<McqItem> = match kind {
-            VqaKind::MedVlThinker => medvlthinker::load(&file, opts.split, limit)?,
-            VqaKind::PmcVqa => pmc_vqa::load(&file, opts.split, limit)?,
-            VqaKind::Slake => slake::load(&file, opts.split, opts.closed_only, limit)?,
-            VqaKind::VqaRad | VqaKind::PathVqa => {
-                hf_yes_no::load(kind, &file, opts.split, opts.closed_only, limit)?
+        let mut items: Vec<McqItem> = Vec::new();
+        // Rows are numbered across the shards of a split, so ids stay unique.
+        let mut first_row = 0;
+        for file in &files {
+            let left = limit - items.len();
+            if left == 0 {
+                break;
             }
-            VqaKind::Jsonl => jsonl::load(&file, opts.split, limit)?,
-        };
+            let shard = Shard { path: file, first_row, split: opts.split, limit: left };
+            let (mut part, rows) = match kind {
+                VqaKind::MedVlThinker => medvlthinker::load(&shard)?,
+                VqaKind::VqaRad | VqaKind::PathVqa => hf_yes_no::load(kind, &shard, opts.closed_only)?,
+                VqaKind::PmcVqa => (pmc_vqa::load(&shard)?, 0),
+                VqaKind::Slake => (slake::load(&shard, opts.closed_only)?, 0),
+                VqaKind::Jsonl => (jsonl::load(&shard)?, 0),
+            };
+            items.append(&mut part);
+            first_row += rows;
+        }
         if items.is_empty() {
-            crate::bail!(
-                "{}: no questions left (split {}, closed_only {})",
-                file.display(),
-                opts.split,
-                opts.closed_only
-            );
+            crate::bail!("no questions left (split {}, closed_only {})", opts.split, opts.closed_only);
         }
         McqTask::new(kind.as_str(), items, opts.template.as_deref(), opts.answer_format)
     };
     load().with_context(|| format!("load_vqa {} {}", kind.as_str(), path.display()))
 }
 
-/// The file to read: `path` itself, or the split's file inside the folder `path`.
-fn split_file(kind: VqaKind, path: &Path, split: Split) -> Result<PathBuf> {
+/// One file of a split, and where its rows start in the split's numbering.
+pub(super) struct Shard<'a> {
+    pub path: &'a Path,
+    pub first_row: usize,
+    pub split: Split,
+    /// Questions still wanted.
+    pub limit: usize,
+}
+
+/// The files to read: `path` itself, or the split's file(s) inside the folder `path` (every
+/// parquet shard of the split, in name order).
+fn split_files(kind: VqaKind, path: &Path, split: Split) -> Result<Vec<PathBuf>> {
     if path.is_file() {
-        return Ok(path.to_path_buf());
+        return Ok(vec![path.to_path_buf()]);
     }
     if !path.is_dir() {
         crate::bail!("no such file or folder");
@@ -138,7 +154,7 @@ fn split_file(kind: VqaKind, path: &Path, split: Split) -> Result<PathBuf> {
         Split::Val => &["validation", "validate", "val", "valid", "dev"],
         Split::Test => &["test"],
     };
-    let candidates: Vec<PathBuf> = match kind {
+    let found: Vec<PathBuf> = match kind {
         VqaKind::MedVlThinker | VqaKind::VqaRad | VqaKind::PathVqa => {
             let mut found = Vec::new();
             for dir in [path.to_path_buf(), path.join("data")] {
@@ -153,27 +169,23 @@ fn split_file(kind: VqaKind, path: &Path, split: Split) -> Result<PathBuf> {
                 files.sort();
                 found.extend(files);
             }
-            if found.len() > 1 {
-                crate::bail!(
-                    "{} parquet files for split {split} in {}; pass one file: {}",
-                    found.len(),
-                    path.display(),
-                    found.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-                );
-            }
             found
         }
         VqaKind::PmcVqa => names
             .iter()
             .flat_map(|s| [path.join(format!("{s}_2.csv")), path.join(format!("{s}.csv"))])
+            .filter(|p| p.is_file())
+            .take(1)
             .collect(),
-        VqaKind::Slake => names.iter().map(|s| path.join(format!("{s}.json"))).collect(),
-        VqaKind::Jsonl => names.iter().map(|s| path.join(format!("{s}.jsonl"))).collect(),
-    };
-    match candidates.into_iter().find(|p| p.is_file()) {
-        Some(file) => Ok(file),
-        None => {
-            crate::bail!("is a folder with no {} file for split {split}; pass the file itself", kind.as_str())
+        VqaKind::Slake => {
+            names.iter().map(|s| path.join(format!("{s}.json"))).filter(|p| p.is_file()).take(1).collect()
         }
+        VqaKind::Jsonl => {
+            names.iter().map(|s| path.join(format!("{s}.jsonl"))).filter(|p| p.is_file()).take(1).collect()
+        }
+    };
+    if found.is_empty() {
+        crate::bail!("is a folder with no {} file for split {split}; pass the file itself", kind.as_str());
     }
+    Ok(found)
 }

@@ -15,12 +15,12 @@ use crate::error::{Error, Result};
 use crate::image::Image;
 
 /// Call `each(row_number, row)` for every row until it returns `false`, after checking that the
-/// file has every `required` top-level column.
+/// file has every `required` top-level column. Returns the file's number of rows.
 pub(super) fn for_each_row(
     path: &Path,
     required: &[&str],
     mut each: impl FnMut(usize, &Row) -> Result<bool>,
-) -> Result<()> {
+) -> Result<usize> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let parquet_error = |e: parquet::errors::ParquetError| Error::msg(format!("{}: {e}", path.display()));
     let reader = SerializedFileReader::new(file).map_err(parquet_error)?;
@@ -29,13 +29,14 @@ pub(super) fn for_each_row(
     if let Some(missing) = required.iter().find(|c| !columns.contains(c)) {
         crate::bail!("{}: no column `{missing}` (the file has: {})", path.display(), columns.join(", "));
     }
+    let rows = usize::try_from(reader.metadata().file_metadata().num_rows()).unwrap_or(0);
     for (i, row) in reader.get_row_iter(None).map_err(parquet_error)?.enumerate() {
         let row = row.map_err(|e| Error::msg(format!("{}: row {i}: {e}", path.display())))?;
         if !each(i, &row)? {
             break;
         }
     }
-    Ok(())
+    Ok(rows)
 }
 
 /// One cell, with its location for error messages.

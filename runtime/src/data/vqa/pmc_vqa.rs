@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::data::dataset::Split;
 use crate::data::vqa::question::{letter_index, Question};
+use crate::data::vqa::Shard;
 use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::task::mcq::McqItem;
@@ -15,7 +15,8 @@ use crate::task::mcq::McqItem;
 const CHOICES: [&str; 4] = ["Choice A", "Choice B", "Choice C", "Choice D"];
 const IMAGE_DIRS: [&str; 3] = ["", "images", "figures"];
 
-pub(super) fn load(path: &Path, split: Split, limit: usize) -> Result<Vec<McqItem>> {
+pub(super) fn load(shard: &Shard) -> Result<Vec<McqItem>> {
+    let path = shard.path;
     let mut reader =
         csv::Reader::from_path(path).map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
     let headers = reader.headers().map_err(|e| Error::msg(format!("{}: {e}", path.display())))?.clone();
@@ -37,7 +38,7 @@ pub(super) fn load(path: &Path, split: Split, limit: usize) -> Result<Vec<McqIte
     let mut images: HashMap<String, Image> = HashMap::new();
     let mut items = Vec::new();
     for (row, record) in reader.records().enumerate() {
-        if items.len() >= limit {
+        if items.len() >= shard.limit {
             break;
         }
         let here = |column: &str| format!("{}: row {row}, column `{column}`", path.display());
@@ -59,7 +60,13 @@ pub(super) fn load(path: &Path, split: Split, limit: usize) -> Result<Vec<McqIte
                 image
             }
         };
-        let q = Question { task: "PMC-VQA".into(), split, row, image: Some(image), question: cell(question) };
+        let q = Question {
+            task: "PMC-VQA".into(),
+            split: shard.split,
+            row,
+            image: Some(image),
+            question: cell(question),
+        };
         items.push(q.choice(options, answer));
     }
     Ok(items)

@@ -8,8 +8,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::data::dataset::Split;
 use crate::data::vqa::question::Question;
+use crate::data::vqa::Shard;
 use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::task::mcq::McqItem;
@@ -23,7 +23,8 @@ struct Entry {
     answer_type: String,
 }
 
-pub(super) fn load(path: &Path, split: Split, closed_only: bool, limit: usize) -> Result<Vec<McqItem>> {
+pub(super) fn load(shard: &Shard, closed_only: bool) -> Result<Vec<McqItem>> {
+    let path = shard.path;
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let entries: Vec<Entry> = serde_json::from_str(&text)
         .map_err(|e| Error::msg(format!("{}: not a SLAKE question list: {e}", path.display())))?;
@@ -31,7 +32,7 @@ pub(super) fn load(path: &Path, split: Split, closed_only: bool, limit: usize) -
     let mut images: HashMap<String, Image> = HashMap::new();
     let mut items = Vec::new();
     for (row, entry) in entries.into_iter().enumerate() {
-        if items.len() >= limit {
+        if items.len() >= shard.limit {
             break;
         }
         let closed = entry.answer_type.trim().eq_ignore_ascii_case("closed");
@@ -57,8 +58,13 @@ pub(super) fn load(path: &Path, split: Split, closed_only: bool, limit: usize) -
             serde_json::Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        let question =
-            Question { task: "SLAKE".into(), split, row, image: Some(image), question: entry.question };
+        let question = Question {
+            task: "SLAKE".into(),
+            split: shard.split,
+            row,
+            image: Some(image),
+            question: entry.question,
+        };
         items.push(question.yes_no(&answer).unwrap_or_else(|q| q.free_text(&answer)));
     }
     Ok(items)
