@@ -2,9 +2,8 @@
 //! VQA-RAD in one file. Columns: `images` (a list of image bytes or `{bytes, path}` structs),
 //! `question`, `options` (a JSON object letter → text, or `A. text` lines), `answer_label` (the
 //! letter), `answer` (its text) and `dataset_name`, which becomes each item's task so results
-//! break down per benchmark. `McqItem` carries one picture, so a row with several images keeps its first.
-
-use std::path::Path;
+//! break down per benchmark. `McqItem` carries one picture, so a row with several images keeps
+//! its first.
 
 use serde_json::Value;
 
@@ -94,6 +93,8 @@ fn lettered_lines(options: &str) -> Result<Vec<String>> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
     use crate::data::dataset::Split;
     use crate::data::vqa::{load_vqa, VqaKind, VqaOptions};
