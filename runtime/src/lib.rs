@@ -11,6 +11,7 @@ pub mod error;
 pub mod image;
 pub mod metrics;
 pub mod models;
+pub mod probe;
 pub mod report;
 pub mod run;
 pub mod sample;

@@ -9,6 +9,7 @@
 //! | `medmnist.rs` | loads the official files from `MEDMNIST_ROOT` |
 //! | `synth.rs`, `synth_draw.rs` | writes synthetic files in the official format |
 //! | `medmnist_eval.rs` | ACC and AUC exactly as `medmnist/evaluator.py` computes them |
+//! | `vqa/` | medical VQA benchmarks in their published layouts, read into `McqTask`s |
 
 pub mod dataset;
 pub mod medmnist;
@@ -17,9 +18,11 @@ pub mod medmnist_info;
 pub mod npz;
 pub mod synth;
 pub mod synth_draw;
+pub mod vqa;
 
 pub use dataset::{BalanceBy, Dataset, Item, Split};
 pub use medmnist::{load_medmnist, medmnist_file_name, medmnist_root, MedmnistOptions};
 pub use medmnist_eval::{medmnist_acc, medmnist_auc, medmnist_evaluate, roc_auc, MedmnistScore};
 pub use medmnist_info::{flag_info, FlagInfo, Modality, ModalityTable, TaskType, MEDMNIST_2D};
 pub use synth::{synth_medmnist, SynthOptions};
+pub use vqa::{load_vqa, VqaKind, VqaOptions};

@@ -1,0 +1,25 @@
+//! Vision probing: how much a frozen vision tower's features say about MedMNIST labels, against
+//! vision-only models trained from scratch.
+//!
+//! | file | job |
+//! | --- | --- |
+//! | `head.rs` | label targets, loss and MedMNIST score columns shared by probe and baselines |
+//! | `logistic.rs` | `linear_probe`: logistic regression on `[N, D]` features, L2 chosen on a val split |
+//! | `features.rs` | `FeatureSource`, dataset features (cached), `probe_datasets` |
+//! | `cache.rs` | the on-disk feature cache (`.safetensors` per source × dataset) |
+//! | `baseline.rs` | `vision_baseline`: a classifier trained from scratch on the pixels |
+//! | `nets.rs` | the baseline networks: `small_cnn` and MedMNIST's 28 px ResNet-18 |
+//! | `seeded_init.rs` | seeded weight initialisation (candle's CPU generator cannot be seeded) |
+
+pub mod baseline;
+pub mod cache;
+pub mod features;
+mod head;
+pub mod logistic;
+mod nets;
+mod seeded_init;
+
+pub use baseline::{vision_baseline, Arch, BaselineOptions, BaselineReport};
+pub use cache::{CacheKey, FeatureCache};
+pub use features::{dataset_features, probe_datasets, DatasetProbeOptions, FeatureSource, FnFeatures};
+pub use logistic::{linear_probe, L2Score, ProbeOptions, ProbeReport};
