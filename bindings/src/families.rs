@@ -18,6 +18,11 @@ pub fn families() -> Vec<Family> {
             module: exported_module!(crate::tensor::tensor_api),
         },
         Family {
+            name: "model",
+            doc: "Qwen2.5-VL models: load or build, encode, logits, generate, vision features, LoRA, save",
+            module: exported_module!(crate::model::model_api),
+        },
+        Family {
             name: "data",
             doc: "MedMNIST (real or synthetic) datasets, subsets, and multiple-choice tasks",
             module: {

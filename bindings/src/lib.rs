@@ -10,6 +10,7 @@ pub mod docs;
 pub mod engine;
 pub mod error;
 pub mod families;
+pub mod model;
 pub mod repl;
 pub mod resolver;
 pub mod run;

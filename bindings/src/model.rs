@@ -1,0 +1,218 @@
+//! The `model` family: Qwen2.5-VL models in scripts — load a checkpoint or build a preset,
+//! encode, score, generate, extract vision features, add LoRA adapters, save.
+//!
+//! A `Model` is a [`Vlm`]: weights plus the processor that turns `(image, prompt)` into tokens.
+//! `image` arguments take a file path or an `Image` (e.g. `ds[0].image`).
+
+use candle_core::{DType, Tensor};
+use medbridge_runtime::image::Image;
+use medbridge_runtime::models::qwen2_5_vl::{load::parse_dtype, Config, LoraConfig, LoraInit};
+use medbridge_runtime::models::Vlm;
+use rhai::plugin::*;
+use rhai::{Array, Map};
+
+use crate::context::{seed_or_next, session};
+use crate::convert::{to_json, Options};
+use crate::error::{script_msg, IntoScript, ScriptResult};
+
+/// An `image` argument: an `Image` value, a path to read through the sandbox, or `()` for none.
+pub fn image_arg(ctx: &NativeCallContext, value: Option<&Dynamic>, what: &str) -> ScriptResult<Option<Image>> {
+    match value {
+        None => Ok(None),
+        Some(v) if v.is_unit() => Ok(None),
+        Some(v) if v.is_string() => {
+            let path = session(ctx)?.sandbox.resolve_read(&v.to_string()).script()?;
+            Image::open(&path).script().map(Some)
+        }
+        Some(v) => v
+            .clone()
+            .try_cast::<Image>()
+            .map(Some)
+            .ok_or_else(|| script_msg(format!("{what}: `image` must be an Image or a file path, got {}", v.type_name()))),
+    }
+}
+
+/// `#{image, prompt}` of `encode`, `logits` and `generate`.
+fn image_and_prompt(ctx: &NativeCallContext, o: &Options, what: &str) -> ScriptResult<(Option<Image>, String)> {
+    let prompt = o.string("prompt")?.ok_or_else(|| script_msg(format!("{what}: option `prompt` is required")))?;
+    Ok((image_arg(ctx, o.get("image"), what)?, prompt))
+}
+
+/// A config map: the tiny preset's hub-layout `config.json` with the given keys replaced
+/// (`vision_config` keys merge into the preset's vision config).
+fn config_from_map(map: &Map) -> ScriptResult<Config> {
+    let base = Config::tiny().to_hub_json();
+    let mut merged = base.as_object().cloned().unwrap_or_default();
+    for (key, value) in map.iter() {
+        let value = to_json(value)?;
+        match (key.as_str(), value) {
+            ("vision_config", serde_json::Value::Object(overrides)) => {
+                if let Some(serde_json::Value::Object(vision)) = merged.get_mut("vision_config") {
+                    vision.extend(overrides);
+                }
+            }
+            (k, v) => {
+                merged.insert(k.to_string(), v);
+            }
+        }
+    }
+    Config::from_json_str(&serde_json::Value::Object(merged).to_string())
+        .map_err(|e| script_msg(format!("new_model: bad config map: {e}")))
+}
+
+#[export_module]
+pub mod model_api {
+    use super::*;
+
+    /// A Qwen2.5-VL model with its processor.
+    pub type Model = medbridge_runtime::models::Vlm;
+
+    /// Load a checkpoint directory or a hub id from the Hugging Face cache (never the network),
+    /// in f32 on the run's device.
+    #[rhai_fn(name = "load_model", return_raw)]
+    pub fn load_model_default(ctx: NativeCallContext, path_or_id: &str) -> Result<Model, Box<EvalAltResult>> {
+        load_model(ctx, path_or_id, Map::new())
+    }
+
+    /// Load with options: `load_model("Qwen/Qwen2.5-VL-7B-Instruct", #{device: "cuda", dtype: "bf16",
+    /// adapter: "path/to/peft_adapter"})`.
+    #[rhai_fn(name = "load_model", return_raw)]
+    pub fn load_model(ctx: NativeCallContext, path_or_id: &str, options: Map) -> Result<Model, Box<EvalAltResult>> {
+        let o = Options::new(&options, "load_model", &["device", "dtype", "adapter"])?;
+        let s = session(&ctx)?;
+        let device = match o.string("device")? {
+            Some(d) => medbridge_runtime::device::parse_device(&d).script()?,
+            None => s.device.clone(),
+        };
+        let dtype = o.string("dtype")?.map(|d| parse_dtype(&d)).transpose().script()?.unwrap_or(DType::F32);
+        // A local directory goes through the sandbox; anything else is a hub id for the cache.
+        let source = match s.sandbox.locate_read(path_or_id).script()? {
+            Some(dir) => dir.display().to_string(),
+            None => path_or_id.to_string(),
+        };
+        let vlm = Vlm::load(&source, dtype, &device).script()?;
+        match o.string("adapter")? {
+            Some(adapter) => {
+                let dir = s.sandbox.resolve_read(&adapter).script()?;
+                Ok(vlm.with_model(vlm.model.with_adapter(&dir).script()?))
+            }
+            None => Ok(vlm),
+        }
+    }
+
+    /// A random-initialised model: a preset name (`"qwen2_5_vl_tiny"`) or a config map of
+    /// `config.json` keys over the tiny preset, with the tiny tokenizer: `new_model("qwen2_5_vl_tiny", #{seed: 0})`.
+    #[rhai_fn(name = "new_model", return_raw)]
+    pub fn new_model(ctx: NativeCallContext, preset: Dynamic, options: Map) -> Result<Model, Box<EvalAltResult>> {
+        let o = Options::new(&options, "new_model", &["seed"])?;
+        let seed = seed_or_next(&ctx, o.int("seed")?)?;
+        let device = session(&ctx)?.device.clone();
+        if let Some(map) = preset.read_lock::<Map>() {
+            return Vlm::new_custom(config_from_map(&map)?, seed, &device).script();
+        }
+        let name = preset.into_string().map_err(|t| script_msg(format!("new_model: expected a preset name or a config map, got {t}")))?;
+        Vlm::new_preset(&name, seed, &device).script()
+    }
+
+    /// A random-initialised preset with the run's next seed.
+    #[rhai_fn(name = "new_model", return_raw)]
+    pub fn new_model_default(ctx: NativeCallContext, preset: Dynamic) -> Result<Model, Box<EvalAltResult>> {
+        new_model(ctx, preset, Map::new())
+    }
+
+    /// Token ids of the chat-templated user turn (image + text, default system prompt) with the
+    /// generation prompt, image pads expanded: `m.encode(#{image: img, prompt: "Which organ?"})`.
+    #[rhai_fn(name = "encode", return_raw)]
+    pub fn encode(ctx: NativeCallContext, m: &mut Model, options: Map) -> Result<Array, Box<EvalAltResult>> {
+        let o = Options::new(&options, "encode", &["image", "prompt"])?;
+        let (image, prompt) = image_and_prompt(&ctx, &o, "encode")?;
+        let enc = m.processor.encode(image.as_ref(), &prompt).script()?;
+        Ok(enc.input_ids.into_iter().map(|id| Dynamic::from_int(id as i64)).collect())
+    }
+
+    /// Logits `[seq, vocab]` (f32) over exactly the ids `encode` gives.
+    #[rhai_fn(name = "logits", return_raw)]
+    pub fn logits(ctx: NativeCallContext, m: &mut Model, options: Map) -> Result<Tensor, Box<EvalAltResult>> {
+        let o = Options::new(&options, "logits", &["image", "prompt"])?;
+        let (image, prompt) = image_and_prompt(&ctx, &o, "logits")?;
+        m.logits(image.as_ref(), &prompt).script()
+    }
+
+    /// The decoded greedy continuation: `m.generate(#{image, prompt, max_new_tokens: 32})`.
+    #[rhai_fn(name = "generate", return_raw)]
+    pub fn generate(ctx: NativeCallContext, m: &mut Model, options: Map) -> Result<String, Box<EvalAltResult>> {
+        let o = Options::new(&options, "generate", &["image", "prompt", "max_new_tokens", "temperature"])?;
+        let (image, prompt) = image_and_prompt(&ctx, &o, "generate")?;
+        if o.float("temperature")?.unwrap_or(0.0) > 0.0 {
+            return Err(script_msg("generate: temperature > 0 samples; use sample(model, ...) or evaluate for sampled answers"));
+        }
+        let max_new = o.int("max_new_tokens")?.unwrap_or(64).max(0) as usize;
+        m.generate_greedy(image.as_ref(), &prompt, max_new).script()
+    }
+
+    /// Merged vision-tower features of one image: `#{tokens: Tensor[n, hidden], pooled: Tensor[hidden]}`.
+    #[rhai_fn(name = "vision_features", return_raw)]
+    pub fn vision_features(ctx: NativeCallContext, m: &mut Model, image: Dynamic) -> Result<Map, Box<EvalAltResult>> {
+        let img = image_arg(&ctx, Some(&image), "vision_features")?
+            .ok_or_else(|| script_msg("vision_features: an image is required"))?;
+        let (tokens, pooled) = m.vision_features(&img).script()?;
+        Ok(Map::from_iter([("tokens".into(), Dynamic::from(tokens)), ("pooled".into(), Dynamic::from(pooled))]))
+    }
+
+    /// A new model with LoRA adapters, sharing this one's frozen base:
+    /// `m.with_lora(#{rank: 8, alpha: 16, targets: ["q_proj", "v_proj"], dropout: 0.0, init: "peft", seed: 0, vision: false})`.
+    #[rhai_fn(name = "with_lora", return_raw)]
+    pub fn with_lora(ctx: NativeCallContext, m: &mut Model, options: Map) -> Result<Model, Box<EvalAltResult>> {
+        let o = Options::new(&options, "with_lora", &["rank", "alpha", "targets", "dropout", "init", "seed", "vision"])?;
+        let rank = o.int("rank")?.unwrap_or(8);
+        if rank <= 0 {
+            return Err(script_msg(format!("with_lora: rank must be positive, got {rank}")));
+        }
+        let mut cfg = LoraConfig::new(rank as usize, o.float("alpha")?.unwrap_or(2.0 * rank as f64));
+        if let Some(targets) = o.get("targets") {
+            let list = targets.read_lock::<Array>().ok_or_else(|| script_msg("with_lora: `targets` must be an array of module names"))?;
+            cfg.targets = list.iter().map(|t| t.to_string()).collect();
+        }
+        cfg.dropout = o.float("dropout")?.unwrap_or(0.0);
+        cfg.init = match o.string("init")?.as_deref() {
+            None | Some("peft") => LoraInit::Peft,
+            Some("random") => LoraInit::Random,
+            Some(other) => return Err(script_msg(format!("with_lora: init must be \"peft\" or \"random\", got {other:?}"))),
+        };
+        cfg.seed = seed_or_next(&ctx, o.int("seed")?)?;
+        cfg.vision = o.bool("vision")?.unwrap_or(false);
+        m.with_lora(&cfg).script()
+    }
+
+    /// Save weights (adapters merged) and processor files in the hub layout, inside the run
+    /// directory; transformers loads the result. Returns the directory.
+    #[rhai_fn(name = "save", return_raw)]
+    pub fn save(ctx: NativeCallContext, m: &mut Model, dir: &str) -> Result<String, Box<EvalAltResult>> {
+        let target = session(&ctx)?.sandbox.resolve_write(dir).script()?;
+        m.save(&target).script()?;
+        Ok(target.display().to_string())
+    }
+
+    /// Parameter counts, dtype, device and a one-line config summary.
+    #[rhai_fn(name = "info", return_raw)]
+    pub fn info(m: &mut Model) -> Result<Map, Box<EvalAltResult>> {
+        let i = m.info().script()?;
+        let mut map = Map::new();
+        map.insert("source".into(), m.source.clone().into());
+        map.insert("total_params".into(), Dynamic::from_int(i.total_params as i64));
+        map.insert("trainable_params".into(), Dynamic::from_int(i.trainable_params as i64));
+        map.insert("dtype".into(), i.dtype.into());
+        map.insert("device".into(), i.device.into());
+        map.insert("summary".into(), i.summary.into());
+        Ok(map)
+    }
+
+    /// `Model(qwen2_5_vl_tiny, 1.2M params, f32, cpu)`.
+    #[rhai_fn(global, name = "to_string", name = "to_debug")]
+    pub fn model_string(m: &mut Model) -> String {
+        match m.info() {
+            Ok(i) => format!("Model({}, {} params, {} trainable, {}, {})", m.source, i.total_params, i.trainable_params, i.dtype, i.device),
+            Err(_) => format!("Model({})", m.source),
+        }
+    }
+}
