@@ -18,6 +18,7 @@ fn every_script_test_passes() {
     for script in scripts {
         let out_dir = tempfile::tempdir().unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_medbridge"))
+            .env("MEDBRIDGE_CACHE", out_dir.path().join("cache"))
             .args(["run", script.to_str().unwrap(), "--quiet", "--out"])
             .arg(out_dir.path().join("run"))
             .output()

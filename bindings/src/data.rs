@@ -327,8 +327,7 @@ pub mod data_api {
             "to_mcq",
             &["options", "shuffle", "seed", "template", "answer_format", "name"],
         )?;
-        let mut opts = McqOptions::default();
-        opts.options = match o.get("options") {
+        let options = match o.get("options") {
             None => OptionCount::All,
             Some(v) if v.to_string() == "all" => OptionCount::All,
             Some(v) => match v.as_int() {
@@ -340,13 +339,18 @@ pub mod data_api {
                 }
             },
         };
-        opts.shuffle = o.bool("shuffle")?.unwrap_or(true);
-        opts.seed = seed_or_next(&ctx, o.int("seed")?)?;
-        opts.template = o.string("template")?;
-        if let Some(f) = o.string("answer_format")? {
-            opts.answer_format = AnswerFormat::parse(&f).script()?;
-        }
-        opts.name = o.string("name")?;
+        let answer_format = match o.string("answer_format")? {
+            Some(f) => AnswerFormat::parse(&f).script()?,
+            None => AnswerFormat::Letter,
+        };
+        let opts = McqOptions {
+            options,
+            shuffle: o.bool("shuffle")?.unwrap_or(true),
+            seed: seed_or_next(&ctx, o.int("seed")?)?,
+            template: o.string("template")?,
+            answer_format,
+            name: o.string("name")?,
+        };
         ds.to_mcq(&opts).script()
     }
 
@@ -369,6 +373,36 @@ pub mod data_api {
             })
             .collect::<ScriptResult<Vec<_>>>()?;
         McqTask::new(&name, parsed, o.string("template")?.as_deref(), format).script()
+    }
+
+    /// Load a VQA benchmark as a multiple-choice task: `load_vqa("medvlthinker" | "pmc_vqa" |
+    /// "slake" | "vqa_rad" | "path_vqa" | "jsonl", path, #{split: "test", closed_only: true,
+    /// limit: 100, template, answer_format})`. `path` is a file or a folder holding the split.
+    #[rhai_fn(return_raw)]
+    pub fn load_vqa(
+        ctx: NativeCallContext,
+        kind: &str,
+        path: &str,
+        options: Map,
+    ) -> Result<Task, Box<EvalAltResult>> {
+        use medbridge_runtime::data::vqa::{VqaKind, VqaOptions};
+        let o = Options::new(
+            &options,
+            "load_vqa",
+            &["split", "closed_only", "limit", "template", "answer_format"],
+        )?;
+        let mut opts = VqaOptions::default();
+        if let Some(s) = o.string("split")? {
+            opts.split = Split::parse(&s).script()?;
+        }
+        opts.closed_only = o.bool("closed_only")?.unwrap_or(opts.closed_only);
+        opts.limit = o.int("limit")?.map(|n| n.max(0) as usize);
+        opts.template = o.string("template")?;
+        if let Some(f) = o.string("answer_format")? {
+            opts.answer_format = AnswerFormat::parse(&f).script()?;
+        }
+        let source = session(&ctx)?.sandbox.resolve_read(path).script()?;
+        medbridge_runtime::data::vqa::load_vqa(VqaKind::parse(kind).script()?, &source, &opts).script()
     }
 
     /// Number of questions.

@@ -32,6 +32,16 @@ pub fn families() -> Vec<Family> {
             },
         },
         Family {
+            name: "metrics",
+            doc: "support statistics: the unbiased Pass@k estimator",
+            module: exported_module!(crate::metrics::metrics_api),
+        },
+        Family {
+            name: "probe",
+            doc: "linear probes of frozen vision towers and vision-only baselines, beside published numbers",
+            module: exported_module!(crate::probe::probe_api),
+        },
+        Family {
             name: "run",
             doc: "the run directory, metrics, seeds and sandboxed file access",
             module: exported_module!(crate::run::run_api),

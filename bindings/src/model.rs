@@ -16,7 +16,11 @@ use crate::convert::{to_json, Options};
 use crate::error::{script_msg, IntoScript, ScriptResult};
 
 /// An `image` argument: an `Image` value, a path to read through the sandbox, or `()` for none.
-pub fn image_arg(ctx: &NativeCallContext, value: Option<&Dynamic>, what: &str) -> ScriptResult<Option<Image>> {
+pub fn image_arg(
+    ctx: &NativeCallContext,
+    value: Option<&Dynamic>,
+    what: &str,
+) -> ScriptResult<Option<Image>> {
     match value {
         None => Ok(None),
         Some(v) if v.is_unit() => Ok(None),
@@ -24,17 +28,20 @@ pub fn image_arg(ctx: &NativeCallContext, value: Option<&Dynamic>, what: &str) -
             let path = session(ctx)?.sandbox.resolve_read(&v.to_string()).script()?;
             Image::open(&path).script().map(Some)
         }
-        Some(v) => v
-            .clone()
-            .try_cast::<Image>()
-            .map(Some)
-            .ok_or_else(|| script_msg(format!("{what}: `image` must be an Image or a file path, got {}", v.type_name()))),
+        Some(v) => v.clone().try_cast::<Image>().map(Some).ok_or_else(|| {
+            script_msg(format!("{what}: `image` must be an Image or a file path, got {}", v.type_name()))
+        }),
     }
 }
 
 /// `#{image, prompt}` of `encode`, `logits` and `generate`.
-fn image_and_prompt(ctx: &NativeCallContext, o: &Options, what: &str) -> ScriptResult<(Option<Image>, String)> {
-    let prompt = o.string("prompt")?.ok_or_else(|| script_msg(format!("{what}: option `prompt` is required")))?;
+fn image_and_prompt(
+    ctx: &NativeCallContext,
+    o: &Options,
+    what: &str,
+) -> ScriptResult<(Option<Image>, String)> {
+    let prompt =
+        o.string("prompt")?.ok_or_else(|| script_msg(format!("{what}: option `prompt` is required")))?;
     Ok((image_arg(ctx, o.get("image"), what)?, prompt))
 }
 
@@ -77,7 +84,11 @@ pub mod model_api {
     /// Load with options: `load_model("Qwen/Qwen2.5-VL-7B-Instruct", #{device: "cuda", dtype: "bf16",
     /// adapter: "path/to/peft_adapter"})`.
     #[rhai_fn(name = "load_model", return_raw)]
-    pub fn load_model(ctx: NativeCallContext, path_or_id: &str, options: Map) -> Result<Model, Box<EvalAltResult>> {
+    pub fn load_model(
+        ctx: NativeCallContext,
+        path_or_id: &str,
+        options: Map,
+    ) -> Result<Model, Box<EvalAltResult>> {
         let o = Options::new(&options, "load_model", &["device", "dtype", "adapter"])?;
         let s = session(&ctx)?;
         let device = match o.string("device")? {
@@ -103,14 +114,20 @@ pub mod model_api {
     /// A random-initialised model: a preset name (`"qwen2_5_vl_tiny"`) or a config map of
     /// `config.json` keys over the tiny preset, with the tiny tokenizer: `new_model("qwen2_5_vl_tiny", #{seed: 0})`.
     #[rhai_fn(name = "new_model", return_raw)]
-    pub fn new_model(ctx: NativeCallContext, preset: Dynamic, options: Map) -> Result<Model, Box<EvalAltResult>> {
+    pub fn new_model(
+        ctx: NativeCallContext,
+        preset: Dynamic,
+        options: Map,
+    ) -> Result<Model, Box<EvalAltResult>> {
         let o = Options::new(&options, "new_model", &["seed"])?;
         let seed = seed_or_next(&ctx, o.int("seed")?)?;
         let device = session(&ctx)?.device.clone();
         if let Some(map) = preset.read_lock::<Map>() {
             return Vlm::new_custom(config_from_map(&map)?, seed, &device).script();
         }
-        let name = preset.into_string().map_err(|t| script_msg(format!("new_model: expected a preset name or a config map, got {t}")))?;
+        let name = preset
+            .into_string()
+            .map_err(|t| script_msg(format!("new_model: expected a preset name or a config map, got {t}")))?;
         Vlm::new_preset(&name, seed, &device).script()
     }
 
@@ -140,11 +157,17 @@ pub mod model_api {
 
     /// The decoded greedy continuation: `m.generate(#{image, prompt, max_new_tokens: 32})`.
     #[rhai_fn(name = "generate", return_raw)]
-    pub fn generate(ctx: NativeCallContext, m: &mut Model, options: Map) -> Result<String, Box<EvalAltResult>> {
+    pub fn generate(
+        ctx: NativeCallContext,
+        m: &mut Model,
+        options: Map,
+    ) -> Result<String, Box<EvalAltResult>> {
         let o = Options::new(&options, "generate", &["image", "prompt", "max_new_tokens", "temperature"])?;
         let (image, prompt) = image_and_prompt(&ctx, &o, "generate")?;
         if o.float("temperature")?.unwrap_or(0.0) > 0.0 {
-            return Err(script_msg("generate: temperature > 0 samples; use sample(model, ...) or evaluate for sampled answers"));
+            return Err(script_msg(
+                "generate: temperature > 0 samples; use sample(model, ...) or evaluate for sampled answers",
+            ));
         }
         let max_new = o.int("max_new_tokens")?.unwrap_or(64).max(0) as usize;
         m.generate_greedy(image.as_ref(), &prompt, max_new).script()
@@ -152,32 +175,53 @@ pub mod model_api {
 
     /// Merged vision-tower features of one image: `#{tokens: Tensor[n, hidden], pooled: Tensor[hidden]}`.
     #[rhai_fn(name = "vision_features", return_raw)]
-    pub fn vision_features(ctx: NativeCallContext, m: &mut Model, image: Dynamic) -> Result<Map, Box<EvalAltResult>> {
+    pub fn vision_features(
+        ctx: NativeCallContext,
+        m: &mut Model,
+        image: Dynamic,
+    ) -> Result<Map, Box<EvalAltResult>> {
         let img = image_arg(&ctx, Some(&image), "vision_features")?
             .ok_or_else(|| script_msg("vision_features: an image is required"))?;
         let (tokens, pooled) = m.vision_features(&img).script()?;
-        Ok(Map::from_iter([("tokens".into(), Dynamic::from(tokens)), ("pooled".into(), Dynamic::from(pooled))]))
+        Ok(Map::from_iter([
+            ("tokens".into(), Dynamic::from(tokens)),
+            ("pooled".into(), Dynamic::from(pooled)),
+        ]))
     }
 
     /// A new model with LoRA adapters, sharing this one's frozen base:
     /// `m.with_lora(#{rank: 8, alpha: 16, targets: ["q_proj", "v_proj"], dropout: 0.0, init: "peft", seed: 0, vision: false})`.
     #[rhai_fn(name = "with_lora", return_raw)]
-    pub fn with_lora(ctx: NativeCallContext, m: &mut Model, options: Map) -> Result<Model, Box<EvalAltResult>> {
-        let o = Options::new(&options, "with_lora", &["rank", "alpha", "targets", "dropout", "init", "seed", "vision"])?;
+    pub fn with_lora(
+        ctx: NativeCallContext,
+        m: &mut Model,
+        options: Map,
+    ) -> Result<Model, Box<EvalAltResult>> {
+        let o = Options::new(
+            &options,
+            "with_lora",
+            &["rank", "alpha", "targets", "dropout", "init", "seed", "vision"],
+        )?;
         let rank = o.int("rank")?.unwrap_or(8);
         if rank <= 0 {
             return Err(script_msg(format!("with_lora: rank must be positive, got {rank}")));
         }
         let mut cfg = LoraConfig::new(rank as usize, o.float("alpha")?.unwrap_or(2.0 * rank as f64));
         if let Some(targets) = o.get("targets") {
-            let list = targets.read_lock::<Array>().ok_or_else(|| script_msg("with_lora: `targets` must be an array of module names"))?;
+            let list = targets
+                .read_lock::<Array>()
+                .ok_or_else(|| script_msg("with_lora: `targets` must be an array of module names"))?;
             cfg.targets = list.iter().map(|t| t.to_string()).collect();
         }
         cfg.dropout = o.float("dropout")?.unwrap_or(0.0);
         cfg.init = match o.string("init")?.as_deref() {
             None | Some("peft") => LoraInit::Peft,
             Some("random") => LoraInit::Random,
-            Some(other) => return Err(script_msg(format!("with_lora: init must be \"peft\" or \"random\", got {other:?}"))),
+            Some(other) => {
+                return Err(script_msg(format!(
+                    "with_lora: init must be \"peft\" or \"random\", got {other:?}"
+                )))
+            }
         };
         cfg.seed = seed_or_next(&ctx, o.int("seed")?)?;
         cfg.vision = o.bool("vision")?.unwrap_or(false);
@@ -211,7 +255,10 @@ pub mod model_api {
     #[rhai_fn(global, name = "to_string", name = "to_debug")]
     pub fn model_string(m: &mut Model) -> String {
         match m.info() {
-            Ok(i) => format!("Model({}, {} params, {} trainable, {}, {})", m.source, i.total_params, i.trainable_params, i.dtype, i.device),
+            Ok(i) => format!(
+                "Model({}, {} params, {} trainable, {}, {})",
+                m.source, i.total_params, i.trainable_params, i.dtype, i.device
+            ),
             Err(_) => format!("Model({})", m.source),
         }
     }

@@ -348,6 +348,12 @@ pub mod tensor_api {
         float(t)?.exp().script()
     }
 
+    /// Element-wise absolute value.
+    #[rhai_fn(return_raw)]
+    pub fn abs(t: &mut Tensor) -> Result<Tensor, Box<EvalAltResult>> {
+        float(t)?.abs().script()
+    }
+
     /// Element-wise natural logarithm.
     #[rhai_fn(return_raw)]
     pub fn log(t: &mut Tensor) -> Result<Tensor, Box<EvalAltResult>> {

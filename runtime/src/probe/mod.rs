@@ -9,6 +9,7 @@
 //! | `cache.rs` | the on-disk feature cache (`.safetensors` per source × dataset) |
 //! | `baseline.rs` | `vision_baseline`: a classifier trained from scratch on the pixels |
 //! | `nets.rs` | the baseline networks: `small_cnn` and MedMNIST's 28 px ResNet-18 |
+//! | `vlm_features.rs` | a VLM's frozen vision tower as a feature source (merger or pre-merger mean) |
 //! | `seeded_init.rs` | seeded weight initialisation (candle's CPU generator cannot be seeded) |
 
 pub mod baseline;
@@ -18,8 +19,10 @@ mod head;
 pub mod logistic;
 mod nets;
 mod seeded_init;
+pub mod vlm_features;
 
 pub use baseline::{vision_baseline, Arch, BaselineOptions, BaselineReport};
 pub use cache::{CacheKey, FeatureCache};
 pub use features::{dataset_features, probe_datasets, DatasetProbeOptions, FeatureSource, FnFeatures};
 pub use logistic::{linear_probe, L2Score, ProbeOptions, ProbeReport};
+pub use vlm_features::{Pool, VlmFeatures};
