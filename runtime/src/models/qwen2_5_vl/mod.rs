@@ -27,6 +27,9 @@ pub mod vision;
 pub mod vision_window;
 pub mod weights;
 
+#[cfg(test)]
+mod parity_tests;
+
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var, D};
