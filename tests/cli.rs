@@ -268,3 +268,13 @@ fn tensor_files_round_trip_through_the_run_directory() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "0.0\n[[1.5, 2.0], [3.0, 4.0]]\n");
 }
+
+#[test]
+fn bench_reports_forward_speed_as_json() {
+    let out = medbridge(&["bench", "--repeats", "1"], &root());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["medbridge"]["checkpoint"]["tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["medbridge"]["checkpoint"]["tokens"], 133);
+    assert!(report["transformers"].is_null() && report["forward_ratio"].is_null());
+}

@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success, 1 script error, 2 usage error (bad flag, bad device, unreadable file).
 
+mod bench;
 mod commands;
 mod repl_cli;
 
@@ -55,6 +56,20 @@ enum Command {
         #[arg(required = true)]
         scripts: Vec<PathBuf>,
     },
+    /// Forward speed on the parity fixture and the tiny preset, beside transformers when
+    /// `--python` points at a Python with torch and transformers.
+    Bench {
+        /// Checkpoint to time (default: the committed parity fixture).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Python interpreter for the transformers reference (e.g. python3).
+        #[arg(long)]
+        python: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+    },
     /// Every registered function, type and method, from the engine's metadata.
     Doc {
         #[arg(long, value_enum, default_value_t = DocFormat::Md)]
@@ -74,6 +89,14 @@ fn main() -> ExitCode {
         Command::Run { script, set, opts } => commands::run(&script, &set, &opts),
         Command::Repl { opts } => repl_cli::repl(&opts),
         Command::Check { scripts } => commands::check(&scripts),
+        Command::Bench { checkpoint, python, threads, repeats } => bench::bench(&bench::BenchArgs {
+            checkpoint: checkpoint.unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2_5_vl_tiny")
+            }),
+            python,
+            threads,
+            repeats,
+        }),
         Command::Doc { format } => {
             match format {
                 DocFormat::Md => print!("{}", medbridge_bindings::docs::markdown()),

@@ -5,6 +5,7 @@
 //! `medbridge-bindings` crate registers it into a scripting engine. `src/README.md` maps the
 //! modules.
 
+pub mod bench;
 pub mod data;
 pub mod device;
 pub mod error;

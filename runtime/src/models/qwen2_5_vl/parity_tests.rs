@@ -16,7 +16,8 @@ fn fixture() -> PathBuf {
 }
 
 fn reference(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture().join(format!("reference_{name}.safetensors")), &Device::Cpu).unwrap()
+    candle_core::safetensors::load(fixture().join(format!("reference_{name}.safetensors")), &Device::Cpu)
+        .unwrap()
 }
 
 fn prompt() -> String {

@@ -1,0 +1,69 @@
+//! Benchmarks of the model itself, reported by `medbridge bench` beside transformers' numbers
+//! from `tests/fixtures/bench_transformers.py`: full forward passes over the fixture's inputs
+//! (vision tower + language model, no cache, batch 1), timed as the median of repeats after a
+//! warm-up — the same protocol the Python script uses.
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::image::Image;
+use crate::models::Vlm;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ForwardBench {
+    pub model: String,
+    pub tokens: usize,
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+}
+
+/// Median wall time of `f` over `repeats` runs after one warm-up run.
+pub fn median_seconds(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut times = Vec::with_capacity(repeats.max(1));
+    for _ in 0..repeats.max(1) {
+        let start = Instant::now();
+        f()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// Forward tokens/s of `vlm` over each (image, prompt), summed as the Python script sums them.
+pub fn bench_forward(vlm: &Vlm, inputs: &[(Image, String)], repeats: usize) -> Result<ForwardBench> {
+    let (mut tokens, mut seconds) = (0, 0.0);
+    for (image, prompt) in inputs {
+        let enc = vlm.encode(Some(image), prompt)?;
+        let ids = Tensor::new(enc.input_ids.as_slice(), vlm.device())?.unsqueeze(0)?;
+        let grids: Vec<[usize; 3]> = enc.grid_thw.into_iter().collect();
+        seconds += median_seconds(repeats, || {
+            vlm.model.forward(&ids, enc.pixel_values.as_ref(), &grids)?;
+            Ok(())
+        })?;
+        tokens += enc.input_ids.len();
+    }
+    Ok(ForwardBench { model: vlm.source.clone(), tokens, seconds, tokens_per_s: tokens as f64 / seconds })
+}
+
+/// The parity fixture's two images with its prompt (the inputs `bench_transformers.py` uses).
+pub fn fixture_inputs(fixture: &Path) -> Result<Vec<(Image, String)>> {
+    let text =
+        std::fs::read_to_string(fixture.join("reference.json")).map_err(|e| crate::Error::io(fixture, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text)?;
+    let prompt = json["prompt"].as_str().unwrap_or_default().to_string();
+    ["image_grid.png", "image_resize.png"]
+        .iter()
+        .map(|name| Ok((Image::open(&fixture.join(name))?, prompt.clone())))
+        .collect()
+}
+
+/// The tiny preset timed on the same inputs, for scale.
+pub fn bench_tiny(inputs: &[(Image, String)], repeats: usize) -> Result<ForwardBench> {
+    let vlm = Vlm::new_preset("qwen2_5_vl_tiny", 0, &Device::Cpu)?;
+    bench_forward(&vlm, inputs, repeats)
+}
