@@ -1,8 +1,23 @@
-//! Sampling: the per-token choice from logits and the per-sample random streams that make every
-//! sample reproducible from (seed, question id, sample index).
+//! Sampling: the per-token choice from logits, the per-sample random streams that make every
+//! sample reproducible from (seed, question id, sample index), and batched generation that
+//! decodes K samples of a prompt from one prefill.
+//!
+//! | file | job |
+//! | --- | --- |
+//! | `logits.rs` | temperature, top-k, top-p, min-p and the categorical draw |
+//! | `rng.rs` | one ChaCha20 stream per (seed, question id, sample index) |
+//! | `options.rs` | `SamplerOptions`, shared by `sample`, `evaluate` and GRPO |
+//! | `generate.rs` | left-padded batches, shared prefills, live-row decoding, stops |
+//! | `bench.rs` | shared-prefill against separate-prefill tokens/s (`medbridge bench`) |
 
+pub mod bench;
+pub mod generate;
 pub mod logits;
+pub mod options;
 pub mod rng;
 
+pub use bench::{bench_sampling, BenchReport};
+pub use generate::{generate, sample, FinishReason, Job, RowSpec, Sample, SampleRequest};
 pub use logits::{choose, choose_batch, sampling_distribution, LogitsOptions, TokenChoice};
+pub use options::{SamplerOptions, DEFAULT_MAX_BATCH_TOKENS};
 pub use rng::SampleRng;
