@@ -32,8 +32,14 @@ pub fn families() -> Vec<Family> {
             },
         },
         Family {
+            name: "sample",
+            doc:
+                "sampling answers (shared prefills, reproducible per question) and evaluate: Acc@1 vs Pass@k",
+            module: exported_module!(crate::sample::sample_api),
+        },
+        Family {
             name: "metrics",
-            doc: "support statistics: the unbiased Pass@k estimator",
+            doc: "support statistics: Pass@k, support reports with CIs, comparison, the boundary rule",
             module: exported_module!(crate::metrics::metrics_api),
         },
         Family {

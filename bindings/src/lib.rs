@@ -16,6 +16,7 @@ pub mod probe;
 pub mod repl;
 pub mod resolver;
 pub mod run;
+pub mod sample;
 pub mod script;
 pub mod tensor;
 
