@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use medbridge_runtime::bench::{bench_forward, bench_tiny, fixture_inputs};
+use medbridge_runtime::bench::{
+    bench_forward, bench_sampling_questions, bench_tiny, fixture_inputs, SAMPLING_QUESTIONS,
+};
 use medbridge_runtime::models::Vlm;
 use serde_json::{json, Value};
 
@@ -16,6 +18,9 @@ pub struct BenchArgs {
     pub python: Option<String>,
     pub threads: usize,
     pub repeats: usize,
+    /// Samples per question and new tokens per sample for the sampling benchmark.
+    pub k: usize,
+    pub max_new_tokens: usize,
 }
 
 pub fn bench(args: &BenchArgs) -> u8 {
@@ -36,11 +41,8 @@ pub fn bench(args: &BenchArgs) -> u8 {
 fn run(args: &BenchArgs) -> medbridge_runtime::Result<Value> {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2_5_vl_tiny");
     let inputs = fixture_inputs(&fixture)?;
-    let vlm = Vlm::load(
-        &args.checkpoint.display().to_string(),
-        candle_core::DType::F32,
-        &candle_core::Device::Cpu,
-    )?;
+    let checkpoint = args.checkpoint.display().to_string();
+    let vlm = Vlm::load(&checkpoint, candle_core::DType::F32, &candle_core::Device::Cpu)?;
     let ours = bench_forward(&vlm, &inputs, args.repeats)?;
     let tiny = bench_tiny(&inputs, args.repeats)?;
     eprintln!(
@@ -48,42 +50,61 @@ fn run(args: &BenchArgs) -> medbridge_runtime::Result<Value> {
         ours.tokens_per_s, ours.model, ours.tokens
     );
     eprintln!("medbridge forward: {:.0} tokens/s on the tiny preset", tiny.tokens_per_s);
-    let reference = args
-        .python
-        .as_deref()
-        .map(|py| transformers_reference(py, &args.checkpoint, args.threads, args.repeats));
-    let ratio = match &reference {
-        Some(Ok(r)) => r["forward"]["tokens_per_s"].as_f64().map(|t| ours.tokens_per_s / t),
+    let sampling = bench_sampling_questions(&vlm, &inputs, args.k, args.max_new_tokens)?;
+    eprintln!(
+        "medbridge sampling K={} x {} questions: {:.0} tokens/s shared prefill, {:.0} tokens/s separate, {:.2}x",
+        args.k,
+        SAMPLING_QUESTIONS.len(),
+        sampling.tokens_per_s_shared_prefill,
+        sampling.tokens_per_s_separate_prefills,
+        sampling.speedup
+    );
+    let reference = args.python.as_deref().map(|py| transformers_reference(py, args));
+    let ratio = |ours: f64, key: &str| match &reference {
+        Some(Ok(r)) => r[key]["tokens_per_s"].as_f64().map(|t| ours / t),
         _ => None,
     };
-    if let Some(r) = ratio {
-        eprintln!("forward speed ratio medbridge / transformers: {r:.2}x");
+    let forward_ratio = ratio(ours.tokens_per_s, "forward");
+    let sampling_ratio = ratio(sampling.tokens_per_s_shared_prefill, "generate");
+    if let (Some(f), Some(s)) = (forward_ratio, sampling_ratio) {
+        eprintln!("medbridge / transformers: forward {f:.2}x, sampling {s:.2}x");
     }
     Ok(json!({
         "threads": args.threads,
         "repeats": args.repeats,
-        "medbridge": {"checkpoint": ours, "tiny_preset": tiny},
+        "medbridge": {
+            "checkpoint": ours,
+            "tiny_preset": tiny,
+            "sampling": {
+                "k": args.k,
+                "questions": SAMPLING_QUESTIONS.len(),
+                "max_new_tokens": args.max_new_tokens,
+                "tokens": sampling.tokens,
+                "tokens_per_s_shared_prefill": sampling.tokens_per_s_shared_prefill,
+                "tokens_per_s_separate_prefills": sampling.tokens_per_s_separate_prefills,
+                "prefix_sharing_speedup": sampling.speedup,
+                "identical_tokens": sampling.identical,
+            },
+        },
         "transformers": match reference {
             Some(Ok(r)) => r,
             Some(Err(e)) => json!({"error": e}),
             None => json!(null),
         },
-        "forward_ratio": ratio,
+        "forward_ratio": forward_ratio,
+        "sampling_ratio": sampling_ratio,
     }))
 }
 
-/// Run the committed Python benchmark and parse its JSON.
-fn transformers_reference(
-    python: &str,
-    checkpoint: &Path,
-    threads: usize,
-    repeats: usize,
-) -> Result<Value, String> {
+/// Run the committed Python benchmark on the same checkpoint and workload and parse its JSON.
+fn transformers_reference(python: &str, args: &BenchArgs) -> Result<Value, String> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bench_transformers.py");
     let out = Command::new(python)
         .arg(&script)
-        .arg(checkpoint)
-        .args(["--threads", &threads.to_string(), "--repeats", &repeats.to_string()])
+        .arg(&args.checkpoint)
+        .args(["--threads", &args.threads.to_string(), "--repeats", &args.repeats.to_string()])
+        .args(["--k", &args.k.to_string(), "--questions", &SAMPLING_QUESTIONS.len().to_string()])
+        .args(["--max-new-tokens", &args.max_new_tokens.to_string()])
         .output()
         .map_err(|e| format!("cannot run {python}: {e}"))?;
     if !out.status.success() {

@@ -69,6 +69,11 @@ enum Command {
         threads: usize,
         #[arg(long, default_value_t = 5)]
         repeats: usize,
+        /// Samples per question in the sampling benchmark.
+        #[arg(long, default_value_t = 16)]
+        k: usize,
+        #[arg(long = "max-new-tokens", default_value_t = 32)]
+        max_new_tokens: usize,
     },
     /// Every registered function, type and method, from the engine's metadata.
     Doc {
@@ -89,14 +94,18 @@ fn main() -> ExitCode {
         Command::Run { script, set, opts } => commands::run(&script, &set, &opts),
         Command::Repl { opts } => repl_cli::repl(&opts),
         Command::Check { scripts } => commands::check(&scripts),
-        Command::Bench { checkpoint, python, threads, repeats } => bench::bench(&bench::BenchArgs {
-            checkpoint: checkpoint.unwrap_or_else(|| {
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2_5_vl_tiny")
-            }),
-            python,
-            threads,
-            repeats,
-        }),
+        Command::Bench { checkpoint, python, threads, repeats, k, max_new_tokens } => {
+            bench::bench(&bench::BenchArgs {
+                checkpoint: checkpoint.unwrap_or_else(|| {
+                    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2_5_vl_tiny")
+                }),
+                python,
+                threads,
+                repeats,
+                k,
+                max_new_tokens,
+            })
+        }
         Command::Doc { format } => {
             match format {
                 DocFormat::Md => print!("{}", medbridge_bindings::docs::markdown()),

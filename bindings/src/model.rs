@@ -8,6 +8,7 @@ use candle_core::{DType, Tensor};
 use medbridge_runtime::image::Image;
 use medbridge_runtime::models::qwen2_5_vl::{load::parse_dtype, Config, LoraConfig, LoraInit};
 use medbridge_runtime::models::Vlm;
+use medbridge_runtime::sample::{sample, SampleRequest, SamplerOptions};
 use rhai::plugin::*;
 use rhai::{Array, Map};
 
@@ -155,22 +156,33 @@ pub mod model_api {
         m.logits(image.as_ref(), &prompt).script()
     }
 
-    /// The decoded greedy continuation: `m.generate(#{image, prompt, max_new_tokens: 32})`.
+    /// The decoded continuation: greedy, or sampled when `temperature` > 0 (with `top_p`, `seed`):
+    /// `m.generate(#{image, prompt, max_new_tokens: 32, temperature: 0.7, seed: 1})`.
     #[rhai_fn(name = "generate", return_raw)]
     pub fn generate(
         ctx: NativeCallContext,
         m: &mut Model,
         options: Map,
     ) -> Result<String, Box<EvalAltResult>> {
-        let o = Options::new(&options, "generate", &["image", "prompt", "max_new_tokens", "temperature"])?;
+        let o = Options::new(
+            &options,
+            "generate",
+            &["image", "prompt", "max_new_tokens", "temperature", "top_p", "seed"],
+        )?;
         let (image, prompt) = image_and_prompt(&ctx, &o, "generate")?;
-        if o.float("temperature")?.unwrap_or(0.0) > 0.0 {
-            return Err(script_msg(
-                "generate: temperature > 0 samples; use sample(model, ...) or evaluate for sampled answers",
-            ));
-        }
         let max_new = o.int("max_new_tokens")?.unwrap_or(64).max(0) as usize;
-        m.generate_greedy(image.as_ref(), &prompt, max_new).script()
+        let temperature = o.float("temperature")?.unwrap_or(0.0);
+        if temperature <= 0.0 {
+            return m.generate_greedy(image.as_ref(), &prompt, max_new).script();
+        }
+        let mut opts = SamplerOptions { n: 1, max_new_tokens: max_new.max(1), ..SamplerOptions::default() };
+        opts.logits.temperature = temperature as f32;
+        opts.logits.top_p = o.float("top_p")?.unwrap_or(1.0) as f32;
+        opts.seed = seed_or_next(&ctx, o.int("seed")?)?;
+        let request = SampleRequest { question_id: "generate".into(), image, prompt };
+        let s = session(&ctx)?;
+        let mut out = sample(m, &[request], &opts, Some(&s.cancel), s.progress).script()?;
+        Ok(out.pop().and_then(|mut v| v.pop()).map(|x| x.text).unwrap_or_default())
     }
 
     /// Merged vision-tower features of one image: `#{tokens: Tensor[n, hidden], pooled: Tensor[hidden]}`.

@@ -62,6 +62,38 @@ pub fn fixture_inputs(fixture: &Path) -> Result<Vec<(Image, String)>> {
         .collect()
 }
 
+/// The multiple-choice questions `bench_transformers.py` samples (its `QUESTIONS`, same order);
+/// question i is asked about fixture image i mod 2.
+pub const SAMPLING_QUESTIONS: [&str; 8] = [
+    "Which organ is shown? A. liver B. kidney C. spleen D. lung",
+    "What tissue does this pathology slide show? A. adipose B. mucus C. debris D. lymphocytes",
+    "Which skin lesion is shown? A. melanoma B. melanocytic nevi C. dermatofibroma D. vascular lesions",
+    "What does this chest X-ray show? A. normal B. pneumonia",
+    "Which blood cell is shown? A. basophil B. eosinophil C. neutrophil D. platelet",
+    "What retinal finding does this OCT scan show? A. drusen B. normal C. diabetic macular edema D. choroidal neovascularization",
+    "Which breast finding is shown? A. malignant B. normal or benign",
+    "What diabetic retinopathy grade is shown? A. grade 0 B. grade 1 C. grade 2 D. grade 3",
+];
+
+/// K samples of each benchmark question with one shared prefill, and with K separate prefills.
+pub fn bench_sampling_questions(
+    vlm: &Vlm,
+    images: &[(Image, String)],
+    k: usize,
+    max_new_tokens: usize,
+) -> Result<crate::sample::BenchReport> {
+    let requests: Vec<crate::sample::SampleRequest> = SAMPLING_QUESTIONS
+        .iter()
+        .enumerate()
+        .map(|(i, q)| crate::sample::SampleRequest {
+            question_id: format!("bench/{i}"),
+            image: Some(images[i % images.len()].0.clone()),
+            prompt: q.to_string(),
+        })
+        .collect();
+    crate::sample::bench_sampling(vlm, &requests, k, max_new_tokens)
+}
+
 /// The tiny preset timed on the same inputs, for scale.
 pub fn bench_tiny(inputs: &[(Image, String)], repeats: usize) -> Result<ForwardBench> {
     let vlm = Vlm::new_preset("qwen2_5_vl_tiny", 0, &Device::Cpu)?;
