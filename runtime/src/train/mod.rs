@@ -1,0 +1,19 @@
+//! Training: the optimiser, schedules and gradient handling shared by SFT and GRPO, resumable
+//! checkpoints, supervised fine-tuning, and GRPO's rewards, advantages and loss.
+//!
+//! `optim`, `schedule`, `grad`, `data_order` and `checkpoint` are the common parts; `sft` is a
+//! whole training loop; `rewards`, `advantages` and `grpo_loss` are the pure pieces of GRPO that
+//! `grpo_step` assembles into an update over pre-sampled rollouts.
+
+pub mod checkpoint;
+pub mod data_order;
+pub mod grad;
+pub mod optim;
+pub mod schedule;
+pub mod sft;
+pub mod token_logprobs;
+
+pub use grad::{global_norm, GradAccumulator, NonFiniteGuard};
+pub use optim::{AdamW, AdamWConfig};
+pub use schedule::Schedule;
+pub use sft::{sft, SftOptions, SftSummary, TrainContext};
