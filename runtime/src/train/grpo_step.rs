@@ -355,6 +355,18 @@ mod tests {
     }
 
     #[test]
+    fn truncated_completions_can_be_masked() {
+        let (vlm, model) = lora_model();
+        let rs = rollouts(&model, &vlm);
+        let keep: Vec<usize> = (0..4).collect();
+        let mask = |on| {
+            Batch::new(&rs, &keep, on, model.device()).unwrap().mask.sum(1).unwrap().to_vec1::<f32>().unwrap()
+        };
+        assert_eq!(mask(false), vec![3.0; 4]);
+        assert_eq!(mask(true), vec![3.0, 3.0, 3.0, 0.0]);
+    }
+
+    #[test]
     fn zero_variance_groups_are_filtered_and_reported() {
         let (vlm, model) = lora_model();
         let mut rs = rollouts(&model, &vlm);
