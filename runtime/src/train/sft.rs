@@ -440,6 +440,22 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn full_fine_tuning_trains_the_language_model_weights() {
+        let (vlm, task) = (tiny_vlm(), synthetic_task());
+        let before = vlm.logits(None, "hello").unwrap();
+        let opts = SftOptions { lora: None, full: true, lr: 1e-3, ..fast(2) };
+        let (trained, summary) = sft(&vlm, &task, &opts, &quiet()).unwrap();
+        assert!(summary.losses.iter().all(|l| l.is_finite()));
+        assert!(trained.model.trainable().iter().any(|(n, _)| n == "lm_head.weight"));
+        let moved =
+            (trained.logits(None, "hello").unwrap() - &before).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(moved.to_scalar::<f32>().unwrap() > 0.0);
+        let unchanged =
+            (vlm.logits(None, "hello").unwrap() - before).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(unchanged.to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
     fn bad_options_are_named() {
         let (vlm, task) = (tiny_vlm(), synthetic_task());
         let opts = SftOptions { full: true, ..fast(1) };
