@@ -36,7 +36,8 @@ pub struct SftOptions {
     pub batch: usize,
     /// Micro-batches per optimiser step.
     pub grad_accum: usize,
-    /// Adapters to train; with neither `lora` nor `full`, rank-8 adapters on every projection.
+    /// Adapters to train; with neither `lora` nor `full`, rank 8 / alpha 16 adapters on the seven
+    /// language-model projections, seeded with `seed`.
     pub lora: Option<LoraConfig>,
     /// Train every language-model weight instead of adapters.
     pub full: bool,
@@ -111,8 +112,9 @@ impl TrainContext<'_> {
 /// What a finished SFT run reports.
 #[derive(Debug, Clone)]
 pub struct SftSummary {
-    /// Optimiser steps taken by this call (a resumed run counts from its checkpoint).
+    /// The step this call started from: 0, or the checkpoint's step when resuming.
     pub first_step: u64,
+    /// Per step of this call: loss, token accuracy and gradient norm (before clipping).
     pub losses: Vec<f64>,
     pub token_accuracy: Vec<f64>,
     pub grad_norms: Vec<f64>,
