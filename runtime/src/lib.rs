@@ -20,5 +20,6 @@ pub mod sample;
 pub mod sandbox;
 pub mod task;
 pub mod tensor;
+pub mod train;
 
 pub use error::{Context, Error, Result};

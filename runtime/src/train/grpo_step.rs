@@ -1,0 +1,395 @@
+//! One GRPO update over pre-sampled rollouts: rewards to group advantages, optional
+//! zero-variance filtering, reference log-probs (the same model with adapters off), then `mu`
+//! optimisation passes of the clipped surrogate. The sampler that produces the rollouts sits in
+//! front of this; everything after sampling is here.
+//!
+//! With `mu = 1` the sampling policy is the current one, so (as TRL does) the old log-probs are
+//! the current ones detached and the ratio is exactly 1; with `mu > 1` the sampler's log-probs
+//! are the old policy's.
+
+use candle_core::{Device, Tensor};
+
+use super::advantages::{group_advantages, ScaleRewards};
+use super::grad::{GradAccumulator, NonFiniteGuard};
+use super::grpo_loss::{grpo_loss, GrpoLossConfig, GrpoLossInputs};
+use super::optim::AdamW;
+use super::token_logprobs::{score_tokens, Sequence, TokenScores};
+use crate::error::Result;
+use crate::models::qwen2_5_vl::{Grid, Qwen25VL};
+
+/// One sampled completion of one prompt. Rollouts of the same prompt are consecutive, `group`
+/// of them.
+#[derive(Debug, Clone)]
+pub struct Rollout {
+    /// The task item it answers.
+    pub example: usize,
+    pub prompt_ids: Vec<u32>,
+    pub completion_ids: Vec<u32>,
+    /// The sampler's log-prob of each completion id (at the sampling temperature).
+    pub old_logprobs: Vec<f32>,
+    pub pixel_values: Option<Tensor>,
+    pub grid: Option<Grid>,
+    /// Each reward function's score, in the reward set's order.
+    pub reward_components: Vec<f64>,
+    /// Their weighted sum.
+    pub reward: f64,
+    /// The completion hit `max_new_tokens` without an end token.
+    pub truncated: bool,
+}
+
+/// `grpo(...)`'s per-step options; defaults as TRL's `GRPOConfig`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GrpoStepOptions {
+    pub group: usize,
+    pub mu: usize,
+    pub loss: GrpoLossConfig,
+    pub scale_rewards: ScaleRewards,
+    /// Give truncated completions no loss (DAPO's overlong filtering).
+    pub mask_truncated: bool,
+    /// Drop groups whose rewards are all equal before the update.
+    pub filter_zero_variance: bool,
+    pub temperature: f64,
+    pub max_grad_norm: Option<f64>,
+}
+
+impl GrpoStepOptions {
+    /// The same options with KL weight `beta`.
+    pub fn with_beta(mut self, beta: f64) -> Self {
+        self.loss.beta = beta;
+        self
+    }
+}
+
+impl Default for GrpoStepOptions {
+    fn default() -> Self {
+        Self {
+            group: 8,
+            mu: 1,
+            loss: GrpoLossConfig::default(),
+            scale_rewards: ScaleRewards::Group,
+            mask_truncated: false,
+            filter_zero_variance: false,
+            temperature: 1.0,
+            max_grad_norm: Some(1.0),
+        }
+    }
+}
+
+/// What one step logs (means over passes where it applies).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GrpoStepStats {
+    pub loss: f64,
+    pub reward_mean: f64,
+    pub reward_std: f64,
+    /// Mean and std of each reward component.
+    pub component_means: Vec<f64>,
+    pub component_stds: Vec<f64>,
+    pub kl: f64,
+    pub clip_low: f64,
+    pub clip_high: f64,
+    pub entropy: f64,
+    pub grad_norm: f64,
+    pub completion_length: f64,
+    pub zero_variance_fraction: f64,
+    /// Optimiser updates applied (fewer than `mu` when steps were skipped or nothing was left).
+    pub updates: usize,
+}
+
+fn mean_std(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len().max(1) as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    (mean, (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt())
+}
+
+/// Update `model`'s trainable weights (those `optimizer` holds) from `rollouts` at learning
+/// rate `lr`; `pad_id` pads the batch. `guard` skips non-finite passes.
+pub fn grpo_step(
+    model: &Qwen25VL,
+    rollouts: &[Rollout],
+    opts: &GrpoStepOptions,
+    optimizer: &mut AdamW,
+    guard: &mut NonFiniteGuard,
+    lr: f64,
+    pad_id: u32,
+) -> Result<GrpoStepStats> {
+    if opts.mu == 0 {
+        crate::bail!("grpo: mu must be at least 1");
+    }
+    let rewards: Vec<f64> = rollouts.iter().map(|r| r.reward).collect();
+    let adv = group_advantages(&rewards, opts.group, opts.scale_rewards)?;
+    let groups = rollouts.len() / opts.group;
+    let (reward_mean, reward_std) = mean_std(&rewards);
+    let components = rollouts.first().map_or(0, |r| r.reward_components.len());
+    let (component_means, component_stds) = (0..components)
+        .map(|c| {
+            mean_std(
+                &rollouts
+                    .iter()
+                    .map(|r| r.reward_components.get(c).copied().unwrap_or(0.0))
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .unzip();
+    let lengths: Vec<f64> = rollouts.iter().map(|r| r.completion_ids.len() as f64).collect();
+    let mut stats = GrpoStepStats {
+        reward_mean,
+        reward_std,
+        component_means,
+        component_stds,
+        completion_length: mean_std(&lengths).0,
+        zero_variance_fraction: adv.zero_variance_fraction(groups),
+        ..Default::default()
+    };
+    let keep: Vec<usize> = (0..rollouts.len())
+        .filter(|&k| !(opts.filter_zero_variance && adv.zero_variance_groups.contains(&(k / opts.group))))
+        .filter(|&k| !rollouts[k].completion_ids.is_empty())
+        .collect();
+    if keep.is_empty() {
+        return Ok(stats);
+    }
+    let batch = Batch::new(rollouts, &keep, opts.mask_truncated, model.device())?;
+    let advantages =
+        Tensor::new(keep.iter().map(|&k| adv.values[k] as f32).collect::<Vec<_>>(), model.device())?;
+    let reference = if opts.loss.beta != 0.0 {
+        if model.lora.is_none() {
+            crate::bail!(
+                "grpo: beta = {} needs LoRA adapters (the reference is the model with them off)",
+                opts.loss.beta
+            );
+        }
+        model.set_adapters_enabled(false);
+        let scored = score_tokens(model, &batch.sequences(), pad_id, opts.temperature);
+        model.set_adapters_enabled(true);
+        Some(batch.padded(&scored?, true)?)
+    } else {
+        None
+    };
+    let old_from_sampler = batch.old_logprobs(model.device())?;
+    model.set_training(true);
+    let passes = (0..opts.mu).try_for_each(|_| -> Result<()> {
+        let scores = score_tokens(model, &batch.sequences(), pad_id, opts.temperature)?;
+        let logprobs = batch.padded(&scores, false)?;
+        let old = if opts.mu == 1 { logprobs.detach() } else { old_from_sampler.clone() };
+        let inputs = GrpoLossInputs {
+            logprobs: &logprobs,
+            old_logprobs: &old,
+            ref_logprobs: reference.as_ref(),
+            advantages: &advantages,
+            mask: &batch.mask,
+        };
+        let out = grpo_loss(&opts.loss, &inputs)?;
+        let loss = out.loss.to_scalar::<f32>()? as f64;
+        let mut acc = GradAccumulator::new(optimizer.vars().map(|(_, v)| v))?;
+        acc.add(&out.loss.backward()?, optimizer.vars().map(|(_, v)| v), 1.0)?;
+        let (grads, norm) = acc.finish(opts.max_grad_norm)?;
+        if guard.admit(optimizer.steps(), loss, norm)? {
+            optimizer.step(&grads, lr)?;
+            stats.updates += 1;
+        }
+        let mu = opts.mu as f64;
+        stats.loss += loss / mu;
+        stats.kl += out.kl / mu;
+        stats.clip_low += out.clip_low / mu;
+        stats.clip_high += out.clip_high / mu;
+        stats.grad_norm += norm / mu;
+        stats.entropy += scores.entropy.mean_all()?.to_scalar::<f32>()? as f64 / mu;
+        Ok(())
+    });
+    model.set_training(false);
+    passes?;
+    Ok(stats)
+}
+
+/// The kept rollouts as scoring sequences, with the completion mask.
+struct Batch<'a> {
+    rollouts: Vec<&'a Rollout>,
+    ids: Vec<Vec<u32>>,
+    scored: Vec<Vec<bool>>,
+    width: usize,
+    mask: Tensor,
+}
+
+impl<'a> Batch<'a> {
+    fn new(all: &'a [Rollout], keep: &[usize], mask_truncated: bool, device: &Device) -> Result<Self> {
+        let rollouts: Vec<&Rollout> = keep.iter().map(|&k| &all[k]).collect();
+        let width = rollouts.iter().map(|r| r.completion_ids.len()).max().unwrap_or(0);
+        let mut mask = vec![0f32; rollouts.len() * width];
+        let (mut ids, mut scored) = (Vec::new(), Vec::new());
+        for (row, r) in rollouts.iter().enumerate() {
+            if r.old_logprobs.len() != r.completion_ids.len() {
+                crate::bail!(
+                    "rollout of example {}: {} old log-probs for {} completion ids",
+                    r.example,
+                    r.old_logprobs.len(),
+                    r.completion_ids.len()
+                );
+            }
+            if r.prompt_ids.is_empty() {
+                crate::bail!("rollout of example {}: empty prompt", r.example);
+            }
+            let counted = !(mask_truncated && r.truncated);
+            mask[row * width..row * width + r.completion_ids.len()].fill(if counted { 1.0 } else { 0.0 });
+            let mut seq = r.prompt_ids.clone();
+            seq.extend(&r.completion_ids);
+            let mut flags = vec![false; r.prompt_ids.len()];
+            flags.resize(seq.len(), true);
+            ids.push(seq);
+            scored.push(flags);
+        }
+        let mask = Tensor::from_vec(mask, (rollouts.len(), width), device)?;
+        Ok(Self { rollouts, ids, scored, width, mask })
+    }
+
+    fn sequences(&self) -> Vec<Sequence<'_>> {
+        self.rollouts
+            .iter()
+            .enumerate()
+            .map(|(k, r)| Sequence {
+                ids: &self.ids[k],
+                scored: &self.scored[k],
+                pixel_values: r.pixel_values.as_ref(),
+                grid: r.grid,
+            })
+            .collect()
+    }
+
+    /// `[rows, width]` log-probs, detached when `detach`.
+    fn padded(&self, scores: &TokenScores, detach: bool) -> Result<Tensor> {
+        let values = if detach { scores.logprobs.detach() } else { scores.logprobs.clone() };
+        scores.to_padded(&values, self.rollouts.len(), self.width)
+    }
+
+    fn old_logprobs(&self, device: &Device) -> Result<Tensor> {
+        let mut flat = vec![0f32; self.rollouts.len() * self.width];
+        for (row, r) in self.rollouts.iter().enumerate() {
+            flat[row * self.width..row * self.width + r.old_logprobs.len()].copy_from_slice(&r.old_logprobs);
+        }
+        Ok(Tensor::from_vec(flat, (self.rollouts.len(), self.width), device)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::qwen2_5_vl::{LoraConfig, LoraInit};
+    use crate::train::optim::AdamWConfig;
+    use crate::train::sft::tests::{synthetic_task, tiny_vlm};
+
+    /// Two prompts, four completions each: in group 0 one completion is rewarded, group 1 is
+    /// all zeros. Old log-probs are the model's own, as the sampler would report them.
+    fn rollouts(model: &Qwen25VL, vlm: &crate::models::vlm::Vlm) -> Vec<Rollout> {
+        let task = synthetic_task();
+        let mut out = Vec::new();
+        for (g, example) in [0usize, 1].into_iter().enumerate() {
+            let item = task.item(example).unwrap();
+            let enc = vlm.encode(item.image.as_ref(), &task.prompt(example).unwrap()).unwrap();
+            for k in 0..4u32 {
+                let completion = vec![100 + k, 200 + k, 300 + k];
+                let mut ids = enc.input_ids.clone();
+                ids.extend(&completion);
+                let mut scored = vec![false; enc.input_ids.len()];
+                scored.resize(ids.len(), true);
+                let seq = Sequence {
+                    ids: &ids,
+                    scored: &scored,
+                    pixel_values: enc.pixel_values.as_ref(),
+                    grid: enc.grid_thw,
+                };
+                let old = score_tokens(model, &[seq], 0, 1.0).unwrap().logprobs.to_vec1::<f32>().unwrap();
+                let reward = if g == 0 && k == 2 { 1.0 } else { 0.0 };
+                out.push(Rollout {
+                    example,
+                    prompt_ids: enc.input_ids.clone(),
+                    completion_ids: completion,
+                    old_logprobs: old,
+                    pixel_values: enc.pixel_values.clone(),
+                    grid: enc.grid_thw,
+                    reward_components: vec![reward],
+                    reward,
+                    truncated: k == 3,
+                });
+            }
+        }
+        out
+    }
+
+    fn lora_model() -> (crate::models::vlm::Vlm, Qwen25VL) {
+        let vlm = tiny_vlm();
+        let cfg = LoraConfig { init: LoraInit::Random, seed: 5, ..LoraConfig::new(4, 8.0) };
+        let model = vlm.model.with_lora(&cfg).unwrap();
+        (vlm, model)
+    }
+
+    fn sum_logprob(model: &Qwen25VL, r: &Rollout) -> f32 {
+        let mut ids = r.prompt_ids.clone();
+        ids.extend(&r.completion_ids);
+        let mut scored = vec![false; r.prompt_ids.len()];
+        scored.resize(ids.len(), true);
+        let seq =
+            Sequence { ids: &ids, scored: &scored, pixel_values: r.pixel_values.as_ref(), grid: r.grid };
+        score_tokens(model, &[seq], 0, 1.0).unwrap().logprobs.sum_all().unwrap().to_scalar().unwrap()
+    }
+
+    #[test]
+    fn a_step_raises_the_rewarded_completion_and_reaches_every_adapter() {
+        let (vlm, model) = lora_model();
+        let rs = rollouts(&model, &vlm);
+        let before = sum_logprob(&model, &rs[2]);
+        let initial: Vec<Tensor> =
+            model.trainable().iter().map(|(_, v)| v.as_tensor().copy().unwrap()).collect();
+        let mut opt = AdamW::new(model.trainable(), AdamWConfig::default()).unwrap();
+        let mut guard = NonFiniteGuard::new(3);
+        let opts = GrpoStepOptions { group: 4, ..Default::default() }.with_beta(0.04);
+        let stats = grpo_step(&model, &rs, &opts, &mut opt, &mut guard, 1e-3, 0).unwrap();
+        assert_eq!(stats.updates, 1);
+        assert_eq!(stats.zero_variance_fraction, 0.5);
+        assert!((stats.reward_mean - 0.125).abs() < 1e-12);
+        assert!(stats.kl > 0.0 && stats.entropy > 0.0);
+        assert_eq!((stats.clip_low, stats.clip_high), (0.0, 0.0));
+        assert!(sum_logprob(&model, &rs[2]) > before);
+        for ((name, v), init) in model.trainable().iter().zip(&initial) {
+            let moved =
+                (v.as_tensor() - init).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(moved > 0.0, "{name} got no gradient");
+        }
+    }
+
+    #[test]
+    fn truncated_completions_can_be_masked() {
+        let (vlm, model) = lora_model();
+        let rs = rollouts(&model, &vlm);
+        let keep: Vec<usize> = (0..4).collect();
+        let mask = |on| {
+            Batch::new(&rs, &keep, on, model.device()).unwrap().mask.sum(1).unwrap().to_vec1::<f32>().unwrap()
+        };
+        assert_eq!(mask(false), vec![3.0; 4]);
+        assert_eq!(mask(true), vec![3.0, 3.0, 3.0, 0.0]);
+    }
+
+    #[test]
+    fn zero_variance_groups_are_filtered_and_reported() {
+        let (vlm, model) = lora_model();
+        let mut rs = rollouts(&model, &vlm);
+        rs.iter_mut().for_each(|r| r.reward = 0.0);
+        let mut opt = AdamW::new(model.trainable(), AdamWConfig::default()).unwrap();
+        let mut guard = NonFiniteGuard::new(3);
+        let opts = GrpoStepOptions { group: 4, filter_zero_variance: true, mu: 2, ..Default::default() };
+        let stats = grpo_step(&model, &rs, &opts, &mut opt, &mut guard, 1e-3, 0).unwrap();
+        assert_eq!((stats.updates, stats.zero_variance_fraction), (0, 1.0));
+        assert_eq!(opt.steps(), 0);
+        let full = vlm.model.full_finetune().unwrap();
+        let mut opt = AdamW::new(full.trainable(), AdamWConfig::default()).unwrap();
+        let err = grpo_step(
+            &full,
+            &rollouts(&full, &vlm),
+            &GrpoStepOptions { group: 4, ..Default::default() }.with_beta(0.1),
+            &mut opt,
+            &mut guard,
+            1e-3,
+            0,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("needs LoRA adapters"), "{err}");
+    }
+}

@@ -1,0 +1,471 @@
+//! Supervised fine-tuning on a multiple-choice (or free-text) task with a completion-only loss.
+//!
+//! Each example is the task's prompt with its image, followed by `task.target(i)` (for example
+//! `<answer>C</answer>`) as the assistant turn. Only the answer and the template's closing
+//! `<|im_end|>\n` are scored, as TRL's completion-only loss does; prompt, system and image
+//! tokens are masked. The loss of a step is the mean over every scored token of its
+//! `batch × grad_accum` examples, so splitting a batch into micro-batches does not change it.
+//! The input model is left untouched: training happens on a copy with fresh LoRA adapters (or
+//! copied weights for full fine-tuning) over the shared frozen base.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::checkpoint::{self, TrainerState};
+use super::data_order::DataOrder;
+use super::grad::{GradAccumulator, NonFiniteGuard};
+use super::optim::{AdamW, AdamWConfig};
+use super::schedule::Schedule;
+use super::token_logprobs::{score_tokens, Sequence};
+use crate::error::{Context, Error, Result};
+use crate::models::qwen2_5_vl::{EncodedConversation, LoraConfig, Qwen25VL};
+use crate::models::vlm::Vlm;
+use crate::run::{CancelFlag, ProgressMode, RunDir};
+use crate::task::mcq::McqTask;
+
+/// `sft(model, task, #{...})`'s options. Defaults follow TRL's `SFTConfig` where it has one.
+#[derive(Debug, Clone)]
+pub struct SftOptions {
+    pub epochs: usize,
+    /// Optimiser steps; when `None`, as many as `epochs` passes over the task take.
+    pub steps: Option<u64>,
+    pub lr: f64,
+    /// Examples per micro-batch.
+    pub batch: usize,
+    /// Micro-batches per optimiser step.
+    pub grad_accum: usize,
+    /// Adapters to train; with neither `lora` nor `full`, rank 8 / alpha 16 adapters on the seven
+    /// language-model projections, seeded with `seed`.
+    pub lora: Option<LoraConfig>,
+    /// Train every language-model weight instead of adapters.
+    pub full: bool,
+    pub schedule: Schedule,
+    pub warmup: u64,
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this; `None` disables clipping.
+    pub max_grad_norm: Option<f64>,
+    /// Checkpoint every this many steps (and always at the end, when there is an output dir).
+    pub save_every: Option<u64>,
+    /// A checkpoint directory, or an output directory whose latest checkpoint to continue.
+    pub resume: Option<PathBuf>,
+    pub seed: u64,
+    /// Non-finite steps tolerated in a row before the run fails.
+    pub max_bad_steps: usize,
+}
+
+impl Default for SftOptions {
+    fn default() -> Self {
+        Self {
+            epochs: 1,
+            steps: None,
+            lr: 2e-5,
+            batch: 8,
+            grad_accum: 1,
+            lora: None,
+            full: false,
+            schedule: Schedule::Linear,
+            warmup: 0,
+            weight_decay: 0.0,
+            max_grad_norm: Some(1.0),
+            save_every: None,
+            resume: None,
+            seed: 0,
+            max_bad_steps: 5,
+        }
+    }
+}
+
+/// Where a training primitive reports and how it stops.
+#[derive(Debug, Clone)]
+pub struct TrainContext<'a> {
+    /// Per-step metrics go to this run's `metrics.jsonl`.
+    pub run: Option<&'a RunDir>,
+    pub cancel: CancelFlag,
+    pub progress: ProgressMode,
+    /// Checkpoints go here; without it, under the run directory's `checkpoints/`, else nowhere.
+    pub out_dir: Option<PathBuf>,
+}
+
+impl TrainContext<'_> {
+    fn checkpoint_dir(&self) -> Option<PathBuf> {
+        self.out_dir.clone().or_else(|| self.run.map(|r| r.path().join("checkpoints")))
+    }
+
+    fn metric(&self, name: &str, value: f64, step: u64) -> Result<()> {
+        match self.run {
+            Some(run) => run.log_metric(name, json!(value), Some(step)),
+            None => Ok(()),
+        }
+    }
+
+    fn warn(&self, message: &str) -> Result<()> {
+        eprintln!("warning: {message}");
+        match self.run {
+            Some(run) => run.log_output(&format!("warning: {message}")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What a finished SFT run reports.
+#[derive(Debug, Clone)]
+pub struct SftSummary {
+    /// The step this call started from: 0, or the checkpoint's step when resuming.
+    pub first_step: u64,
+    /// Per step of this call: loss, token accuracy and gradient norm (before clipping).
+    pub losses: Vec<f64>,
+    pub token_accuracy: Vec<f64>,
+    pub grad_norms: Vec<f64>,
+    pub skipped_steps: Vec<u64>,
+    pub last_checkpoint: Option<PathBuf>,
+    pub seconds_per_step: f64,
+}
+
+/// Fine-tune `vlm` on `task`; returns the trained model (sharing `vlm`'s frozen weights) and a
+/// summary. `vlm` itself is unchanged.
+pub fn sft(vlm: &Vlm, task: &McqTask, opts: &SftOptions, ctx: &TrainContext) -> Result<(Vlm, SftSummary)> {
+    run_sft(vlm, task, opts, ctx, &|_| false)
+}
+
+/// Options that cannot work, named.
+fn check(opts: &SftOptions, task: &McqTask) -> Result<()> {
+    if opts.batch == 0 || opts.grad_accum == 0 {
+        crate::bail!("sft: batch ({}) and grad_accum ({}) must be at least 1", opts.batch, opts.grad_accum);
+    }
+    if opts.steps.is_none() && opts.epochs == 0 {
+        crate::bail!("sft: set epochs or steps to at least 1");
+    }
+    if !(opts.lr.is_finite() && opts.lr > 0.0) {
+        crate::bail!("sft: lr {} must be a positive number", opts.lr);
+    }
+    if opts.full && opts.lora.is_some() {
+        crate::bail!("sft: `full` and `lora` exclude each other: choose full fine-tuning or adapters");
+    }
+    if task.is_empty() {
+        crate::bail!("sft: task {} has no items", task.name());
+    }
+    Ok(())
+}
+
+/// A trainable copy of `model`: adapters already on it are merged into the base first, so
+/// training from an SFT'd model adds a new adapter on top of it.
+fn trainable_copy(model: &Qwen25VL, opts: &SftOptions) -> Result<Qwen25VL> {
+    let base = if model.lora.is_some() { model.merge()? } else { model.clone() };
+    if opts.full {
+        return base.full_finetune();
+    }
+    let default = LoraConfig { seed: opts.seed, ..LoraConfig::new(8, 16.0) };
+    base.with_lora(opts.lora.as_ref().unwrap_or(&default))
+}
+
+/// [`sft`] with a hook that poisons the loss of chosen steps, for testing the non-finite guard.
+pub(crate) fn run_sft(
+    vlm: &Vlm,
+    task: &McqTask,
+    opts: &SftOptions,
+    ctx: &TrainContext,
+    poison: &dyn Fn(u64) -> bool,
+) -> Result<(Vlm, SftSummary)> {
+    check(opts, task)?;
+    let model = trainable_copy(&vlm.model, opts)?;
+    let examples = encode_task(vlm, task)?;
+    let per_step = opts.batch * opts.grad_accum;
+    let total = opts.steps.unwrap_or_else(|| (opts.epochs * task.len()).div_ceil(per_step) as u64);
+    let adamw = AdamWConfig { weight_decay: opts.weight_decay, ..AdamWConfig::default() };
+    let mut optimizer = AdamW::new(model.trainable(), adamw)?;
+    let mut order = DataOrder::new(task.len(), opts.seed)?;
+    let mut guard = NonFiniteGuard::new(opts.max_bad_steps);
+    let mut step = 0;
+    if let Some(path) = &opts.resume {
+        let state = checkpoint::load(path, "sft", &mut optimizer, model.device())?;
+        order = DataOrder::restore(&state.data_order, task.len())?;
+        guard.skipped = state.skipped_steps;
+        step = state.step;
+    }
+    let out = ctx.checkpoint_dir();
+    let save = |step: u64,
+                order: &DataOrder,
+                optimizer: &AdamW,
+                guard: &NonFiniteGuard|
+     -> Result<Option<PathBuf>> {
+        let Some(out) = &out else { return Ok(None) };
+        let state = TrainerState {
+            trainer: "sft".into(),
+            step,
+            optimizer_steps: optimizer.steps(),
+            data_order: order.state(),
+            skipped_steps: guard.skipped.clone(),
+        };
+        checkpoint::save(out, model.trainable(), optimizer, &state).map(Some)
+    };
+
+    let pad = vlm.processor.endoftext_id();
+    let bar = ctx.progress.bar(total, "sft");
+    bar.set_position(step);
+    let mut summary = SftSummary {
+        first_step: step,
+        losses: Vec::new(),
+        token_accuracy: Vec::new(),
+        grad_norms: Vec::new(),
+        skipped_steps: Vec::new(),
+        last_checkpoint: None,
+        seconds_per_step: 0.0,
+    };
+    model.set_training(true);
+    let started = Instant::now();
+    while step < total {
+        if ctx.cancel.is_cancelled() {
+            model.set_training(false);
+            let saved = save(step, &order, &optimizer, &guard)?;
+            let where_ = saved.map_or("no output directory, nothing saved".to_string(), |p| {
+                format!("checkpoint saved to {}", p.display())
+            });
+            return Err(Error::Cancelled(format!("sft at step {step} of {total}; {where_}")));
+        }
+        let indices = order.next_batch(per_step);
+        let scored_total: usize =
+            indices.iter().map(|&i| examples[i].completion_mask.iter().skip(1).filter(|&&m| m).count()).sum();
+        let mut acc = GradAccumulator::new(optimizer.vars().map(|(_, v)| v))?;
+        let (mut loss_sum, mut hits) = (0.0f64, 0usize);
+        for micro in indices.chunks(opts.batch) {
+            let seqs: Vec<Sequence> = micro.iter().map(|&i| sequence(&examples[i])).collect();
+            let scores = score_tokens(&model, &seqs, pad, 1.0)?;
+            let mut loss = (scores.logprobs.sum_all()?.neg()? / scored_total as f64)?;
+            if poison(step) {
+                loss = (loss * f64::NAN)?;
+            }
+            loss_sum += loss.to_scalar::<f32>()? as f64;
+            hits += scores.argmax_hits;
+            acc.add(&loss.backward()?, optimizer.vars().map(|(_, v)| v), 1.0)?;
+        }
+        let (grads, norm) = acc.finish(opts.max_grad_norm)?;
+        let lr = opts.schedule.lr_at(opts.lr, step, total, opts.warmup);
+        if guard.admit(step, loss_sum, norm)? {
+            optimizer.step(&grads, lr)?;
+        } else {
+            ctx.warn(&format!(
+                "sft step {step}: loss {loss_sum} / grad norm {norm} not finite, update skipped"
+            ))?;
+            ctx.metric("sft/skipped_nonfinite", 1.0, step)?;
+            summary.skipped_steps.push(step);
+        }
+        let token_accuracy = hits as f64 / scored_total.max(1) as f64;
+        for (name, value) in [
+            ("sft/loss", loss_sum),
+            ("sft/token_accuracy", token_accuracy),
+            ("sft/lr", lr),
+            ("sft/grad_norm", norm),
+        ] {
+            ctx.metric(name, value, step)?;
+        }
+        summary.losses.push(loss_sum);
+        summary.token_accuracy.push(token_accuracy);
+        summary.grad_norms.push(norm);
+        step += 1;
+        bar.inc(1);
+        bar.set_message(format!("loss {loss_sum:.4}"));
+        if opts.save_every.is_some_and(|n| n > 0 && step % n == 0) && step < total {
+            summary.last_checkpoint = save(step, &order, &optimizer, &guard)?;
+        }
+    }
+    bar.finish_and_clear();
+    model.set_training(false);
+    let done = (step - summary.first_step).max(1);
+    summary.seconds_per_step = started.elapsed().as_secs_f64() / done as f64;
+    if let Some(p) = save(step, &order, &optimizer, &guard)? {
+        summary.last_checkpoint = Some(p);
+    }
+    Ok((vlm.with_model(model), summary))
+}
+
+/// Every item as prompt + target ids with its completion mask, pixels on the model's device.
+fn encode_task(vlm: &Vlm, task: &McqTask) -> Result<Vec<EncodedConversation>> {
+    (0..task.len())
+        .map(|i| {
+            let item = task.item(i)?;
+            let mut enc = vlm
+                .processor
+                .encode_conversation(item.image.as_ref(), &task.prompt(i)?, &task.target(i)?)
+                .with_context(|| format!("task {}: item {}", task.name(), item.id))?;
+            if let Some(px) = enc.pixel_values.take() {
+                enc.pixel_values = Some(px.to_device(vlm.device())?.to_dtype(vlm.model.dtype())?);
+            }
+            Ok(enc)
+        })
+        .collect()
+}
+
+fn sequence(enc: &EncodedConversation) -> Sequence<'_> {
+    Sequence {
+        ids: &enc.input_ids,
+        scored: &enc.completion_mask,
+        pixel_values: enc.pixel_values.as_ref(),
+        grid: enc.grid_thw,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::image::Image;
+    use crate::task::mcq::{AnswerFormat, McqItem};
+    use candle_core::Device;
+    use rand::{Rng, SeedableRng};
+
+    /// Eight 4-option questions, each with its own seeded random 28 px image.
+    pub(crate) fn synthetic_task() -> McqTask {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let items = (0..8)
+            .map(|i| {
+                let pixels: Vec<u8> = (0..28 * 28 * 3).map(|_| rng.random()).collect();
+                McqItem {
+                    id: format!("synthetic/{i}"),
+                    image: Some(Image::new(28, 28, 3, pixels).unwrap()),
+                    question: format!("Case {i}: which finding is shown?"),
+                    options: ["cyst", "mass", "edema", "normal"].iter().map(|s| s.to_string()).collect(),
+                    answer: (i * 3 + 1) % 4,
+                    answer_text: None,
+                    rationale: None,
+                    class_id: None,
+                    class_name: None,
+                    task: "synthetic".into(),
+                    modality: None,
+                }
+            })
+            .collect();
+        McqTask::new("synthetic", items, None, AnswerFormat::Letter).unwrap()
+    }
+
+    pub(crate) fn tiny_vlm() -> Vlm {
+        Vlm::new_preset("qwen2_5_vl_tiny", 3, &Device::Cpu).unwrap()
+    }
+
+    fn quiet() -> TrainContext<'static> {
+        TrainContext { run: None, cancel: CancelFlag::new(), progress: ProgressMode::Quiet, out_dir: None }
+    }
+
+    pub(crate) fn greedy_accuracy(vlm: &Vlm, task: &McqTask) -> f64 {
+        let correct: f64 = (0..task.len())
+            .map(|i| {
+                let item = task.item(i).unwrap();
+                let text = vlm.generate_greedy(item.image.as_ref(), &task.prompt(i).unwrap(), 12).unwrap();
+                task.reward_accuracy(i, &text).unwrap()
+            })
+            .sum();
+        correct / task.len() as f64
+    }
+
+    fn fast(steps: u64) -> SftOptions {
+        SftOptions {
+            steps: Some(steps),
+            lr: 5e-3,
+            batch: 4,
+            grad_accum: 2,
+            lora: Some(LoraConfig { seed: 1, ..LoraConfig::new(8, 16.0) }),
+            schedule: Schedule::Constant,
+            ..SftOptions::default()
+        }
+    }
+
+    #[test]
+    fn lora_sft_learns_the_task_and_leaves_the_input_alone() {
+        let (vlm, task) = (tiny_vlm(), synthetic_task());
+        let before = vlm.logits(None, "hello").unwrap();
+        let (trained, summary) = sft(&vlm, &task, &fast(60), &quiet()).unwrap();
+        let acc = greedy_accuracy(&trained, &task);
+        assert!(acc >= 0.95, "train accuracy {acc}, losses {:?}", summary.losses);
+        // The loss falls window by window (means over 10 steps).
+        let windows: Vec<f64> =
+            summary.losses.chunks(10).map(|w| w.iter().sum::<f64>() / w.len() as f64).collect();
+        assert!(windows.windows(2).all(|w| w[1] < w[0]), "{windows:?}");
+        let after = vlm.logits(None, "hello").unwrap();
+        assert_eq!(
+            (before - after).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(),
+            0.0
+        );
+        // Every adapter tensor moved away from its initialisation.
+        let fresh = vlm.model.with_lora(fast(1).lora.as_ref().unwrap()).unwrap();
+        assert_eq!(fresh.trainable().len(), trained.model.trainable().len());
+        for ((name, a), (_, b)) in fresh.trainable().iter().zip(trained.model.trainable()) {
+            let diff = (a.as_tensor() - b.as_tensor()).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(diff.to_scalar::<f32>().unwrap() > 0.0, "{name} never received a gradient");
+        }
+    }
+
+    #[test]
+    fn resumed_run_repeats_the_uninterrupted_losses() {
+        let (vlm, task) = (tiny_vlm(), synthetic_task());
+        let opts = SftOptions { schedule: Schedule::Cosine, warmup: 1, ..fast(4) };
+        let (_, whole) = sft(&vlm, &task, &opts, &quiet()).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let ctx = TrainContext { out_dir: Some(tmp.path().to_path_buf()), ..quiet() };
+        sft(&vlm, &task, &SftOptions { save_every: Some(2), ..opts.clone() }, &ctx).unwrap();
+        let resume = Some(tmp.path().join("checkpoint-2"));
+        let (_, resumed) = sft(&vlm, &task, &SftOptions { resume, ..opts }, &quiet()).unwrap();
+        assert_eq!(resumed.first_step, 2);
+        for (a, b) in whole.losses[2..].iter().zip(&resumed.losses) {
+            assert!((a - b).abs() < 1e-6, "{:?} vs {:?}", whole.losses, resumed.losses);
+        }
+        assert_eq!(resumed.losses.len(), 2);
+    }
+
+    #[test]
+    fn a_nan_loss_is_skipped_and_logged_and_too_many_abort() {
+        let (vlm, task) = (tiny_vlm(), synthetic_task());
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::create(Some(tmp.path()), "sft").unwrap();
+        let ctx = TrainContext { run: Some(&run), ..quiet() };
+        let (_, summary) = run_sft(&vlm, &task, &fast(3), &ctx, &|step| step == 1).unwrap();
+        assert_eq!(summary.skipped_steps, vec![1]);
+        assert!(summary.losses[2].is_finite());
+        let metrics = std::fs::read_to_string(tmp.path().join("metrics.jsonl")).unwrap();
+        assert!(metrics.contains("\"sft/skipped_nonfinite\""));
+        assert_eq!(metrics.matches("\"sft/loss\"").count(), 3);
+        let log = std::fs::read_to_string(tmp.path().join("output.log")).unwrap();
+        assert!(log.contains("sft step 1") && log.contains("not finite"), "{log}");
+        let opts = SftOptions { max_bad_steps: 1, ..fast(5) };
+        let err = run_sft(&vlm, &task, &opts, &quiet(), &|_| true).unwrap_err().to_string();
+        assert!(err.contains("max_bad_steps = 1"), "{err}");
+    }
+
+    #[test]
+    fn cancellation_saves_a_checkpoint() {
+        let (vlm, task) = (tiny_vlm(), synthetic_task());
+        let tmp = tempfile::tempdir().unwrap();
+        let ctx = TrainContext { out_dir: Some(tmp.path().to_path_buf()), ..quiet() };
+        ctx.cancel.cancel();
+        let err = sft(&vlm, &task, &fast(3), &ctx).unwrap_err();
+        assert!(err.is_cancelled());
+        assert!(tmp.path().join("checkpoint-0/optimizer.safetensors").is_file());
+    }
+
+    #[test]
+    fn full_fine_tuning_trains_the_language_model_weights() {
+        let (vlm, task) = (tiny_vlm(), synthetic_task());
+        let before = vlm.logits(None, "hello").unwrap();
+        let opts = SftOptions { lora: None, full: true, lr: 1e-3, ..fast(2) };
+        let (trained, summary) = sft(&vlm, &task, &opts, &quiet()).unwrap();
+        assert!(summary.losses.iter().all(|l| l.is_finite()));
+        assert!(trained.model.trainable().iter().any(|(n, _)| n == "lm_head.weight"));
+        let moved =
+            (trained.logits(None, "hello").unwrap() - &before).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(moved.to_scalar::<f32>().unwrap() > 0.0);
+        let unchanged =
+            (vlm.logits(None, "hello").unwrap() - before).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(unchanged.to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn bad_options_are_named() {
+        let (vlm, task) = (tiny_vlm(), synthetic_task());
+        let opts = SftOptions { full: true, ..fast(1) };
+        assert!(sft(&vlm, &task, &opts, &quiet()).unwrap_err().to_string().contains("`full` and `lora`"));
+        let opts = SftOptions { batch: 0, ..fast(1) };
+        assert!(sft(&vlm, &task, &opts, &quiet()).unwrap_err().to_string().contains("batch (0)"));
+        let bad = LoraConfig { targets: vec!["no_such_proj".into()], ..LoraConfig::new(4, 8.0) };
+        let opts = SftOptions { lora: Some(bad), ..fast(1) };
+        assert!(sft(&vlm, &task, &opts, &quiet()).unwrap_err().to_string().contains("no_such_proj"));
+    }
+}

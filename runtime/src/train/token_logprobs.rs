@@ -1,0 +1,159 @@
+//! Per-token log-probabilities of chosen tokens under the model, from one forward pass over a
+//! right-padded batch: the shared core of SFT's completion-only loss and GRPO's policy ratio.
+//!
+//! Only the scored positions (a completion's tokens) go through the log-softmax, so the cost of
+//! the vocabulary projection's gradient grows with the completion, not the prompt. The
+//! log-softmax is composed from differentiable ops (candle's fused softmax has no backward).
+
+use candle_core::{DType, Tensor, D};
+
+use crate::error::{Context, Result};
+use crate::models::qwen2_5_vl::{Grid, Qwen25VL};
+
+/// One sequence to score: prompt and completion ids, which ids are scored (predicted from
+/// the position before), and its image.
+#[derive(Debug, Clone, Copy)]
+pub struct Sequence<'a> {
+    pub ids: &'a [u32],
+    pub scored: &'a [bool],
+    pub pixel_values: Option<&'a Tensor>,
+    pub grid: Option<Grid>,
+}
+
+/// The scored tokens of a batch, flattened in row order.
+#[derive(Debug)]
+pub struct TokenScores {
+    /// `log p(token | prefix)`, f32 `[n]`, differentiable with respect to the trainable weights.
+    pub logprobs: Tensor,
+    /// Entropy of the predictive distribution at each scored position, f32 `[n]` (detached).
+    pub entropy: Tensor,
+    /// How many scored tokens are the model's argmax.
+    pub argmax_hits: usize,
+    /// The sequence each scored token belongs to.
+    pub rows: Vec<usize>,
+}
+
+impl TokenScores {
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Rearrange a per-token `[n]` tensor into `[rows, width]`, padding with zeros; token `j` of
+    /// row `r` lands in column `j`.
+    pub fn to_padded(&self, values: &Tensor, rows: usize, width: usize) -> Result<Tensor> {
+        let n = self.rows.len();
+        let mut index = vec![n as u32; rows * width];
+        let mut next = vec![0usize; rows];
+        for (k, &r) in self.rows.iter().enumerate() {
+            if next[r] >= width {
+                crate::bail!("row {r} has more than {width} scored tokens");
+            }
+            index[r * width + next[r]] = k as u32;
+            next[r] += 1;
+        }
+        let pool = Tensor::cat(&[values, &Tensor::zeros(1, values.dtype(), values.device())?], 0)?;
+        let index = Tensor::from_vec(index, rows * width, values.device())?;
+        Ok(pool.index_select(&index, 0)?.reshape((rows, width))?)
+    }
+}
+
+/// Score `seqs` in one forward pass, right-padded with `pad_id` under an attention mask. The
+/// logits are divided by `temperature` first, as TRL does, so GRPO's ratios compare the same
+/// distribution the sampler drew from.
+pub fn score_tokens(
+    model: &Qwen25VL,
+    seqs: &[Sequence],
+    pad_id: u32,
+    temperature: f64,
+) -> Result<TokenScores> {
+    if !(temperature.is_finite() && temperature > 0.0) {
+        crate::bail!("temperature {temperature} must be a positive number");
+    }
+    if seqs.is_empty() {
+        crate::bail!("score_tokens needs at least one sequence");
+    }
+    let width = seqs.iter().map(|s| s.ids.len()).max().unwrap_or(0);
+    let (b, device) = (seqs.len(), model.device());
+    let mut ids = vec![pad_id; b * width];
+    let mut mask = vec![0u32; b * width];
+    let (mut positions, mut targets, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut pixels, mut grids) = (Vec::new(), Vec::new());
+    for (r, seq) in seqs.iter().enumerate() {
+        if seq.scored.len() != seq.ids.len() {
+            crate::bail!("sequence {r}: {} ids but {} scored flags", seq.ids.len(), seq.scored.len());
+        }
+        ids[r * width..r * width + seq.ids.len()].copy_from_slice(seq.ids);
+        mask[r * width..r * width + seq.ids.len()].fill(1);
+        for p in 1..seq.ids.len() {
+            if seq.scored[p] {
+                positions.push((r * width + p - 1) as u32);
+                targets.push(seq.ids[p]);
+                rows.push(r);
+            }
+        }
+        if let (Some(px), Some(grid)) = (seq.pixel_values, seq.grid) {
+            pixels.push(px.clone());
+            grids.push(grid);
+        }
+    }
+    if positions.is_empty() {
+        crate::bail!("no sequence in the batch has a scored token");
+    }
+    let pixel_values = if pixels.is_empty() { None } else { Some(Tensor::cat(&pixels, 0)?) };
+    let ids_t = Tensor::from_vec(ids, (b, width), device)?;
+    let mask_t = Tensor::from_vec(mask, (b, width), device)?;
+    let (logits, _) = model
+        .prefill(&ids_t, Some(&mask_t), pixel_values.as_ref(), &grids)
+        .context("forward pass over the training batch")?;
+    let vocab = logits.dim(D::Minus1)?;
+    let n = positions.len();
+    let picked = logits
+        .reshape((b * width, vocab))?
+        .index_select(&Tensor::from_vec(positions, n, device)?, 0)?
+        .to_dtype(DType::F32)?;
+    let picked = if temperature == 1.0 { picked } else { (picked / temperature)? };
+    let log_probs = candle_nn::ops::log_softmax(&picked, D::Minus1)?;
+    let targets_t = Tensor::from_vec(targets.clone(), (n, 1), device)?;
+    let logprobs = log_probs.gather(&targets_t, 1)?.squeeze(1)?;
+    let detached = log_probs.detach();
+    let entropy = (detached.exp()? * &detached)?.sum(D::Minus1)?.neg()?;
+    let argmax: Vec<u32> = detached.argmax(D::Minus1)?.to_vec1()?;
+    let argmax_hits = argmax.iter().zip(&targets).filter(|(a, t)| a == t).count();
+    Ok(TokenScores { logprobs, entropy, argmax_hits, rows })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::qwen2_5_vl::tests::{max_diff, tiny};
+    use candle_core::Device;
+
+    #[test]
+    fn padded_batch_scores_each_row_as_alone() {
+        let dev = &Device::Cpu;
+        let m = tiny(DType::F32, dev);
+        const A: [u32; 5] = [5, 6, 7, 8, 9];
+        const B: [u32; 3] = [10, 11, 12];
+        const SA: [bool; 5] = [false, false, true, true, true];
+        const SB: [bool; 3] = [false, true, true];
+        let (a, b, sa, sb) = (&A, &B, &SA, &SB);
+        fn seq<'a>(ids: &'a [u32], scored: &'a [bool]) -> Sequence<'a> {
+            Sequence { ids, scored, pixel_values: None, grid: None }
+        }
+        let both = score_tokens(&m, &[seq(a, sa), seq(b, sb)], 0, 1.0).unwrap();
+        let alone = score_tokens(&m, &[seq(b, sb)], 0, 1.0).unwrap();
+        assert_eq!(both.rows, vec![0, 0, 0, 1, 1]);
+        assert!(max_diff(&both.logprobs.narrow(0, 3, 2).unwrap(), &alone.logprobs) < 1e-5);
+        // The log-prob of id 7 after [5, 6] is read from the logits at position 1.
+        let logits = m.forward(&Tensor::new(&[[5u32, 6]], dev).unwrap(), None, &[]).unwrap();
+        let lp = candle_nn::ops::log_softmax(&logits.get(0).unwrap().get(1).unwrap(), 0).unwrap();
+        assert!(max_diff(&lp.get(7).unwrap(), &both.logprobs.get(0).unwrap()) < 1e-5);
+        let padded = both.to_padded(&both.logprobs, 2, 3).unwrap();
+        assert_eq!(padded.dims(), [2, 3]);
+        assert_eq!(padded.get(1).unwrap().get(2).unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    }
+}
