@@ -48,6 +48,11 @@ pub fn families() -> Vec<Family> {
             module: exported_module!(crate::probe::probe_api),
         },
         Family {
+            name: "train",
+            doc: "supervised fine-tuning (LoRA or full) that bridges support; resumable, logged per step",
+            module: exported_module!(crate::train::train_api),
+        },
+        Family {
             name: "run",
             doc: "the run directory, metrics, seeds and sandboxed file access",
             module: exported_module!(crate::run::run_api),

@@ -19,6 +19,7 @@ pub mod run;
 pub mod sample;
 pub mod script;
 pub mod tensor;
+pub mod train;
 
 pub use engine::{new_engine, Echo};
 pub use error::Diagnostic;

@@ -35,6 +35,34 @@ pub fn image_arg(
     }
 }
 
+/// A LoRA map `#{rank, alpha, targets, dropout, init, seed, vision}` (rank 8, alpha 2·rank,
+/// the seven LM projections, PEFT init), as `with_lora` and `sft` take it.
+pub fn lora_config(ctx: &NativeCallContext, options: &Map, what: &str) -> ScriptResult<LoraConfig> {
+    let o = Options::new(options, what, &["rank", "alpha", "targets", "dropout", "init", "seed", "vision"])?;
+    let rank = o.int("rank")?.unwrap_or(8);
+    if rank <= 0 {
+        return Err(script_msg(format!("{what}: rank must be positive, got {rank}")));
+    }
+    let mut cfg = LoraConfig::new(rank as usize, o.float("alpha")?.unwrap_or(2.0 * rank as f64));
+    if let Some(targets) = o.get("targets") {
+        let list = targets
+            .read_lock::<Array>()
+            .ok_or_else(|| script_msg(format!("{what}: `targets` must be an array of module names")))?;
+        cfg.targets = list.iter().map(|t| t.to_string()).collect();
+    }
+    cfg.dropout = o.float("dropout")?.unwrap_or(0.0);
+    cfg.init = match o.string("init")?.as_deref() {
+        None | Some("peft") => LoraInit::Peft,
+        Some("random") => LoraInit::Random,
+        Some(other) => {
+            return Err(script_msg(format!("{what}: init must be \"peft\" or \"random\", got {other:?}")))
+        }
+    };
+    cfg.seed = seed_or_next(ctx, o.int("seed")?)?;
+    cfg.vision = o.bool("vision")?.unwrap_or(false);
+    Ok(cfg)
+}
+
 /// `#{image, prompt}` of `encode`, `logits` and `generate`.
 fn image_and_prompt(
     ctx: &NativeCallContext,
@@ -209,34 +237,7 @@ pub mod model_api {
         m: &mut Model,
         options: Map,
     ) -> Result<Model, Box<EvalAltResult>> {
-        let o = Options::new(
-            &options,
-            "with_lora",
-            &["rank", "alpha", "targets", "dropout", "init", "seed", "vision"],
-        )?;
-        let rank = o.int("rank")?.unwrap_or(8);
-        if rank <= 0 {
-            return Err(script_msg(format!("with_lora: rank must be positive, got {rank}")));
-        }
-        let mut cfg = LoraConfig::new(rank as usize, o.float("alpha")?.unwrap_or(2.0 * rank as f64));
-        if let Some(targets) = o.get("targets") {
-            let list = targets
-                .read_lock::<Array>()
-                .ok_or_else(|| script_msg("with_lora: `targets` must be an array of module names"))?;
-            cfg.targets = list.iter().map(|t| t.to_string()).collect();
-        }
-        cfg.dropout = o.float("dropout")?.unwrap_or(0.0);
-        cfg.init = match o.string("init")?.as_deref() {
-            None | Some("peft") => LoraInit::Peft,
-            Some("random") => LoraInit::Random,
-            Some(other) => {
-                return Err(script_msg(format!(
-                    "with_lora: init must be \"peft\" or \"random\", got {other:?}"
-                )))
-            }
-        };
-        cfg.seed = seed_or_next(&ctx, o.int("seed")?)?;
-        cfg.vision = o.bool("vision")?.unwrap_or(false);
+        let cfg = lora_config(&ctx, &options, "with_lora")?;
         m.with_lora(&cfg).script()
     }
 
