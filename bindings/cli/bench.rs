@@ -5,9 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use medbridge_runtime::bench::{
-    bench_forward, bench_sampling_questions, bench_tiny, fixture_inputs, SAMPLING_QUESTIONS,
-};
+use medbridge_runtime::bench::{bench_forward, bench_sampling_questions, bench_tiny, fixture_inputs};
 use medbridge_runtime::models::Vlm;
 use serde_json::{json, Value};
 
@@ -19,6 +17,7 @@ pub struct BenchArgs {
     pub threads: usize,
     pub repeats: usize,
     /// Samples per question and new tokens per sample for the sampling benchmark.
+    pub questions: usize,
     pub k: usize,
     pub max_new_tokens: usize,
 }
@@ -50,11 +49,11 @@ fn run(args: &BenchArgs) -> medbridge_runtime::Result<Value> {
         ours.tokens_per_s, ours.model, ours.tokens
     );
     eprintln!("medbridge forward: {:.0} tokens/s on the tiny preset", tiny.tokens_per_s);
-    let sampling = bench_sampling_questions(&vlm, &inputs, args.k, args.max_new_tokens)?;
+    let sampling = bench_sampling_questions(&vlm, &inputs, args.questions, args.k, args.max_new_tokens)?;
     eprintln!(
         "medbridge sampling K={} x {} questions: {:.0} tokens/s shared prefill, {:.0} tokens/s separate, {:.2}x",
         args.k,
-        SAMPLING_QUESTIONS.len(),
+        args.questions,
         sampling.tokens_per_s_shared_prefill,
         sampling.tokens_per_s_separate_prefills,
         sampling.speedup
@@ -77,7 +76,7 @@ fn run(args: &BenchArgs) -> medbridge_runtime::Result<Value> {
             "tiny_preset": tiny,
             "sampling": {
                 "k": args.k,
-                "questions": SAMPLING_QUESTIONS.len(),
+                "questions": args.questions,
                 "max_new_tokens": args.max_new_tokens,
                 "tokens": sampling.tokens,
                 "tokens_per_s_shared_prefill": sampling.tokens_per_s_shared_prefill,
@@ -103,7 +102,7 @@ fn transformers_reference(python: &str, args: &BenchArgs) -> Result<Value, Strin
         .arg(&script)
         .arg(&args.checkpoint)
         .args(["--threads", &args.threads.to_string(), "--repeats", &args.repeats.to_string()])
-        .args(["--k", &args.k.to_string(), "--questions", &SAMPLING_QUESTIONS.len().to_string()])
+        .args(["--k", &args.k.to_string(), "--questions", &args.questions.to_string()])
         .args(["--max-new-tokens", &args.max_new_tokens.to_string()])
         .output()
         .map_err(|e| format!("cannot run {python}: {e}"))?;

@@ -69,6 +69,9 @@ enum Command {
         threads: usize,
         #[arg(long, default_value_t = 5)]
         repeats: usize,
+        /// Questions in the sampling benchmark.
+        #[arg(long, default_value_t = 32)]
+        questions: usize,
         /// Samples per question in the sampling benchmark.
         #[arg(long, default_value_t = 16)]
         k: usize,
@@ -94,7 +97,7 @@ fn main() -> ExitCode {
         Command::Run { script, set, opts } => commands::run(&script, &set, &opts),
         Command::Repl { opts } => repl_cli::repl(&opts),
         Command::Check { scripts } => commands::check(&scripts),
-        Command::Bench { checkpoint, python, threads, repeats, k, max_new_tokens } => {
+        Command::Bench { checkpoint, python, threads, repeats, questions, k, max_new_tokens } => {
             bench::bench(&bench::BenchArgs {
                 checkpoint: checkpoint.unwrap_or_else(|| {
                     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2_5_vl_tiny")
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
                 python,
                 threads,
                 repeats,
+                questions,
                 k,
                 max_new_tokens,
             })

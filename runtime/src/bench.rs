@@ -63,7 +63,7 @@ pub fn fixture_inputs(fixture: &Path) -> Result<Vec<(Image, String)>> {
 }
 
 /// The multiple-choice questions `bench_transformers.py` samples (its `QUESTIONS`, same order);
-/// question i is asked about fixture image i mod 2.
+/// benchmark question i is `SAMPLING_QUESTIONS[i mod 8]` about fixture image i mod 2.
 pub const SAMPLING_QUESTIONS: [&str; 8] = [
     "Which organ is shown? A. liver B. kidney C. spleen D. lung",
     "What tissue does this pathology slide show? A. adipose B. mucus C. debris D. lymphocytes",
@@ -75,20 +75,20 @@ pub const SAMPLING_QUESTIONS: [&str; 8] = [
     "What diabetic retinopathy grade is shown? A. grade 0 B. grade 1 C. grade 2 D. grade 3",
 ];
 
-/// K samples of each benchmark question with one shared prefill, and with K separate prefills.
+/// K samples of each of `questions` benchmark questions with one shared prefill, and with K
+/// separate prefills.
 pub fn bench_sampling_questions(
     vlm: &Vlm,
     images: &[(Image, String)],
+    questions: usize,
     k: usize,
     max_new_tokens: usize,
 ) -> Result<crate::sample::BenchReport> {
-    let requests: Vec<crate::sample::SampleRequest> = SAMPLING_QUESTIONS
-        .iter()
-        .enumerate()
-        .map(|(i, q)| crate::sample::SampleRequest {
+    let requests: Vec<crate::sample::SampleRequest> = (0..questions)
+        .map(|i| crate::sample::SampleRequest {
             question_id: format!("bench/{i}"),
             image: Some(images[i % images.len()].0.clone()),
-            prompt: q.to_string(),
+            prompt: SAMPLING_QUESTIONS[i % SAMPLING_QUESTIONS.len()].to_string(),
         })
         .collect();
     crate::sample::bench_sampling(vlm, &requests, k, max_new_tokens)
