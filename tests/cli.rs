@@ -271,7 +271,10 @@ fn tensor_files_round_trip_through_the_run_directory() {
 
 #[test]
 fn bench_reports_forward_speed_as_json() {
-    let out = medbridge(&["bench", "--repeats", "1", "--questions", "3", "--k", "2", "--max-new-tokens", "4"], &root());
+    let out = medbridge(
+        &["bench", "--repeats", "1", "--questions", "3", "--k", "2", "--max-new-tokens", "4"],
+        &root(),
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(report["medbridge"]["checkpoint"]["tokens_per_s"].as_f64().unwrap() > 0.0);

@@ -32,3 +32,21 @@ fn every_script_test_passes() {
         );
     }
 }
+
+#[test]
+fn the_readme_tour_runs_as_written() {
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find("```rhai\n").expect("README has a rhai block") + "```rhai\n".len();
+    let block = &readme[start..start + readme[start..].find("```").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tour.rhai"), block).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_medbridge"))
+        .env("MEDBRIDGE_CACHE", dir.path().join("cache"))
+        .args(["run", "tour.rhai", "--quiet", "--out", "run"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(dir.path().join("run/support.png").is_file());
+}
