@@ -155,6 +155,31 @@ pub mod sample_api {
         Ok(out.iter().map(|samples| Dynamic::from_array(samples.iter().map(sample_map).collect())).collect())
     }
 
+    /// Tag each question's image with the imaging modality the model picks in a constrained
+    /// multiple-choice question (the paper's PMC-VQA tagging): `label_modality(m, task, #{labels:
+    /// ["radiology", "microscopy", "visible_light"]})` → the task with `modality` set.
+    #[rhai_fn(name = "label_modality", return_raw)]
+    pub fn label_modality_task(
+        ctx: NativeCallContext,
+        model: Vlm,
+        task: McqTask,
+        options: Map,
+    ) -> Result<McqTask, Box<EvalAltResult>> {
+        use medbridge_runtime::data::Modality;
+        let o = Options::new(&options, "label_modality", &["labels"])?;
+        let labels: Vec<Modality> = match o.get("labels") {
+            None => medbridge_runtime::eval::DEFAULT_LABELS.to_vec(),
+            Some(v) => v
+                .read_lock::<Array>()
+                .ok_or_else(|| script_msg("label_modality: `labels` must be an array of modality names"))?
+                .iter()
+                .map(|l| Modality::parse(&l.to_string()).script())
+                .collect::<ScriptResult<_>>()?,
+        };
+        let s = session(&ctx)?;
+        medbridge_runtime::eval::label_modality(&model, &task, &labels, Some(&s.cancel)).script()
+    }
+
     /// Measure support on a multiple-choice task: greedy Acc@1 plus `n` sampled answers per
     /// question for Pass@k, with bootstrap CIs:
     /// `evaluate(m, task, #{n: 16, temperature: 1.0, top_p: 1.0, max_new_tokens: 16, batch: 8,

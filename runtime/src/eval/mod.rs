@@ -12,6 +12,9 @@ use crate::run::{CancelFlag, ProgressMode};
 use crate::sample::{generate, Job, LogitsOptions, RowSpec, Sample, SampleRequest, SamplerOptions};
 use crate::task::McqTask;
 
+mod modality;
+pub use modality::{label_modality, DEFAULT_LABELS, MODALITY_QUESTION};
+
 /// Long enough for `<answer>X</answer>` and a little slack; think-style tasks need far more.
 pub const DEFAULT_EVAL_MAX_NEW_TOKENS: usize = 16;
 
