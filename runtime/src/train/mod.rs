@@ -9,6 +9,7 @@ pub mod advantages;
 pub mod checkpoint;
 pub mod data_order;
 pub mod grad;
+pub mod grpo;
 pub mod grpo_loss;
 pub mod grpo_step;
 pub mod optim;
@@ -19,6 +20,7 @@ pub mod token_logprobs;
 
 pub use advantages::{group_advantages, Advantages, ScaleRewards};
 pub use grad::{global_norm, GradAccumulator, NonFiniteGuard};
+pub use grpo::{grpo, GrpoOptions, GrpoSummary};
 pub use grpo_loss::{grpo_loss, GrpoLoss, GrpoLossConfig, GrpoLossInputs, LossAggregation};
 pub use grpo_step::{grpo_step, GrpoStepOptions, GrpoStepStats, Rollout};
 pub use optim::{AdamW, AdamWConfig};

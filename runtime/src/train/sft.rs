@@ -89,11 +89,11 @@ pub struct TrainContext<'a> {
 }
 
 impl TrainContext<'_> {
-    fn checkpoint_dir(&self) -> Option<PathBuf> {
+    pub(crate) fn checkpoint_dir(&self) -> Option<PathBuf> {
         self.out_dir.clone().or_else(|| self.run.map(|r| r.path().join("checkpoints")))
     }
 
-    fn metric(&self, name: &str, value: f64, step: u64) -> Result<()> {
+    pub(crate) fn metric(&self, name: &str, value: f64, step: u64) -> Result<()> {
         match self.run {
             Some(run) => run.log_metric(name, json!(value), Some(step)),
             None => Ok(()),
@@ -151,7 +151,7 @@ fn check(opts: &SftOptions, task: &McqTask) -> Result<()> {
 
 /// A trainable copy of `model`: adapters already on it are merged into the base first, so
 /// training from an SFT'd model adds a new adapter on top of it.
-fn trainable_copy(model: &Qwen25VL, opts: &SftOptions) -> Result<Qwen25VL> {
+pub(crate) fn trainable_copy(model: &Qwen25VL, opts: &SftOptions) -> Result<Qwen25VL> {
     let base = if model.lora.is_some() { model.merge()? } else { model.clone() };
     if opts.full {
         return base.full_finetune();
