@@ -49,7 +49,7 @@ pub fn families() -> Vec<Family> {
         },
         Family {
             name: "train",
-            doc: "supervised fine-tuning (LoRA or full) that bridges support; resumable, logged per step",
+            doc: "SFT that bridges support and GRPO that sharpens it (LoRA or full), logged per step",
             module: exported_module!(crate::train::train_api),
         },
         Family {
