@@ -99,6 +99,17 @@ impl<'a> Options<'a> {
             .transpose()
     }
 
+    /// A non-negative int (a count, a size, a step number).
+    pub fn count(&self, key: &str) -> ScriptResult<Option<usize>> {
+        self.int(key)?
+            .map(|v| {
+                usize::try_from(v).map_err(|_| {
+                    script_msg(format!("{}: option `{key}` must be non-negative, got {v}", self.what))
+                })
+            })
+            .transpose()
+    }
+
     pub fn float(&self, key: &str) -> ScriptResult<Option<f64>> {
         self.map
             .get(key)

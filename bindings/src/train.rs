@@ -51,14 +51,7 @@ pub mod train_api {
         ];
         let o = Options::new(&options, "sft", &known)?;
         let s = session(&ctx)?;
-        let count = |key: &str| -> Result<Option<usize>, Box<EvalAltResult>> {
-            o.int(key)?
-                .map(|v| {
-                    usize::try_from(v)
-                        .map_err(|_| script_msg(format!("sft: `{key}` must be non-negative, got {v}")))
-                })
-                .transpose()
-        };
+        let count = |key: &str| o.count(key);
         let mut opts = SftOptions::default();
         if let Some(e) = count("epochs")? {
             opts.epochs = e;
@@ -157,14 +150,7 @@ pub mod train_api {
         ];
         let o = Options::new(&options, "grpo", &known)?;
         let s = session(&ctx)?;
-        let count = |key: &str| -> Result<Option<usize>, Box<EvalAltResult>> {
-            o.int(key)?
-                .map(|v| {
-                    usize::try_from(v)
-                        .map_err(|_| script_msg(format!("grpo: `{key}` must be non-negative, got {v}")))
-                })
-                .transpose()
-        };
+        let count = |key: &str| o.count(key);
         let mut opts = GrpoOptions::default();
         if let Some(v) = count("steps")? {
             opts.steps = v as u64;

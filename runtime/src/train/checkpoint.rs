@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::data_order::DataOrderState;
+use super::data_order::{DataOrder, DataOrderState};
+use super::grad::NonFiniteGuard;
 use super::optim::AdamW;
 use crate::error::{Context, Error, Result};
 
@@ -36,6 +37,28 @@ pub struct TrainerState {
 }
 
 /// Write `out/checkpoint-{step}` and return its path.
+/// Save a trainer's progress into `out` (when there is one): the step, optimizer state, data order
+/// and skipped steps of `trainer` (`"sft"` or `"grpo"`) beside its trainable tensors.
+pub fn save_progress(
+    out: Option<&Path>,
+    trainer: &str,
+    trainable: &[(String, Var)],
+    step: u64,
+    order: &DataOrder,
+    optimizer: &AdamW,
+    guard: &NonFiniteGuard,
+) -> Result<Option<PathBuf>> {
+    let Some(out) = out else { return Ok(None) };
+    let state = TrainerState {
+        trainer: trainer.into(),
+        step,
+        optimizer_steps: optimizer.steps(),
+        data_order: order.state(),
+        skipped_steps: guard.skipped.clone(),
+    };
+    save(out, trainable, optimizer, &state).map(Some)
+}
+
 pub fn save(
     out: &Path,
     trainable: &[(String, Var)],

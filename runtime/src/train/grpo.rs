@@ -17,7 +17,7 @@ use crate::run::splitmix64;
 use crate::sample::{sample, FinishReason, SampleRequest, SamplerOptions};
 use crate::task::McqTask;
 
-use super::checkpoint::{self, TrainerState};
+use super::checkpoint;
 use super::data_order::DataOrder;
 use super::grpo_step::{grpo_step, GrpoStepOptions, Rollout};
 use super::optim::{AdamW, AdamWConfig};
@@ -97,20 +97,8 @@ pub fn grpo(vlm: &Vlm, task: &McqTask, opts: &GrpoOptions, ctx: &TrainContext) -
     let special = vlm.processor.special_tokens();
     let vision_ids = [special.image_pad, special.video_pad, special.vision_start, special.vision_end];
     let out = ctx.checkpoint_dir();
-    let save = |step: u64,
-                order: &DataOrder,
-                optimizer: &AdamW,
-                guard: &NonFiniteGuard|
-     -> Result<Option<PathBuf>> {
-        let Some(out) = &out else { return Ok(None) };
-        let state = TrainerState {
-            trainer: "grpo".into(),
-            step,
-            optimizer_steps: optimizer.steps(),
-            data_order: order.state(),
-            skipped_steps: guard.skipped.clone(),
-        };
-        checkpoint::save(out, model.trainable(), optimizer, &state).map(Some)
+    let save = |step: u64, order: &DataOrder, optimizer: &AdamW, guard: &NonFiniteGuard| {
+        checkpoint::save_progress(out.as_deref(), "grpo", model.trainable(), step, order, optimizer, guard)
     };
     let mut summary = GrpoSummary::default();
     let bar = ctx.progress.bar(opts.steps, "grpo");

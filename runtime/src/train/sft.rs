@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::checkpoint::{self, TrainerState};
+use super::checkpoint;
 use super::data_order::DataOrder;
 use super::grad::{GradAccumulator, NonFiniteGuard};
 use super::optim::{AdamW, AdamWConfig};
@@ -185,20 +185,8 @@ pub(crate) fn run_sft(
         step = state.step;
     }
     let out = ctx.checkpoint_dir();
-    let save = |step: u64,
-                order: &DataOrder,
-                optimizer: &AdamW,
-                guard: &NonFiniteGuard|
-     -> Result<Option<PathBuf>> {
-        let Some(out) = &out else { return Ok(None) };
-        let state = TrainerState {
-            trainer: "sft".into(),
-            step,
-            optimizer_steps: optimizer.steps(),
-            data_order: order.state(),
-            skipped_steps: guard.skipped.clone(),
-        };
-        checkpoint::save(out, model.trainable(), optimizer, &state).map(Some)
+    let save = |step: u64, order: &DataOrder, optimizer: &AdamW, guard: &NonFiniteGuard| {
+        checkpoint::save_progress(out.as_deref(), "sft", model.trainable(), step, order, optimizer, guard)
     };
 
     let pad = vlm.processor.endoftext_id();
