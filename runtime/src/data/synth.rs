@@ -8,7 +8,9 @@
 //! and widens the spread around them. On top of that, every third class (2, 5, 8, ...) is a near
 //! twin of the class before it, so each multi-class task has pairs that stay confusable even when
 //! easy; retinamnist's grades lie on a line, so neighbouring grades are close; chestmnist draws
-//! each finding as an independent opacity. Everything is a pure function of the seed: the same
+//! each finding as an independent opacity. The three organ flags are views of the same organs and
+//! share their class looks up to a per-view offset, so within-modality transfer has something to
+//! find. Everything is a pure function of the seed: the same
 //! options write byte-identical files.
 
 use std::collections::BTreeMap;
@@ -109,12 +111,45 @@ fn random_look(rng: &mut ChaCha8Rng) -> Look {
     std::array::from_fn(|_| rng.random::<f32>())
 }
 
+/// How far each view of the shared organ classes moves a class look (per look parameter, ±half).
+const VIEW_SHIFT: f32 = 0.3;
+
+/// organamnist, organcmnist and organsmnist are axial, coronal and sagittal views of the same
+/// eleven organs, so their class looks come from one shared draw, each view moved by its own
+/// offset: a model that learnt one view has partial, imperfect support on the others.
+fn shared_looks_name(flag: &str) -> &str {
+    match flag {
+        "organamnist" | "organcmnist" | "organsmnist" => "organmnist",
+        _ => flag,
+    }
+}
+
 fn task_model(info: &FlagInfo, seed: u64) -> TaskModel {
-    let mut rng = ChaCha8Rng::seed_from_u64(flag_seed(seed, info.flag));
     let n = info.n_classes();
-    let looks: Vec<Look> = match info.task {
+    let shared = shared_looks_name(info.flag);
+    let mut rng = ChaCha8Rng::seed_from_u64(flag_seed(seed, shared));
+    let mut looks = class_looks(info, &mut rng);
+    if shared != info.flag {
+        rng = ChaCha8Rng::seed_from_u64(flag_seed(seed, info.flag));
+        for look in &mut looks {
+            look.iter_mut()
+                .for_each(|v| *v = (*v + (rng.random::<f32>() - 0.5) * VIEW_SHIFT).clamp(0.0, 1.0));
+        }
+    }
+    let mean = std::array::from_fn(|k| looks.iter().map(|l| l[k]).sum::<f32>() / n as f32);
+    let rates = if info.task == TaskType::MultiLabel {
+        (0..n).map(|_| 0.04 + 0.2 * rng.random::<f64>()).collect()
+    } else {
+        (0..n).map(|_| 0.5 + rng.random::<f64>()).collect()
+    };
+    TaskModel { style: Style::for_flag(info.flag), task: info.task, looks, mean, rates }
+}
+
+fn class_looks(info: &FlagInfo, rng: &mut ChaCha8Rng) -> Vec<Look> {
+    let n = info.n_classes();
+    match info.task {
         TaskType::OrdinalRegression => {
-            let (a, b) = (random_look(&mut rng), random_look(&mut rng));
+            let (a, b) = (random_look(rng), random_look(rng));
             (0..n)
                 .map(|g| std::array::from_fn(|k| a[k] + (b[k] - a[k]) * g as f32 / (n - 1) as f32))
                 .collect()
@@ -126,20 +161,13 @@ fn task_model(info: &FlagInfo, seed: u64) -> TaskModel {
                     let twin = looks[c - 1];
                     std::array::from_fn(|k| (twin[k] + (rng.random::<f32>() - 0.5) * 0.24).clamp(0.0, 1.0))
                 } else {
-                    random_look(&mut rng)
+                    random_look(rng)
                 };
                 looks.push(look);
             }
             looks
         }
-    };
-    let mean = std::array::from_fn(|k| looks.iter().map(|l| l[k]).sum::<f32>() / n as f32);
-    let rates = if info.task == TaskType::MultiLabel {
-        (0..n).map(|_| 0.04 + 0.2 * rng.random::<f64>()).collect()
-    } else {
-        (0..n).map(|_| 0.5 + rng.random::<f64>()).collect()
-    };
-    TaskModel { style: Style::for_flag(info.flag), task: info.task, looks, mean, rates }
+    }
 }
 
 fn write_task(info: &FlagInfo, difficulty: f32, opts: &SynthOptions, path: &Path) -> Result<()> {
@@ -244,6 +272,23 @@ mod tests {
             out_dir: dir.to_path_buf(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_organ_views_share_class_looks_and_other_flags_do_not() {
+        let looks = |flag: &str| task_model(flag_info(flag).unwrap(), 0).looks;
+        let distance = |a: &[Look], b: &[Look]| -> f32 {
+            let pairs = a.iter().zip(b).flat_map(|(x, y)| x.iter().zip(y));
+            pairs.map(|(u, v)| (u - v).abs()).sum::<f32>() / (a.len() * 8) as f32
+        };
+        let (axial, coronal) = (looks("organamnist"), looks("organcmnist"));
+        let views = distance(&axial, &coronal);
+        assert!(views <= VIEW_SHIFT / 2.0, "views differ by {views}");
+        let unrelated = distance(
+            &axial,
+            &looks("bloodmnist")[..8].iter().chain(&looks("pathmnist")[..3]).copied().collect::<Vec<_>>(),
+        );
+        assert!(unrelated > 2.0 * views, "unrelated {unrelated} vs views {views}");
     }
 
     #[test]
