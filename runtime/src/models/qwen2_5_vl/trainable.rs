@@ -38,7 +38,7 @@ impl Qwen25VL {
             crate::bail!("this model already carries LoRA adapters: merge() them before adding new ones");
         }
         let state = Arc::new(LoraState::new(cfg.seed));
-        let mut model = self.clone();
+        let mut model = self.detached()?;
         let mut trainable = Vec::new();
         model.visit_all(&mut |name, p| {
             if let Param::Linear(linear) = p {
@@ -66,7 +66,7 @@ impl Qwen25VL {
         if self.lora.is_some() {
             crate::bail!("full fine-tuning a model with LoRA adapters: merge() them first");
         }
-        let mut model = self.clone();
+        let mut model = self.detached()?;
         let mut trainable = Vec::new();
         let mut to_var = |name: String, t: &mut Tensor| -> Result<()> {
             let var = Var::from_tensor(t)?;
@@ -117,6 +117,27 @@ impl Qwen25VL {
             Ok(())
         })?;
         model.lora = None;
+        model.detached()
+    }
+
+    /// The same weights (shared storage) cut loose from any autograd graph, with nothing
+    /// trainable. A fully fine-tuned model's weights are `Var`s: without this, training it again
+    /// would update them in place — changing the input model — and LoRA on top of it would
+    /// compute gradients for every frozen weight.
+    fn detached(&self) -> Result<Self> {
+        let mut model = self.clone();
+        model.visit_all(&mut |_, p| {
+            match p {
+                Param::Tensor(t) => *t = t.detach(),
+                Param::Linear(l) => {
+                    l.weight = l.weight.detach();
+                    if let Some(b) = &mut l.bias {
+                        *b = b.detach();
+                    }
+                }
+            }
+            Ok(())
+        })?;
         model.trainable = Vec::new();
         Ok(model)
     }
@@ -230,6 +251,28 @@ mod tests {
         let logits = m.forward(&input, Some(&pixels(dtype, dev)), &[GRID]).unwrap().squeeze(0).unwrap();
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
         logp.gather(&target.unsqueeze(1).unwrap(), 1).unwrap().neg().unwrap().mean_all().unwrap()
+    }
+
+    /// A fully fine-tuned model's weights are `Var`s; training it again (fully or with LoRA)
+    /// must work on copies, so the model a script passed in stays as it was.
+    #[test]
+    fn training_a_fine_tuned_model_again_leaves_it_unchanged() {
+        let dev = Device::Cpu;
+        let first = tiny(DType::F32, &dev).full_finetune().unwrap();
+        let before = loss(&first, DType::F32, &dev).to_scalar::<f32>().unwrap();
+        for again in [first.full_finetune().unwrap(), first.with_lora(&random_lora()).unwrap()] {
+            for (_, var) in again.trainable() {
+                var.set(&var.as_tensor().ones_like().unwrap()).unwrap();
+            }
+            assert_eq!(loss(&first, DType::F32, &dev).to_scalar::<f32>().unwrap(), before);
+        }
+        let lora = first.with_lora(&random_lora()).unwrap();
+        let grads = loss(&lora, DType::F32, &dev).backward().unwrap();
+        let frozen = first.trainable();
+        assert!(
+            frozen.iter().all(|(_, v)| grads.get(v.as_tensor()).is_none()),
+            "LoRA differentiates frozen weights"
+        );
     }
 
     fn random_lora() -> LoraConfig {
