@@ -21,9 +21,14 @@ fn the_quickstart_shows_c1_to_c3_at_reduced_size() {
     assert!(result.status.success(), "{stdout}{}", String::from_utf8_lossy(&result.stderr));
     let claims: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("claims.json")).unwrap()).unwrap();
-    for claim in
-        ["c1_sft_raises_pass", "c2_grpo_raises_acc1", "c2_grpo_narrows_gap", "c3_grpo_from_base_gains_little"]
-    {
+    for claim in [
+        "c1_sft_raises_pass",
+        "c2_grpo_raises_acc1",
+        "c2_grpo_narrows_gap",
+        "c3_grpo_from_base_gains_little",
+        "c2_grpo_raises_mean_reward",
+        "no_support_no_signal",
+    ] {
         assert_eq!(claims[claim], serde_json::Value::Bool(true), "{claim} does not hold:\n{stdout}");
     }
     assert!(run.join("report/report.md").is_file());
