@@ -8,7 +8,7 @@ use medbridge_runtime::data::{
     load_medmnist, BalanceBy, Dataset, Item, MedmnistOptions, Modality, Split, SynthOptions,
 };
 use medbridge_runtime::image::Image;
-use medbridge_runtime::task::{AnswerFormat, McqItem, McqOptions, McqTask, OptionCount};
+use medbridge_runtime::task::{AnswerFormat, McqItem, McqOptions, McqTask, OptionCount, TaskStratum};
 use rhai::plugin::*;
 use rhai::{Array, FnPtr, Map};
 
@@ -241,7 +241,8 @@ pub mod data_api {
     }
 
     /// A stratified sample of `n` items, as equal as possible across groups:
-    /// `ds.balanced(#{by: "modality"|"label"|"flag", n: 8000, seed: 0})`.
+    /// `ds.balanced(#{by: "modality"|"label"|"flag", n: 8000, seed: 0})`. A group with fewer
+    /// items than its share gives all it has, and a warning says so.
     #[rhai_fn(name = "balanced", return_raw)]
     pub fn dataset_balanced(
         ctx: NativeCallContext,
@@ -250,8 +251,10 @@ pub mod data_api {
     ) -> Result<Dataset, Box<EvalAltResult>> {
         let o = Options::new(&options, "balanced", &["by", "n", "seed"])?;
         let by = BalanceBy::parse(&o.string("by")?.unwrap_or_else(|| "label".into())).script()?;
-        let n = o.int("n")?.ok_or_else(|| script_msg("balanced: option `n` is required"))?.max(0) as usize;
-        Ok(ds.balanced(by, n, seed_or_next(&ctx, o.int("seed")?)?))
+        let n = o.count("n")?.ok_or_else(|| script_msg("balanced: option `n` is required"))?;
+        let (sample, strata) = ds.balanced_sample(by, n, seed_or_next(&ctx, o.int("seed")?)?);
+        warn_all(&ctx, &strata.warnings(&format!("balanced by {by:?}").to_lowercase()))?;
+        Ok(sample)
     }
 
     /// Split off a stratified validation part: `ds.split(#{val: 0.1, seed: 0})` → `#{train, val}`.
@@ -421,6 +424,25 @@ pub mod data_api {
     #[rhai_fn(name = "limit")]
     pub fn task_limit(task: &mut Task, n: i64) -> Task {
         task.limit(n.max(0) as usize)
+    }
+
+    /// A stratified sample of `n` questions, as equal as possible across the strata of `by`
+    /// (`"modality"`, `"dataset"`, `"answer"` or `"class"`), deterministic by `seed`: the paper's
+    /// 8k modality-balanced PMC-VQA subset is
+    /// `label_modality(m, pmc, #{}).balanced(#{by: "modality", n: 8000, seed: 0})`.
+    /// A stratum with fewer questions than its share gives all it has, and a warning says so.
+    #[rhai_fn(name = "balanced", return_raw)]
+    pub fn task_balanced(
+        ctx: NativeCallContext,
+        task: &mut Task,
+        options: Map,
+    ) -> Result<Task, Box<EvalAltResult>> {
+        let o = Options::new(&options, "balanced", &["by", "n", "seed"])?;
+        let by = TaskStratum::parse(&o.string("by")?.unwrap_or_else(|| "modality".into())).script()?;
+        let n = o.count("n")?.ok_or_else(|| script_msg("balanced: option `n` is required"))?;
+        let (sample, strata) = task.balanced(by, n, seed_or_next(&ctx, o.int("seed")?)?).script()?;
+        warn_all(&ctx, &strata.warnings(&format!("{}.balanced by {}", task.name(), by.as_str())))?;
+        Ok(sample)
     }
 
     /// What the task's extractor reads from a completion for question `i`:

@@ -48,6 +48,11 @@ pub fn families() -> Vec<Family> {
             module: exported_module!(crate::probe::probe_api),
         },
         Family {
+            name: "report",
+            doc: "report figures as PNG and SVG: transfer heatmaps and grouped bar charts",
+            module: exported_module!(crate::report::report_api),
+        },
+        Family {
             name: "train",
             doc: "SFT that bridges support and GRPO that sharpens it (LoRA or full), logged per step",
             module: exported_module!(crate::train::train_api),

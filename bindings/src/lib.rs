@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod model;
 pub mod probe;
 pub mod repl;
+pub mod report;
 pub mod resolver;
 pub mod run;
 pub mod sample;

@@ -2,7 +2,7 @@
 //! (`linear_probe`), against classifiers trained from scratch on the pixels (`vision_baseline`),
 //! beside the published MedMNIST numbers.
 
-use medbridge_runtime::data::{medmnist_info::published_results, Dataset};
+use medbridge_runtime::data::{published_results, Dataset};
 use medbridge_runtime::probe::{
     probe_datasets, vision_baseline, Arch, BaselineOptions, DatasetProbeOptions, Pool, ProbeOptions,
     VlmFeatures,
@@ -33,7 +33,8 @@ fn published(flag: &str) -> Array {
             m.insert("model".into(), r.model.into());
             m.insert("size".into(), Dynamic::from_int(i64::from(r.size)));
             m.insert("acc".into(), Dynamic::from_float(r.acc));
-            m.insert("auc".into(), Dynamic::from_float(r.auc));
+            m.insert("auc".into(), r.auc.map_or(Dynamic::UNIT, Dynamic::from_float));
+            m.insert("source".into(), r.source.into());
             Dynamic::from_map(m)
         })
         .collect()
@@ -156,7 +157,10 @@ pub mod probe_api {
         Ok(m)
     }
 
-    /// The published MedMNIST v2 test ACC/AUC rows for a flag (ResNet-18 at 28/224 px where sourced).
+    /// The published test rows for a flag, each `#{model, size, acc, auc, source}`: MedMNIST v2's
+    /// Table 3 (ResNet-18/50, auto-sklearn, AutoKeras, Google AutoML Vision) and MedViT V2
+    /// (`auc` is `()` where the source gives only accuracy):
+    /// `published_baselines("pathmnist").filter(|r| r.model == "ResNet-18")`.
     #[rhai_fn(name = "published_baselines")]
     pub fn published_baselines(flag: &str) -> Array {
         published(flag)

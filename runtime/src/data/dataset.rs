@@ -13,6 +13,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::data::dataset_stratify::{stratified_sample, StratifiedSample};
 use crate::data::medmnist_info::Modality;
 use crate::error::Result;
 use crate::image::Image;
@@ -145,14 +146,22 @@ impl Dataset {
     /// than its share gives all it has and the rest is spread over the others. Asking for more
     /// items than exist returns all of them.
     pub fn balanced(&self, by: BalanceBy, n: usize, seed: u64) -> Dataset {
-        let groups = self.groups(|item| match by {
-            BalanceBy::Modality => item.modality.as_str().to_string(),
-            BalanceBy::Flag => item.flag.to_string(),
-            BalanceBy::Label => format!("{}:{:?}", item.flag, item.labels),
-        });
-        let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
-        let counts = equal_counts(&sizes, n);
-        self.pick(&groups, &counts, seed)
+        self.balanced_sample(by, n, seed).0
+    }
+
+    /// [`Dataset::balanced`] together with what each stratum had and gave, for warnings.
+    pub fn balanced_sample(&self, by: BalanceBy, n: usize, seed: u64) -> (Dataset, StratifiedSample) {
+        let keys: Vec<String> = self
+            .iter()
+            .map(|item| match by {
+                BalanceBy::Modality => item.modality.as_str().to_string(),
+                BalanceBy::Flag => item.flag.to_string(),
+                BalanceBy::Label => format!("{}:{:?}", item.flag, item.labels),
+            })
+            .collect();
+        let sample = stratified_sample(&keys, n, seed);
+        let items: Vec<Item> = sample.positions.iter().map(|&i| self.items[i].clone()).collect();
+        (Dataset { items: items.into(), warnings: self.warnings.clone() }, sample)
     }
 
     /// Split into (train, val) with `val_fraction` of each (flag, label) group in val, so both

@@ -1,5 +1,5 @@
 //! Facts about the twelve 2D MedMNIST datasets: label names, task types, channel counts and official
-//! split sizes, the modality of each dataset, and published baseline scores.
+//! split sizes and the modality of each dataset (published baseline scores: `published_results.rs`).
 //!
 //! The facts are those of `medmnist/info.py` in github.com/MedMNIST/MedMNIST (v2/v3 `INFO` table),
 //! so that loaders, synthetic data and reports all agree with the files users download. The data
@@ -331,38 +331,6 @@ impl ModalityTable {
             None => crate::bail!("no modality known for {flag:?}: add it to the modality table"),
         }
     }
-}
-
-/// A published test-set score, for side-by-side reports.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct PublishedResult {
-    pub flag: &'static str,
-    pub model: &'static str,
-    pub size: u32,
-    pub acc: f64,
-    pub auc: f64,
-}
-
-/// Test ACC/AUC from MedMNIST v2 (Yang et al., Scientific Data 10:41, 2023, Table 3: "ResNet-18 (28)"
-/// and "ResNet-18 (224)"), for the datasets where at least two independent copies of that table
-/// agree on the numbers (pneumoniamnist and breastmnist were checked against two public READMEs
-/// and a pinned re-evaluation of the authors' prediction files). Rows we could not source reliably
-/// (the other flags and sizes, and MedViT-v2) are left out rather than guessed; one public copy
-/// of the table, for instance, gives retinamnist ResNet-18 (224) an ACC of 0.498 where the others
-/// agree on 0.493.
-pub const PUBLISHED_RESULTS: &[PublishedResult] = &[
-    PublishedResult { flag: "pathmnist", model: "ResNet-18", size: 28, acc: 0.907, auc: 0.983 },
-    PublishedResult { flag: "pathmnist", model: "ResNet-18", size: 224, acc: 0.909, auc: 0.989 },
-    PublishedResult { flag: "retinamnist", model: "ResNet-18", size: 28, acc: 0.524, auc: 0.717 },
-    PublishedResult { flag: "retinamnist", model: "ResNet-18", size: 224, acc: 0.493, auc: 0.710 },
-    PublishedResult { flag: "pneumoniamnist", model: "ResNet-18", size: 28, acc: 0.854, auc: 0.944 },
-    PublishedResult { flag: "pneumoniamnist", model: "ResNet-18", size: 224, acc: 0.864, auc: 0.956 },
-    PublishedResult { flag: "breastmnist", model: "ResNet-18", size: 28, acc: 0.863, auc: 0.901 },
-];
-
-/// Published rows for one flag (possibly none).
-pub fn published_results(flag: &str) -> Vec<PublishedResult> {
-    PUBLISHED_RESULTS.iter().filter(|r| r.flag == flag).copied().collect()
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Vision-only baselines: a classifier trained from scratch on the pixels of one MedMNIST flag,
 //! scored with MedMNIST's own ACC/AUC, to set beside the probes of a VLM's vision tower and the
-//! published ResNet numbers (`data::medmnist_info::published_results`).
+//! published ResNet numbers (`data::published_results`).
 //!
 //! Training follows MedMNIST's recipe in shape: pixels scaled to [-1, 1], Adam at 1e-3,
 //! cross-entropy (binary cross-entropy per finding for chestmnist), seeded shuffling. The epoch

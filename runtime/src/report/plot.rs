@@ -8,22 +8,11 @@ use plotters::coord::Shift;
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 
-use super::font::{ensure_registered, FAMILY};
+use super::figure::{fail, save_figure, Figure, PALETTE};
+use super::font::FAMILY;
 use crate::bail;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::metrics::SupportReport;
-
-/// Distinguishable line colours (the "tab10" palette), reused in order.
-const COLOURS: [RGBColor; 8] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
-];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlotOptions {
@@ -55,39 +44,36 @@ pub fn plot_pass_curves(
     if options.width < 200 || options.height < 150 {
         bail!("plot: size {}x{} is too small (at least 200x150)", options.width, options.height);
     }
-    ensure_registered()?;
-    let path = path.as_ref();
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    save_figure(&PassCurves { reports, options }, path.as_ref())
+}
+
+struct PassCurves<'a, 'r> {
+    reports: &'a [(&'r str, &'r SupportReport)],
+    options: &'a PlotOptions,
+}
+
+impl Figure for PassCurves<'_, '_> {
+    fn size(&self) -> (u32, u32) {
+        (self.options.width, self.options.height)
     }
-    let (w, h) = (options.width, options.height);
 
-    let png = path.with_extension("png");
-    let mut pixels = vec![0u8; w as usize * h as usize * 3];
-    draw(BitMapBackend::with_buffer(&mut pixels, (w, h)).into_drawing_area(), reports, options)?;
-    image::save_buffer(&png, &pixels, w, h, image::ExtendedColorType::Rgb8)
-        .map_err(|e| Error::msg(format!("{}: {e}", png.display())))?;
-
-    let svg = path.with_extension("svg");
-    let mut text = String::new();
-    draw(SVGBackend::with_string(&mut text, (w, h)).into_drawing_area(), reports, options)?;
-    std::fs::write(&svg, text).map_err(|e| Error::io(&svg, e))?;
-    Ok(vec![png, svg])
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+        draw(root, self.reports, self.options)
+    }
 }
 
 fn draw<DB: DrawingBackend>(
-    root: DrawingArea<DB, Shift>,
+    root: &DrawingArea<DB, Shift>,
     reports: &[(&str, &SupportReport)],
     options: &PlotOptions,
 ) -> Result<()> {
-    let fail = |e: DrawingAreaErrorKind<DB::ErrorType>| Error::msg(format!("plot: {e}"));
     let n_max = reports.iter().map(|(_, r)| r.n()).max().unwrap_or(1);
     // With n = 1 there is a single k; widen the axis so the point is not on the frame.
     let x_max = (n_max as f64).log2().max(1.0);
     let title = options.title.clone().unwrap_or_else(|| "Pass@k with 95% bootstrap CI".to_string());
 
     root.fill(&WHITE).map_err(fail)?;
-    let mut chart = ChartBuilder::on(&root)
+    let mut chart = ChartBuilder::on(root)
         .caption(title, (FAMILY, 26))
         .margin(16)
         .x_label_area_size(52)
@@ -112,7 +98,7 @@ fn draw<DB: DrawingBackend>(
     let x = |k: usize| (k as f64).log2();
     // All bands first, so no band tints another report's line.
     for (i, (_, report)) in reports.iter().enumerate() {
-        let colour = COLOURS[i % COLOURS.len()];
+        let colour = PALETTE[i % PALETTE.len()];
         let curve = report.curve();
         let band: Vec<(f64, f64)> = curve
             .iter()
@@ -122,7 +108,7 @@ fn draw<DB: DrawingBackend>(
         chart.draw_series(std::iter::once(Polygon::new(band, colour.mix(0.18).filled()))).map_err(fail)?;
     }
     for (i, (label, report)) in reports.iter().enumerate() {
-        let colour = COLOURS[i % COLOURS.len()];
+        let colour = PALETTE[i % PALETTE.len()];
         let curve = report.curve();
         let k_max = curve.last().map_or(1, |p| p.k);
         let pass = curve.last().map_or(0.0, |p| p.pass.value);
@@ -155,7 +141,6 @@ fn draw<DB: DrawingBackend>(
         .border_style(BLACK.mix(0.4))
         .draw()
         .map_err(fail)?;
-    root.present().map_err(fail)?;
     Ok(())
 }
 

@@ -7,11 +7,14 @@
 //! | `mcq.rs` | `McqItem`/`McqTask`: prompt template, SFT target, extraction, rewards |
 //! | `to_mcq.rs` | `Dataset::to_mcq`: class labels to lettered questions (yes/no per chest finding) |
 //! | `extract.rs` | the configurable answer extractor shared by evaluation and GRPO |
+//! | `balanced.rs` | `McqTask::balanced`: stratified question samples (by modality, dataset, answer, class) |
 
+pub mod balanced;
 pub mod extract;
 pub mod mcq;
 pub mod to_mcq;
 
+pub use balanced::TaskStratum;
 pub use extract::{option_letter, Extraction, Extractor, Rule};
 pub use mcq::{AnswerFormat, McqItem, McqTask, DEFAULT_TEMPLATE};
 pub use to_mcq::{McqOptions, OptionCount};
