@@ -1,5 +1,6 @@
 //! The `model` family: Qwen2.5-VL models in scripts — load a checkpoint or build a preset,
-//! encode, score, generate, extract vision features, add LoRA adapters, save.
+//! encode, score, generate, extract vision features, add LoRA adapters, save them as PEFT
+//! adapters or merge them into the weights, save.
 //!
 //! A `Model` is a [`Vlm`]: weights plus the processor that turns `(image, prompt)` into tokens.
 //! `image` arguments take a file path or an `Image` (e.g. `ds[0].image`).
@@ -9,12 +10,13 @@ use medbridge_runtime::image::Image;
 use medbridge_runtime::models::qwen2_5_vl::{load::parse_dtype, Config, LoraConfig, LoraInit};
 use medbridge_runtime::models::Vlm;
 use medbridge_runtime::sample::{sample, SampleRequest, SamplerOptions};
+use medbridge_runtime::train::adapters::{check_targets, lora_config_of};
 use rhai::plugin::*;
 use rhai::{Array, Map};
 
 use crate::context::{seed_or_next, session};
 use crate::convert::{to_json, Options};
-use crate::error::{script_msg, IntoScript, ScriptResult};
+use crate::error::{script_error, script_msg, IntoScript, ScriptResult};
 
 /// An `image` argument: an `Image` value, a path to read through the sandbox, or `()` for none.
 pub fn image_arg(
@@ -61,6 +63,13 @@ pub fn lora_config(ctx: &NativeCallContext, options: &Map, what: &str) -> Script
     cfg.seed = seed_or_next(ctx, o.int("seed")?)?;
     cfg.vision = o.bool("vision")?.unwrap_or(false);
     Ok(cfg)
+}
+
+/// The `base_model_name_or_path` an adapter directory records, when it is readable.
+fn adapter_base(dir: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("adapter_config.json")).ok()?;
+    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
+    config.get("base_model_name_or_path")?.as_str().map(str::to_string)
 }
 
 /// `#{image, prompt}` of `encode`, `logits` and `generate`.
@@ -134,7 +143,14 @@ pub mod model_api {
         match o.string("adapter")? {
             Some(adapter) => {
                 let dir = s.sandbox.resolve_read(&adapter).script()?;
-                Ok(vlm.with_model(vlm.model.with_adapter(&dir).script()?))
+                let adapted = vlm.model.with_adapter(&dir).map_err(|e| match adapter_base(&dir) {
+                    Some(base) if base != vlm.source => script_msg(format!(
+                        "{e} (the adapter was made for base `{base}`; this model is `{}`)",
+                        vlm.source
+                    )),
+                    _ => script_error(e),
+                })?;
+                Ok(vlm.with_model(adapted))
             }
             None => Ok(vlm),
         }
@@ -238,7 +254,33 @@ pub mod model_api {
         options: Map,
     ) -> Result<Model, Box<EvalAltResult>> {
         let cfg = lora_config(&ctx, &options, "with_lora")?;
-        m.with_lora(&cfg).script()
+        let adapted = m.with_lora(&cfg).script()?;
+        check_targets(&adapted.model, &cfg).script()?;
+        Ok(adapted)
+    }
+
+    /// Save the LoRA adapters as a PEFT adapter directory inside the run directory
+    /// (`adapter_config.json` with r, lora_alpha, target_modules, base model and task type, plus
+    /// `adapter_model.safetensors` under PEFT's names), which PEFT and
+    /// `load_model(base, #{adapter: dir})` load. Returns the directory.
+    #[rhai_fn(name = "save_adapter", return_raw)]
+    pub fn save_adapter(
+        ctx: NativeCallContext,
+        m: &mut Model,
+        dir: &str,
+    ) -> Result<String, Box<EvalAltResult>> {
+        let target = session(&ctx)?.sandbox.resolve_write(dir).script()?;
+        let lora = lora_config_of(&m.model).script()?;
+        m.model.save_adapter(&target, &lora, &m.source).script()?;
+        Ok(target.display().to_string())
+    }
+
+    /// A new model with the LoRA adapters folded into the base weights (`W + alpha/r · B A`) and
+    /// nothing trainable; `m.merge().save(dir)` gives full weights transformers loads. The input
+    /// model keeps its adapters.
+    #[rhai_fn(name = "merge", return_raw)]
+    pub fn merge(m: &mut Model) -> Result<Model, Box<EvalAltResult>> {
+        Ok(m.with_model(m.model.merge().script()?))
     }
 
     /// Save weights (adapters merged) and processor files in the hub layout, inside the run

@@ -1,20 +1,143 @@
 //! The `train` family: `sft` bridges support, `grpo` sharpens it. Both return a new model sharing
 //! the frozen base and leave their input unchanged, so a script can compare base, SFT and RL side
-//! by side.
+//! by side. Both can evaluate support (Acc@1, Pass@k) every `eval_every` steps, and GRPO takes
+//! script closures `|completion, example| -> number` as rewards; they run on the calling thread,
+//! inside the `grpo` call.
 
 use medbridge_runtime::models::Vlm;
 use medbridge_runtime::task::McqTask;
 use medbridge_runtime::train::{
-    grpo as run_grpo, sft as run_sft, GrpoOptions, LossAggregation, ScaleRewards, Schedule, SftOptions,
-    TrainContext,
+    grpo_with_rewards, sft as run_sft, EvalPoint, GrpoOptions, LossAggregation, PeriodicEval, RewardKind,
+    Rewards, ScaleRewards, Schedule, SftOptions, TrainContext,
 };
+use medbridge_runtime::Error;
 use rhai::plugin::*;
-use rhai::{Array, Map};
+use rhai::{Array, FnPtr, Map};
 
 use crate::context::{seed_or_next, session};
-use crate::convert::Options;
-use crate::error::{script_msg, IntoScript};
+use crate::convert::{as_f64, Options};
+use crate::error::{script_msg, IntoScript, ScriptResult};
 use crate::model::lora_config;
+use crate::sample::sampler_options;
+
+/// `eval_every` and `eval_options: #{task, n, k, temperature, top_p, max_new_tokens, limit,
+/// seed}` of `sft` and `grpo`; `None` when neither is given.
+fn periodic_eval(ctx: &NativeCallContext, o: &Options, what: &str) -> ScriptResult<Option<PeriodicEval>> {
+    let every = o.count("eval_every")?;
+    let map = match o.get("eval_options") {
+        None => Map::new(),
+        Some(m) => m
+            .read_lock::<Map>()
+            .ok_or_else(|| script_msg(format!("{what}: `eval_options` must be a map #{{n, k, limit, ...}}")))?
+            .clone(),
+    };
+    let Some(every) = every else {
+        if map.is_empty() {
+            return Ok(None);
+        }
+        return Err(script_msg(format!(
+            "{what}: `eval_options` needs `eval_every` (evaluate every how many steps)"
+        )));
+    };
+    let keys = ["task", "n", "k", "temperature", "top_p", "max_new_tokens", "limit", "seed"];
+    let eval_what = format!("{what} eval");
+    let e = Options::new(&map, &eval_what, &keys)?;
+    let mut eval = PeriodicEval::every(every as u64);
+    eval.options.sampler = sampler_options(ctx, &e, eval.options.sampler, true)?;
+    eval.options.bootstrap.seed = eval.options.sampler.seed;
+    eval.options.limit = e.count("limit")?;
+    eval.k = e.count("k")?.unwrap_or(eval.options.sampler.n);
+    if let Some(task) = e.get("task") {
+        let task = task.clone().try_cast::<McqTask>().ok_or_else(|| {
+            script_msg(format!("{eval_what}: `task` must be a Task, got {}", task.type_name()))
+        })?;
+        eval.task = Some(task);
+    }
+    eval.check(what).script()?;
+    Ok(Some(eval))
+}
+
+/// The support curve as `[#{step, acc1, pass_at_k, gap}]`.
+fn eval_curve(points: &[EvalPoint]) -> Dynamic {
+    let curve: Array = points
+        .iter()
+        .map(|p| {
+            let mut m = Map::new();
+            m.insert("step".into(), Dynamic::from_int(p.step as i64));
+            m.insert("acc1".into(), Dynamic::from_float(p.acc1));
+            m.insert("pass_at_k".into(), Dynamic::from_float(p.pass_at_k));
+            m.insert("gap".into(), Dynamic::from_float(p.gap));
+            Dynamic::from_map(m)
+        })
+        .collect();
+    curve.into()
+}
+
+/// What a reward closure sees as `example`: the task item as a map.
+fn example_map(task: &McqTask, i: usize) -> medbridge_runtime::Result<Map> {
+    let item = task.item(i)?;
+    let text = |v: &Option<String>| v.clone().map_or(Dynamic::UNIT, Dynamic::from);
+    let mut m = Map::new();
+    m.insert("index".into(), Dynamic::from_int(i as i64));
+    m.insert("id".into(), item.id.clone().into());
+    m.insert("question".into(), item.question.clone().into());
+    m.insert(
+        "options".into(),
+        item.options.iter().map(|o| Dynamic::from(o.clone())).collect::<Array>().into(),
+    );
+    m.insert("answer".into(), Dynamic::from_int(item.answer as i64));
+    m.insert("letter".into(), item.answer_letter().map_or(Dynamic::UNIT, |c| c.to_string().into()));
+    m.insert("answer_text".into(), text(&item.answer_text));
+    m.insert("rationale".into(), text(&item.rationale));
+    m.insert("class_name".into(), text(&item.class_name));
+    m.insert("task".into(), item.task.clone().into());
+    m.insert("modality".into(), item.modality.map_or(Dynamic::UNIT, |x| x.as_str().into()));
+    Ok(m)
+}
+
+/// `rewards: #{accuracy: 1.0, mine: |completion, example| ..., theirs: #{score: f, weight: 0.5}}`:
+/// built-in names with weights, and closures (weight 1 unless given) that call back into the
+/// script. (`fn` is a Rhai keyword, so the closure's key is `score`.)
+fn parse_rewards<'a>(
+    ctx: &'a NativeCallContext,
+    task: &'a McqTask,
+    map: &Map,
+) -> ScriptResult<(Vec<(String, f64)>, Rewards<'a>)> {
+    let (mut builtin, mut custom) = (Vec::new(), Rewards::default());
+    for (name, value) in map.iter() {
+        if let Some(w) = as_f64(value) {
+            builtin.push((name.to_string(), w));
+            continue;
+        }
+        let what = format!("grpo reward `{name}`");
+        let (f, weight) = if let Some(f) = value.clone().try_cast::<FnPtr>() {
+            (f, 1.0)
+        } else {
+            let spec = value.read_lock::<Map>().ok_or_else(|| {
+                script_msg(format!(
+                    "{what}: give a weight, a closure |completion, example| or #{{score: closure, weight: 1.0}}, got {}",
+                    value.type_name()
+                ))
+            })?;
+            let o = Options::new(&spec, &what, &["score", "weight"])?;
+            let f = o.get("score").and_then(|f| f.clone().try_cast::<FnPtr>()).ok_or_else(|| {
+                script_msg(format!("{what}: `score` must be a closure |completion, example|"))
+            })?;
+            (f, o.float("weight")?.unwrap_or(1.0))
+        };
+        let call = move |completion: &str, i: usize| -> medbridge_runtime::Result<f64> {
+            let example = example_map(task, i)?;
+            let value: Dynamic = f
+                .call_within_context(ctx, (completion.to_string(), example))
+                .map_err(|e| Error::msg(format!("the closure failed: {e}")))?;
+            as_f64(&value).ok_or_else(|| {
+                Error::msg(format!("the closure must return a number, got {} ({value})", value.type_name()))
+            })
+        };
+        custom.push(name, weight, RewardKind::Custom(Box::new(call))).script()?;
+    }
+    Ok((builtin, custom))
+}
 
 #[export_module]
 pub mod train_api {
@@ -24,7 +147,12 @@ pub mod train_api {
     /// `sft(m, task, #{epochs: 1, steps: 100, lr: 2e-4, batch: 8, grad_accum: 1,
     /// lora: #{rank: 8, alpha: 16}, full: false, schedule: "linear" | "cosine" | "constant",
     /// warmup: 10, weight_decay: 0.0, max_grad_norm: 1.0, save_every: 50, resume: "checkpoints",
-    /// seed: 0})` → `#{model, losses, token_accuracy, grad_norms, skipped_steps, checkpoint, seconds_per_step}`.
+    /// eval_every: 20, eval_options: #{task, n: 16, k: 16, temperature: 1.0, max_new_tokens: 16,
+    /// limit: 50, seed: 0}, seed: 0})` → `#{model, losses, token_accuracy, grad_norms,
+    /// skipped_steps, support_curve: [#{step, acc1, pass_at_k, gap}], checkpoint,
+    /// seconds_per_step}`. Evaluation (on the training task unless `task` is given) runs after
+    /// every `eval_every` steps and the last one, and logs `eval/acc1`, `eval/pass@k` and
+    /// `eval/gap` to metrics.jsonl. (`eval` is a Rhai keyword, hence the option and key names.)
     #[rhai_fn(return_raw)]
     pub fn sft(
         ctx: NativeCallContext,
@@ -46,6 +174,8 @@ pub mod train_api {
             "max_grad_norm",
             "save_every",
             "resume",
+            "eval_every",
+            "eval_options",
             "seed",
             "max_bad_steps",
         ];
@@ -89,6 +219,7 @@ pub mod train_api {
         if let Some(n) = count("max_bad_steps")? {
             opts.max_bad_steps = n;
         }
+        opts.eval = periodic_eval(&ctx, &o, "sft")?;
         let train_ctx =
             TrainContext { run: Some(&s.run), cancel: s.cancel.clone(), progress: s.progress, out_dir: None };
         let (trained, summary) = run_sft(&model, &task, &opts, &train_ctx).script()?;
@@ -106,6 +237,7 @@ pub mod train_api {
             "checkpoint".into(),
             summary.last_checkpoint.map_or(Dynamic::UNIT, |p| p.display().to_string().into()),
         );
+        out.insert("support_curve".into(), eval_curve(&summary.eval));
         out.insert("seconds_per_step".into(), Dynamic::from_float(summary.seconds_per_step));
         Ok(out)
     }
@@ -113,9 +245,16 @@ pub mod train_api {
     /// GRPO with verifiable rewards: `grpo(m, task, #{steps: 50, batch: 4, group: 8, lr: 1e-6,
     /// beta: 0.0, epsilon_low: 0.2, epsilon_high: 0.2, mu: 1, loss: "token_mean" | "seq_mean" |
     /// "dr_grpo", scale_rewards: "group" | "batch" | "none", filter_zero_variance: false,
-    /// mask_truncated: false, rewards: #{accuracy: 1.0, format: 0.1}, max_new_tokens: 32,
-    /// temperature: 1.0, top_p: 1.0, lora: #{rank: 8}, full: false, save_every: 25, seed: 0})`
-    /// → `#{model, rewards, zero_variance, losses, kl, checkpoint, seconds_per_step}`.
+    /// dynamic_sampling: false, max_draws: 12, mask_truncated: false,
+    /// rewards: #{accuracy: 1.0, format: 0.1, mine: #{score: |completion, example| ..., weight: 0.5}},
+    /// max_new_tokens: 32, temperature: 1.0, top_p: 1.0, lora: #{rank: 8}, full: false,
+    /// save_every: 25, resume: "checkpoints", eval_every: 10, eval_options: #{n: 8, limit: 50}, seed: 0})`
+    /// → `#{model, rewards, zero_variance, prompts_drawn, batch_filled, losses, kl,
+    /// support_curve: [#{step, acc1, pass_at_k, gap}], checkpoint, seconds_per_step}`.
+    /// A reward closure gets the completion text and the item as a map (`index`, `id`,
+    /// `question`, `options`, `answer` index, `letter`, `task`, ...) and returns a number.
+    /// `dynamic_sampling` drops groups whose rewards are all equal and draws more prompts until
+    /// `batch` groups carry signal or `max_draws` (default 3 × batch) prompts were drawn.
     #[rhai_fn(return_raw)]
     pub fn grpo(
         ctx: NativeCallContext,
@@ -135,6 +274,8 @@ pub mod train_api {
             "loss",
             "scale_rewards",
             "filter_zero_variance",
+            "dynamic_sampling",
+            "max_draws",
             "mask_truncated",
             "rewards",
             "max_new_tokens",
@@ -145,6 +286,9 @@ pub mod train_api {
             "schedule",
             "warmup",
             "save_every",
+            "resume",
+            "eval_every",
+            "eval_options",
             "seed",
             "max_bad_steps",
         ];
@@ -176,18 +320,14 @@ pub mod train_api {
         }
         opts.step.filter_zero_variance = o.bool("filter_zero_variance")?.unwrap_or(false);
         opts.step.mask_truncated = o.bool("mask_truncated")?.unwrap_or(false);
+        opts.dynamic_sampling = o.bool("dynamic_sampling")?.unwrap_or(false);
+        opts.max_draws = count("max_draws")?;
+        let mut custom = Rewards::default();
         if let Some(r) = o.get("rewards") {
-            let map = r
-                .read_lock::<Map>()
-                .ok_or_else(|| script_msg("grpo: `rewards` must be a map of name → weight"))?;
-            opts.rewards = map
-                .iter()
-                .map(|(k, v)| {
-                    crate::convert::as_f64(v)
-                        .map(|w| (k.to_string(), w))
-                        .ok_or_else(|| script_msg(format!("grpo: weight of reward `{k}` must be a number")))
-                })
-                .collect::<Result<_, _>>()?;
+            let map = r.read_lock::<Map>().ok_or_else(|| {
+                script_msg("grpo: `rewards` must be a map of name → weight, closure or #{score, weight}")
+            })?;
+            (opts.rewards, custom) = parse_rewards(&ctx, &task, &map)?;
         }
         if let Some(v) = count("max_new_tokens")? {
             opts.max_new_tokens = v;
@@ -207,20 +347,33 @@ pub mod train_api {
         }
         opts.warmup = count("warmup")?.unwrap_or(0) as u64;
         opts.save_every = count("save_every")?.map(|v| v as u64);
+        if let Some(r) = o.string("resume")? {
+            opts.resume = Some(s.sandbox.resolve_read(&r).script()?);
+        }
         opts.seed = seed_or_next(&ctx, o.int("seed")?)?;
         if let Some(n) = count("max_bad_steps")? {
             opts.max_bad_steps = n;
         }
+        opts.eval = periodic_eval(&ctx, &o, "grpo")?;
         let train_ctx =
             TrainContext { run: Some(&s.run), cancel: s.cancel.clone(), progress: s.progress, out_dir: None };
-        let (trained, summary) = run_grpo(&model, &task, &opts, &train_ctx).script()?;
+        let (trained, summary) = grpo_with_rewards(&model, &task, &opts, custom, &train_ctx).script()?;
         let floats = |v: &[f64]| -> Array { v.iter().map(|&x| Dynamic::from_float(x)).collect() };
         let mut out = Map::new();
         out.insert("model".into(), Dynamic::from(trained));
         out.insert("rewards".into(), floats(&summary.rewards).into());
         out.insert("zero_variance".into(), floats(&summary.zero_variance).into());
+        out.insert(
+            "prompts_drawn".into(),
+            summary.prompts_drawn.iter().map(|&n| Dynamic::from_int(n as i64)).collect::<Array>().into(),
+        );
+        out.insert(
+            "batch_filled".into(),
+            summary.batch_filled.iter().map(|&b| Dynamic::from_bool(b)).collect::<Array>().into(),
+        );
         out.insert("losses".into(), floats(&summary.losses).into());
         out.insert("kl".into(), floats(&summary.kl).into());
+        out.insert("support_curve".into(), eval_curve(&summary.eval));
         out.insert(
             "checkpoint".into(),
             summary.last_checkpoint.map_or(Dynamic::UNIT, |p| p.display().to_string().into()),

@@ -1,11 +1,12 @@
-//! The GRPO loop: each step takes `batch` prompts, draws `group` completions of each with the
-//! shared sampler (its log-probs are the old policy's), scores them with the task's rewards, and
-//! hands the rollouts to [`grpo_step`]. Defaults are TRL's `GRPOConfig` (lr 1e-6, beta 0,
-//! epsilon 0.2, G = 8, temperature 1, token-level loss); tiny CPU models need larger learning
-//! rates, which their scripts state.
+//! The GRPO loop: each step draws `batch` prompts with `group` completions each (see
+//! [`super::rollouts`], which also does dynamic sampling), scores them with the task's rewards and
+//! any script closures, and hands the rollouts to [`grpo_step`]. Defaults are TRL's `GRPOConfig`
+//! (lr 1e-6, beta 0, epsilon 0.2, G = 8, temperature 1, token-level loss); tiny CPU models need
+//! larger learning rates, which their scripts state.
 //!
-//! Not yet here: dynamic sampling (drawing more prompts to refill zero-variance groups) and the
-//! periodic Pass@K evaluation during training; zero-variance filtering is available.
+//! Checkpoints hold the adapters, the optimiser, the data order and the step; every step's
+//! sampling seed derives from the run seed and the step, so a resumed run draws the same
+//! completions and repeats the uninterrupted run's losses and rewards.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -14,19 +15,21 @@ use crate::error::{Error, Result};
 use crate::models::qwen2_5_vl::LoraConfig;
 use crate::models::Vlm;
 use crate::run::splitmix64;
-use crate::sample::{sample, FinishReason, SampleRequest, SamplerOptions};
+use crate::sample::SamplerOptions;
 use crate::task::McqTask;
 
 use super::checkpoint;
 use super::data_order::DataOrder;
-use super::grpo_step::{grpo_step, GrpoStepOptions, Rollout};
+use super::grpo_step::{grpo_step, GrpoStepOptions, GrpoStepStats};
 use super::optim::{AdamW, AdamWConfig};
+use super::periodic_eval::{EvalPoint, PeriodicEval};
 use super::rewards::Rewards;
+use super::rollouts::RolloutSource;
 use super::schedule::Schedule;
 use super::sft::{trainable_copy, SftOptions, TrainContext};
 use super::NonFiniteGuard;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct GrpoOptions {
     pub steps: u64,
     /// Prompts per step; each gets `step.group` completions.
@@ -37,11 +40,20 @@ pub struct GrpoOptions {
     pub warmup: u64,
     pub lora: Option<LoraConfig>,
     pub full: bool,
-    /// Reward names (`accuracy`, `format`, `consistency`) and weights.
+    /// Built-in reward names (`accuracy`, `format`, `consistency`) and weights; script closures
+    /// come through [`grpo_with_rewards`].
     pub rewards: Vec<(String, f64)>,
+    /// Drop zero-variance groups and draw more prompts until `batch` groups have reward
+    /// variance or `max_draws` prompts were drawn in the step.
+    pub dynamic_sampling: bool,
+    /// Prompts one step may draw with dynamic sampling; `None` = 3 × `batch`.
+    pub max_draws: Option<usize>,
     pub max_new_tokens: usize,
     pub top_p: f64,
     pub save_every: Option<u64>,
+    /// A checkpoint directory, or an output directory whose latest checkpoint to continue.
+    pub resume: Option<PathBuf>,
+    pub eval: Option<PeriodicEval>,
     pub seed: u64,
     pub max_bad_steps: usize,
 }
@@ -58,34 +70,76 @@ impl Default for GrpoOptions {
             lora: None,
             full: false,
             rewards: vec![("accuracy".into(), 1.0)],
+            dynamic_sampling: false,
+            max_draws: None,
             max_new_tokens: 32,
             top_p: 1.0,
             save_every: None,
+            resume: None,
+            eval: None,
             seed: 0,
             max_bad_steps: 5,
         }
     }
 }
 
-/// Per-step curves of a run.
+/// Per-step curves of a run (the steps of this call, from `first_step`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GrpoSummary {
+    /// 0, or the checkpoint's step when resuming.
+    pub first_step: u64,
+    /// Mean reward over every group drawn in the step.
     pub rewards: Vec<f64>,
+    /// Fraction of the step's drawn groups whose rewards were all equal.
     pub zero_variance: Vec<f64>,
+    /// Prompts drawn per step (more than `batch` only with dynamic sampling).
+    pub prompts_drawn: Vec<usize>,
+    /// Whether the step's batch held `batch` groups with reward variance.
+    pub batch_filled: Vec<bool>,
     pub losses: Vec<f64>,
     pub kl: Vec<f64>,
     pub updates: Vec<usize>,
+    /// The periodic evaluations, when `eval` was set.
+    pub eval: Vec<EvalPoint>,
     pub last_checkpoint: Option<PathBuf>,
     pub seconds_per_step: f64,
 }
 
-/// Train `vlm` with GRPO on `task`; returns a new model sharing the frozen base.
+/// Train `vlm` with GRPO on `task` with the built-in rewards `opts.rewards`; returns a new model
+/// sharing the frozen base.
 pub fn grpo(vlm: &Vlm, task: &McqTask, opts: &GrpoOptions, ctx: &TrainContext) -> Result<(Vlm, GrpoSummary)> {
+    grpo_with_rewards(vlm, task, opts, Rewards::default(), ctx)
+}
+
+/// Options that cannot work, named.
+fn check(opts: &GrpoOptions) -> Result<()> {
     if opts.batch == 0 || opts.step.group < 2 {
         crate::bail!("grpo: batch must be ≥ 1 and group ≥ 2 (got {} and {})", opts.batch, opts.step.group);
     }
+    if let Some(cap) = opts.max_draws.filter(|&c| c < opts.batch) {
+        crate::bail!("grpo: max_draws ({cap}) must be at least batch ({})", opts.batch);
+    }
+    if let Some(eval) = &opts.eval {
+        eval.check("grpo")?;
+    }
+    Ok(())
+}
+
+/// [`grpo`] with `custom` rewards (script closures) scored after the built-in ones; every
+/// reward's name must be unique.
+pub fn grpo_with_rewards(
+    vlm: &Vlm,
+    task: &McqTask,
+    opts: &GrpoOptions,
+    custom: Rewards,
+    ctx: &TrainContext,
+) -> Result<(Vlm, GrpoSummary)> {
+    check(opts)?;
     let names: Vec<(&str, f64)> = opts.rewards.iter().map(|(n, w)| (n.as_str(), *w)).collect();
-    let rewards = Rewards::builtin(&names)?;
+    let mut rewards = Rewards::builtin(&names)?;
+    for r in custom.rewards {
+        rewards.push(&r.name, r.weight, r.kind)?;
+    }
     let shape =
         SftOptions { lora: opts.lora.clone(), full: opts.full, seed: opts.seed, ..SftOptions::default() };
     let model = trainable_copy(&vlm.model, &shape)?;
@@ -93,77 +147,48 @@ pub fn grpo(vlm: &Vlm, task: &McqTask, opts: &GrpoOptions, ctx: &TrainContext) -
     let mut optimizer = AdamW::new(model.trainable(), AdamWConfig::default())?;
     let mut order = DataOrder::new(task.len(), opts.seed)?;
     let mut guard = NonFiniteGuard::new(opts.max_bad_steps);
+    let mut first = 0;
+    if let Some(path) = &opts.resume {
+        let state = checkpoint::load(path, "grpo", &mut optimizer, model.device())?;
+        order = DataOrder::restore(&state.data_order, task.len())?;
+        guard.skipped = state.skipped_steps;
+        first = state.step;
+    }
     let pad = vlm.processor.endoftext_id();
-    let special = vlm.processor.special_tokens();
-    let vision_ids = [special.image_pad, special.video_pad, special.vision_start, special.vision_end];
+    let mut sampler = SamplerOptions {
+        n: opts.step.group,
+        max_new_tokens: opts.max_new_tokens,
+        ..SamplerOptions::default()
+    };
+    sampler.logits.temperature = opts.step.temperature as f32;
+    sampler.logits.top_p = opts.top_p as f32;
+    let source = RolloutSource { policy: &policy, task, rewards: &rewards, sampler, cancel: &ctx.cancel };
+    let dynamic = opts.dynamic_sampling.then(|| opts.max_draws.unwrap_or(3 * opts.batch));
     let out = ctx.checkpoint_dir();
     let save = |step: u64, order: &DataOrder, optimizer: &AdamW, guard: &NonFiniteGuard| {
         checkpoint::save_progress(out.as_deref(), "grpo", model.trainable(), step, order, optimizer, guard)
     };
-    let mut summary = GrpoSummary::default();
+    let mut summary = GrpoSummary { first_step: first, ..GrpoSummary::default() };
     let bar = ctx.progress.bar(opts.steps, "grpo");
+    bar.set_position(first);
     let started = Instant::now();
-    for step in 0..opts.steps {
+    let mut eval_seconds = 0.0;
+    for step in first..opts.steps {
         if ctx.cancel.is_cancelled() {
             let saved = save(step, &order, &optimizer, &guard)?;
             let where_ =
                 saved.map_or("nothing saved".to_string(), |p| format!("checkpoint saved to {}", p.display()));
             return Err(Error::Cancelled(format!("grpo at step {step} of {}; {where_}", opts.steps)));
         }
-        let indices = order.next_batch(opts.batch);
-        let requests = indices
-            .iter()
-            .map(|&i| {
-                let item = task.item(i)?;
-                Ok(SampleRequest {
-                    question_id: item.id.clone(),
-                    image: item.image.clone(),
-                    prompt: task.prompt(i)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut sampler = SamplerOptions {
-            n: opts.step.group,
-            max_new_tokens: opts.max_new_tokens,
-            seed: splitmix64(opts.seed ^ step.wrapping_mul(0x9E37_79B9)),
-            ..SamplerOptions::default()
-        };
-        sampler.logits.temperature = opts.step.temperature as f32;
-        sampler.logits.top_p = opts.top_p as f32;
-        let drawn = sample(&policy, &requests, &sampler, Some(&ctx.cancel), crate::run::ProgressMode::Quiet)?;
-        let mut rollouts = Vec::with_capacity(opts.batch * opts.step.group);
-        for ((&i, request), samples) in indices.iter().zip(&requests).zip(drawn) {
-            let enc = policy.encode(request.image.as_ref(), &request.prompt)?;
-            for mut s in samples {
-                // An image placeholder sampled into a completion would be read as an image slot
-                // when the rollout is scored, so the completion ends before it, as if truncated
-                // (an empty one becomes a lone end token, keeping the group whole). Real models
-                // all but never emit these; random ones do.
-                if let Some(cut) = s.token_ids.iter().position(|id| vision_ids.contains(id)) {
-                    s.token_ids.truncate(cut);
-                    s.logprobs.truncate(cut);
-                    s.finish_reason = FinishReason::Length;
-                    if cut == 0 {
-                        s.token_ids.push(pad);
-                        s.logprobs.push(0.0);
-                    }
-                }
-                let scores = rewards.score(task, i, &s.text)?;
-                rollouts.push(Rollout {
-                    example: i,
-                    prompt_ids: enc.input_ids.clone(),
-                    completion_ids: s.token_ids,
-                    old_logprobs: s.logprobs,
-                    pixel_values: enc.pixel_values.clone(),
-                    grid: enc.grid_thw,
-                    reward_components: scores.components,
-                    reward: scores.total,
-                    truncated: s.finish_reason == FinishReason::Length,
-                });
-            }
-        }
+        let seed = splitmix64(opts.seed ^ step.wrapping_mul(0x9E37_79B9));
+        let drawn = source.step(&mut order, opts.batch, dynamic, seed)?;
         let lr = opts.schedule.lr_at(opts.lr, step, opts.steps, opts.warmup);
-        let stats = grpo_step(&model, &rollouts, &opts.step, &mut optimizer, &mut guard, lr, pad)?;
+        let mut stats = if drawn.rollouts.is_empty() {
+            GrpoStepStats::default()
+        } else {
+            grpo_step(&model, &drawn.rollouts, &opts.step, &mut optimizer, &mut guard, lr, pad)?
+        };
+        drawn.stats.apply(&mut stats);
         for (name, value) in [
             ("grpo/reward_mean", stats.reward_mean),
             ("grpo/reward_std", stats.reward_std),
@@ -175,21 +200,30 @@ pub fn grpo(vlm: &Vlm, task: &McqTask, opts: &GrpoOptions, ctx: &TrainContext) -
             ("grpo/grad_norm", stats.grad_norm),
             ("grpo/completion_length", stats.completion_length),
             ("grpo/zero_variance_fraction", stats.zero_variance_fraction),
+            ("grpo/prompts_drawn", drawn.prompts as f64),
+            ("grpo/batch_filled", f64::from(u8::from(drawn.filled))),
             ("grpo/lr", lr),
         ] {
             ctx.metric(name, value, step)?;
         }
-        for ((name, _), (mean, std)) in
-            opts.rewards.iter().zip(stats.component_means.iter().zip(&stats.component_stds))
+        for (name, (mean, std)) in
+            rewards.names().into_iter().zip(stats.component_means.iter().zip(&stats.component_stds))
         {
             ctx.metric(&format!("grpo/rewards/{name}/mean"), *mean, step)?;
             ctx.metric(&format!("grpo/rewards/{name}/std"), *std, step)?;
         }
         summary.rewards.push(stats.reward_mean);
         summary.zero_variance.push(stats.zero_variance_fraction);
+        summary.prompts_drawn.push(drawn.prompts);
+        summary.batch_filled.push(drawn.filled);
         summary.losses.push(stats.loss);
         summary.kl.push(stats.kl);
         summary.updates.push(stats.updates);
+        if let Some(eval) = opts.eval.as_ref().filter(|e| e.due(step + 1, opts.steps)) {
+            let timer = Instant::now();
+            summary.eval.push(eval.run(&policy, task, step + 1, ctx)?);
+            eval_seconds += timer.elapsed().as_secs_f64();
+        }
         if opts.save_every.is_some_and(|n| n > 0 && (step + 1) % n == 0) {
             summary.last_checkpoint = save(step + 1, &order, &optimizer, &guard)?;
         }
@@ -197,54 +231,180 @@ pub fn grpo(vlm: &Vlm, task: &McqTask, opts: &GrpoOptions, ctx: &TrainContext) -
         bar.set_message(format!("reward {:.3}", stats.reward_mean));
     }
     bar.finish_and_clear();
-    summary.seconds_per_step = started.elapsed().as_secs_f64() / opts.steps.max(1) as f64;
-    summary.last_checkpoint = save(opts.steps, &order, &optimizer, &guard)?.or(summary.last_checkpoint);
+    let done = opts.steps.saturating_sub(first).max(1);
+    summary.seconds_per_step = (started.elapsed().as_secs_f64() - eval_seconds) / done as f64;
+    summary.last_checkpoint =
+        save(opts.steps.max(first), &order, &optimizer, &guard)?.or(summary.last_checkpoint);
     Ok((vlm.with_model(model), summary))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+
     use super::*;
-    use crate::run::{CancelFlag, ProgressMode};
+    use crate::run::{CancelFlag, ProgressMode, RunDir};
+    use crate::train::rewards::RewardKind;
     use crate::train::sft::tests::{synthetic_task, tiny_vlm};
+
+    fn quiet() -> TrainContext<'static> {
+        TrainContext { run: None, cancel: CancelFlag::new(), progress: ProgressMode::Quiet, out_dir: None }
+    }
+
+    fn small(steps: u64) -> GrpoOptions {
+        GrpoOptions {
+            steps,
+            batch: 2,
+            step: GrpoStepOptions { group: 4, ..GrpoStepOptions::default() },
+            lr: 1e-2,
+            max_new_tokens: 6,
+            ..GrpoOptions::default()
+        }
+    }
+
+    /// A reward that varies with the completion's text, so groups have variance and training moves.
+    fn text_reward() -> Rewards<'static> {
+        let mut r = Rewards::default();
+        let kind = RewardKind::Custom(Box::new(|text: &str, _| {
+            Ok((text.bytes().map(u64::from).sum::<u64>() % 7) as f64)
+        }));
+        r.push("bytes", 1.0, kind).unwrap();
+        r
+    }
 
     #[test]
     fn from_a_random_start_rewards_stay_at_zero_and_every_group_has_zero_variance() {
         let (vlm, task) = (tiny_vlm(), synthetic_task());
-        let ctx = TrainContext {
-            run: None,
-            cancel: CancelFlag::new(),
-            progress: ProgressMode::Quiet,
-            out_dir: None,
-        };
-        let opts = GrpoOptions {
-            steps: 2,
-            batch: 2,
-            step: GrpoStepOptions { group: 4, ..GrpoStepOptions::default() },
-            lr: 1e-3,
-            max_new_tokens: 6,
-            ..GrpoOptions::default()
-        };
-        let (_, summary) = grpo(&vlm, &task, &opts, &ctx).unwrap();
+        let opts = GrpoOptions { lr: 1e-3, ..small(2) };
+        let (_, summary) = grpo(&vlm, &task, &opts, &quiet()).unwrap();
         assert_eq!(summary.rewards, vec![0.0, 0.0], "a random model never answers in format");
         assert_eq!(summary.zero_variance, vec![1.0, 1.0]);
+        assert_eq!(summary.batch_filled, vec![false, false]);
+        // Dynamic sampling draws up to its cap looking for signal, and reports that it found none.
+        let opts = GrpoOptions { dynamic_sampling: true, max_draws: Some(5), ..opts };
+        let (_, summary) = grpo(&vlm, &task, &opts, &quiet()).unwrap();
+        assert_eq!(summary.prompts_drawn, vec![5, 5]);
+        assert_eq!((summary.zero_variance, summary.updates), (vec![1.0, 1.0], vec![0, 0]));
+    }
+
+    #[test]
+    fn dynamic_sampling_replaces_zero_variance_groups_up_to_the_cap() {
+        let (vlm, task) = (tiny_vlm(), synthetic_task());
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::create(Some(tmp.path()), "grpo").unwrap();
+        let ctx = TrainContext { run: Some(&run), ..quiet() };
+        // Even examples get distinct rewards (a running count); odd ones a constant.
+        let calls = Cell::new(0u32);
+        let mut rewards = Rewards::default();
+        let counting = |_: &str, example: usize| {
+            calls.set(calls.get() + 1);
+            Ok(if example % 2 == 0 { f64::from(calls.get()) } else { 0.5 })
+        };
+        rewards.push("even", 1.0, RewardKind::Custom(Box::new(counting))).unwrap();
+        let (batch, cap, steps) = (2, 3, 4);
+        let opts =
+            GrpoOptions { dynamic_sampling: true, max_draws: Some(cap), rewards: vec![], ..small(steps) };
+        let (_, summary) = grpo_with_rewards(&vlm, &task, &opts, rewards, &ctx).unwrap();
+
+        // Replay the data order: each round draws the prompts still missing, within the cap.
+        let mut order = DataOrder::new(task.len(), opts.seed).unwrap();
+        for step in 0..steps as usize {
+            let (mut drawn, mut varied) = (0, 0);
+            while varied < batch && drawn < cap {
+                let want = (batch - varied).min(cap - drawn);
+                varied += order.next_batch(want).iter().filter(|&&i| i % 2 == 0).count();
+                drawn += want;
+            }
+            assert_eq!(summary.prompts_drawn[step], drawn, "step {step}");
+            assert_eq!(summary.batch_filled[step], varied == batch, "step {step}");
+            let zero = (drawn - varied) as f64 / drawn as f64;
+            assert!((summary.zero_variance[step] - zero).abs() < 1e-12, "step {step}");
+            assert_eq!(summary.updates[step], usize::from(varied > 0), "step {step}");
+        }
+        assert!(summary.prompts_drawn.iter().any(|&n| n > batch), "{:?}", summary.prompts_drawn);
+        let metrics = std::fs::read_to_string(tmp.path().join("metrics.jsonl")).unwrap();
+        for name in [
+            "grpo/prompts_drawn",
+            "grpo/batch_filled",
+            "grpo/zero_variance_fraction",
+            "grpo/rewards/even/mean",
+        ] {
+            assert_eq!(metrics.matches(&format!("\"{name}\"")).count(), steps as usize, "{name}");
+        }
+    }
+
+    #[test]
+    fn resumed_run_repeats_the_uninterrupted_losses_and_rewards() {
+        let (vlm, task) = (tiny_vlm(), synthetic_task());
+        let opts = GrpoOptions { rewards: vec![], ..small(4) };
+        let (_, whole) = grpo_with_rewards(&vlm, &task, &opts, text_reward(), &quiet()).unwrap();
+        assert!(whole.rewards.iter().any(|&r| r > 0.0) && whole.updates.iter().all(|&u| u == 1));
+        let tmp = tempfile::tempdir().unwrap();
+        let ctx = TrainContext { out_dir: Some(tmp.path().to_path_buf()), ..quiet() };
+        let first = GrpoOptions { steps: 2, ..opts.clone() };
+        let (_, half) = grpo_with_rewards(&vlm, &task, &first, text_reward(), &ctx).unwrap();
+        let resume = Some(tmp.path().join("checkpoint-2"));
+        let (_, rest) =
+            grpo_with_rewards(&vlm, &task, &GrpoOptions { resume, ..opts }, text_reward(), &quiet()).unwrap();
+        assert_eq!((half.first_step, rest.first_step, rest.losses.len()), (0, 2, 2));
+        let joined = |a: &[f64], b: &[f64]| [a, b].concat();
+        for (name, w, r) in [
+            ("loss", &whole.losses, joined(&half.losses, &rest.losses)),
+            ("reward", &whole.rewards, joined(&half.rewards, &rest.rewards)),
+        ] {
+            for (a, b) in w.iter().zip(&r) {
+                assert!((a - b).abs() < 1e-6, "{name}: {w:?} vs {r:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn periodic_evaluation_logs_a_support_curve_without_changing_training() {
+        let (vlm, task) = (tiny_vlm(), synthetic_task());
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::create(Some(tmp.path()), "grpo").unwrap();
+        let ctx = TrainContext { run: Some(&run), ..quiet() };
+        let mut eval = PeriodicEval::every(2);
+        eval.options.sampler.n = 3;
+        eval.options.sampler.max_new_tokens = 4;
+        eval.options.limit = Some(2);
+        eval.k = 2;
+        let opts = GrpoOptions { rewards: vec![], ..small(3) };
+        let (_, plain) = grpo_with_rewards(&vlm, &task, &opts, text_reward(), &quiet()).unwrap();
+        let with = GrpoOptions { eval: Some(eval), ..opts };
+        let (_, summary) = grpo_with_rewards(&vlm, &task, &with, text_reward(), &ctx).unwrap();
+        assert_eq!(summary.losses, plain.losses);
+        assert_eq!(summary.eval.iter().map(|p| p.step).collect::<Vec<_>>(), vec![2, 3]);
+        for p in &summary.eval {
+            assert!((0.0..=1.0).contains(&p.acc1) && (0.0..=1.0).contains(&p.pass_at_k));
+            assert!((p.gap - (p.pass_at_k - p.acc1)).abs() < 1e-12);
+        }
+        let metrics = std::fs::read_to_string(tmp.path().join("metrics.jsonl")).unwrap();
+        for name in ["eval/acc1", "eval/pass@2", "eval/gap"] {
+            assert_eq!(metrics.matches(&format!("\"{name}\"")).count(), 2, "{name}");
+        }
     }
 
     #[test]
     fn bad_options_are_named() {
         let (vlm, task) = (tiny_vlm(), synthetic_task());
-        let ctx = TrainContext {
-            run: None,
-            cancel: CancelFlag::new(),
-            progress: ProgressMode::Quiet,
-            out_dir: None,
-        };
         let one = GrpoOptions {
             step: GrpoStepOptions { group: 1, ..GrpoStepOptions::default() },
             ..GrpoOptions::default()
         };
-        assert!(grpo(&vlm, &task, &one, &ctx).unwrap_err().to_string().contains("group"));
+        assert!(grpo(&vlm, &task, &one, &quiet()).unwrap_err().to_string().contains("group"));
         let bad = GrpoOptions { rewards: vec![("brevity".into(), 1.0)], ..GrpoOptions::default() };
-        assert!(grpo(&vlm, &task, &bad, &ctx).unwrap_err().to_string().contains("brevity"));
+        assert!(grpo(&vlm, &task, &bad, &quiet()).unwrap_err().to_string().contains("brevity"));
+        let cap = GrpoOptions { dynamic_sampling: true, max_draws: Some(1), ..small(1) };
+        assert!(grpo(&vlm, &task, &cap, &quiet()).unwrap_err().to_string().contains("max_draws (1)"));
+        let eval = GrpoOptions { eval: Some(PeriodicEval { k: 99, ..PeriodicEval::every(1) }), ..small(1) };
+        let err = grpo(&vlm, &task, &eval, &quiet()).unwrap_err().to_string();
+        assert!(err.contains("eval k = 99"), "{err}");
+        let mut failing = Rewards::default();
+        failing
+            .push("mine", 1.0, RewardKind::Custom(Box::new(|_, _| crate::bail!("no answer tag"))))
+            .unwrap();
+        let err = grpo_with_rewards(&vlm, &task, &small(1), failing, &quiet()).unwrap_err().to_string();
+        assert!(err.contains("reward `mine`: no answer tag"), "{err}");
     }
 }

@@ -95,6 +95,58 @@ pub struct GrpoStepStats {
     pub updates: usize,
 }
 
+/// What the rewards of a set of rollouts (consecutive groups of `group`) look like.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RewardStats {
+    pub reward_mean: f64,
+    pub reward_std: f64,
+    pub component_means: Vec<f64>,
+    pub component_stds: Vec<f64>,
+    pub completion_length: f64,
+    /// Fraction of groups whose rewards are all equal.
+    pub zero_variance_fraction: f64,
+}
+
+impl RewardStats {
+    pub fn of(rollouts: &[Rollout], group: usize) -> Self {
+        let rewards: Vec<f64> = rollouts.iter().map(|r| r.reward).collect();
+        let (reward_mean, reward_std) = mean_std(&rewards);
+        let components = rollouts.first().map_or(0, |r| r.reward_components.len());
+        let (component_means, component_stds) = (0..components)
+            .map(|c| {
+                mean_std(
+                    &rollouts
+                        .iter()
+                        .map(|r| r.reward_components.get(c).copied().unwrap_or(0.0))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .unzip();
+        let lengths: Vec<f64> = rollouts.iter().map(|r| r.completion_ids.len() as f64).collect();
+        let chunks = rewards.chunks(group.max(1));
+        let groups = chunks.len();
+        let flat = chunks.filter(|g| g.iter().all(|&r| r == g[0])).count();
+        Self {
+            reward_mean,
+            reward_std,
+            component_means,
+            component_stds,
+            completion_length: mean_std(&lengths).0,
+            zero_variance_fraction: flat as f64 / groups.max(1) as f64,
+        }
+    }
+
+    /// Report these in `stats` (replacing the reward fields).
+    pub fn apply(self, stats: &mut GrpoStepStats) {
+        stats.reward_mean = self.reward_mean;
+        stats.reward_std = self.reward_std;
+        stats.component_means = self.component_means;
+        stats.component_stds = self.component_stds;
+        stats.completion_length = self.completion_length;
+        stats.zero_variance_fraction = self.zero_variance_fraction;
+    }
+}
+
 fn mean_std(xs: &[f64]) -> (f64, f64) {
     let n = xs.len().max(1) as f64;
     let mean = xs.iter().sum::<f64>() / n;
@@ -117,29 +169,8 @@ pub fn grpo_step(
     }
     let rewards: Vec<f64> = rollouts.iter().map(|r| r.reward).collect();
     let adv = group_advantages(&rewards, opts.group, opts.scale_rewards)?;
-    let groups = rollouts.len() / opts.group;
-    let (reward_mean, reward_std) = mean_std(&rewards);
-    let components = rollouts.first().map_or(0, |r| r.reward_components.len());
-    let (component_means, component_stds) = (0..components)
-        .map(|c| {
-            mean_std(
-                &rollouts
-                    .iter()
-                    .map(|r| r.reward_components.get(c).copied().unwrap_or(0.0))
-                    .collect::<Vec<_>>(),
-            )
-        })
-        .unzip();
-    let lengths: Vec<f64> = rollouts.iter().map(|r| r.completion_ids.len() as f64).collect();
-    let mut stats = GrpoStepStats {
-        reward_mean,
-        reward_std,
-        component_means,
-        component_stds,
-        completion_length: mean_std(&lengths).0,
-        zero_variance_fraction: adv.zero_variance_fraction(groups),
-        ..Default::default()
-    };
+    let mut stats = GrpoStepStats::default();
+    RewardStats::of(rollouts, opts.group).apply(&mut stats);
     let keep: Vec<usize> = (0..rollouts.len())
         .filter(|&k| !(opts.filter_zero_variance && adv.zero_variance_groups.contains(&(k / opts.group))))
         .filter(|&k| !rollouts[k].completion_ids.is_empty())

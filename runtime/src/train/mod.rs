@@ -1,10 +1,12 @@
 //! Training: the optimiser, schedules and gradient handling shared by SFT and GRPO, resumable
 //! checkpoints, supervised fine-tuning, and GRPO's rewards, advantages and loss.
 //!
-//! `optim`, `schedule`, `grad`, `data_order` and `checkpoint` are the common parts; `sft` is a
-//! whole training loop; `rewards`, `advantages` and `grpo_loss` are the pure pieces of GRPO that
-//! `grpo_step` assembles into an update over pre-sampled rollouts.
+//! `optim`, `schedule`, `grad`, `data_order`, `checkpoint`, `periodic_eval` and `adapters` (what
+//! a model's adapters are) are the common parts; `sft` is a whole training loop; `rewards`,
+//! `advantages` and `grpo_loss` are the pure pieces of GRPO that `grpo_step` assembles into an
+//! update over rollouts that `rollouts` draws (with dynamic sampling) for the `grpo` loop.
 
+pub mod adapters;
 pub mod advantages;
 pub mod checkpoint;
 pub mod data_order;
@@ -13,17 +15,20 @@ pub mod grpo;
 pub mod grpo_loss;
 pub mod grpo_step;
 pub mod optim;
+pub mod periodic_eval;
 pub mod rewards;
+mod rollouts;
 pub mod schedule;
 pub mod sft;
 pub mod token_logprobs;
 
 pub use advantages::{group_advantages, Advantages, ScaleRewards};
 pub use grad::{global_norm, GradAccumulator, NonFiniteGuard};
-pub use grpo::{grpo, GrpoOptions, GrpoSummary};
+pub use grpo::{grpo, grpo_with_rewards, GrpoOptions, GrpoSummary};
 pub use grpo_loss::{grpo_loss, GrpoLoss, GrpoLossConfig, GrpoLossInputs, LossAggregation};
-pub use grpo_step::{grpo_step, GrpoStepOptions, GrpoStepStats, Rollout};
+pub use grpo_step::{grpo_step, GrpoStepOptions, GrpoStepStats, RewardStats, Rollout};
 pub use optim::{AdamW, AdamWConfig};
-pub use rewards::{RewardKind, RewardScores, Rewards};
+pub use periodic_eval::{EvalPoint, PeriodicEval};
+pub use rewards::{CustomReward, RewardKind, RewardScores, Rewards};
 pub use schedule::Schedule;
 pub use sft::{sft, SftOptions, SftSummary, TrainContext};

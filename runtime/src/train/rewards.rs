@@ -12,23 +12,25 @@
 //!   reward is 1 when that letter is the one the extractor reads from the `<answer>`, else 0
 //!   (also 0 when no letter is named or no answer is extracted). Bare capitals are ignored,
 //!   since `A` is also an article.
-//! - custom closures `|completion, example| -> f64`, registered by the bindings.
+//! - custom closures `|completion, example| -> f64` ([`RewardKind::Custom`]): the bindings wrap
+//!   a script closure in one. It may borrow (the script engine), so a reward set has a lifetime
+//!   and need not be `Send`: GRPO scores synchronously on the calling thread.
 
-use crate::error::Result;
+use crate::error::{Context, Result};
 use crate::task::extract::option_letter;
 use crate::task::mcq::McqTask;
 
-/// A reward closure: completion text and example index to a score.
-pub type CustomReward = Box<dyn Fn(&str, usize) -> Result<f64>>;
+/// A reward closure: completion text and example index (into the task) to a score.
+pub type CustomReward<'a> = Box<dyn Fn(&str, usize) -> Result<f64> + 'a>;
 
-pub enum RewardKind {
+pub enum RewardKind<'a> {
     Accuracy,
     Format,
     Consistency,
-    Custom(CustomReward),
+    Custom(CustomReward<'a>),
 }
 
-impl std::fmt::Debug for RewardKind {
+impl std::fmt::Debug for RewardKind<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RewardKind::Accuracy => f.write_str("Accuracy"),
@@ -43,10 +45,10 @@ impl std::fmt::Debug for RewardKind {
 pub const BUILTIN_REWARDS: [&str; 3] = ["accuracy", "format", "consistency"];
 
 #[derive(Debug)]
-pub struct Reward {
+pub struct Reward<'a> {
     pub name: String,
     pub weight: f64,
-    pub kind: RewardKind,
+    pub kind: RewardKind<'a>,
 }
 
 /// Rewards of one completion: each function's raw score (in [`Rewards`] order) and the
@@ -59,11 +61,11 @@ pub struct RewardScores {
 
 /// A weighted set of reward functions.
 #[derive(Debug, Default)]
-pub struct Rewards {
-    pub rewards: Vec<Reward>,
+pub struct Rewards<'a> {
+    pub rewards: Vec<Reward<'a>>,
 }
 
-impl Rewards {
+impl<'a> Rewards<'a> {
     /// Built-in rewards by name with their weights; an unknown name is an error that lists
     /// the known ones.
     pub fn builtin(named: &[(&str, f64)]) -> Result<Self> {
@@ -83,7 +85,7 @@ impl Rewards {
         Ok(out)
     }
 
-    pub fn push(&mut self, name: &str, weight: f64, kind: RewardKind) -> Result<()> {
+    pub fn push(&mut self, name: &str, weight: f64, kind: RewardKind<'a>) -> Result<()> {
         if !weight.is_finite() {
             crate::bail!("reward {name}: weight {weight} is not a finite number");
         }
@@ -110,10 +112,10 @@ impl Rewards {
                 RewardKind::Accuracy => task.reward_accuracy(i, completion)?,
                 RewardKind::Format => task.reward_format(i, completion)?,
                 RewardKind::Consistency => consistency(task, i, completion)?,
-                RewardKind::Custom(f) => f(completion, i)?,
+                RewardKind::Custom(f) => f(completion, i).with_context(|| format!("reward `{}`", r.name))?,
             };
             if !value.is_finite() {
-                crate::bail!("reward {} returned {value} for example {i}", r.name);
+                crate::bail!("reward `{}` returned {value} for example {i}", r.name);
             }
             components.push(value);
             total += r.weight * value;

@@ -17,6 +17,7 @@ use super::checkpoint;
 use super::data_order::DataOrder;
 use super::grad::{GradAccumulator, NonFiniteGuard};
 use super::optim::{AdamW, AdamWConfig};
+use super::periodic_eval::{EvalPoint, PeriodicEval};
 use super::schedule::Schedule;
 use super::token_logprobs::{score_tokens, Sequence};
 use crate::error::{Context, Error, Result};
@@ -50,6 +51,8 @@ pub struct SftOptions {
     pub save_every: Option<u64>,
     /// A checkpoint directory, or an output directory whose latest checkpoint to continue.
     pub resume: Option<PathBuf>,
+    /// Evaluate support (Acc@1, Pass@k) every so many steps.
+    pub eval: Option<PeriodicEval>,
     pub seed: u64,
     /// Non-finite steps tolerated in a row before the run fails.
     pub max_bad_steps: usize,
@@ -71,6 +74,7 @@ impl Default for SftOptions {
             max_grad_norm: Some(1.0),
             save_every: None,
             resume: None,
+            eval: None,
             seed: 0,
             max_bad_steps: 5,
         }
@@ -119,6 +123,8 @@ pub struct SftSummary {
     pub token_accuracy: Vec<f64>,
     pub grad_norms: Vec<f64>,
     pub skipped_steps: Vec<u64>,
+    /// The periodic evaluations, when `eval` was set.
+    pub eval: Vec<EvalPoint>,
     pub last_checkpoint: Option<PathBuf>,
     pub seconds_per_step: f64,
 }
@@ -146,6 +152,9 @@ fn check(opts: &SftOptions, task: &McqTask) -> Result<()> {
     if task.is_empty() {
         crate::bail!("sft: task {} has no items", task.name());
     }
+    if let Some(eval) = &opts.eval {
+        eval.check("sft")?;
+    }
     Ok(())
 }
 
@@ -157,7 +166,10 @@ pub(crate) fn trainable_copy(model: &Qwen25VL, opts: &SftOptions) -> Result<Qwen
         return base.full_finetune();
     }
     let default = LoraConfig { seed: opts.seed, ..LoraConfig::new(8, 16.0) };
-    base.with_lora(opts.lora.as_ref().unwrap_or(&default))
+    let lora = opts.lora.as_ref().unwrap_or(&default);
+    let model = base.with_lora(lora)?;
+    super::adapters::check_targets(&model, lora)?;
+    Ok(model)
 }
 
 /// [`sft`] with a hook that poisons the loss of chosen steps, for testing the non-finite guard.
@@ -198,12 +210,14 @@ pub(crate) fn run_sft(
         token_accuracy: Vec::new(),
         grad_norms: Vec::new(),
         skipped_steps: Vec::new(),
+        eval: Vec::new(),
         last_checkpoint: None,
         seconds_per_step: 0.0,
     };
-    model.set_training(true);
     let started = Instant::now();
+    let mut eval_seconds = 0.0;
     while step < total {
+        model.set_training(true);
         if ctx.cancel.is_cancelled() {
             model.set_training(false);
             let saved = save(step, &order, &optimizer, &guard)?;
@@ -254,6 +268,11 @@ pub(crate) fn run_sft(
         step += 1;
         bar.inc(1);
         bar.set_message(format!("loss {loss_sum:.4}"));
+        if let Some(eval) = opts.eval.as_ref().filter(|e| e.due(step, total)) {
+            let timer = Instant::now();
+            summary.eval.push(eval.run(&vlm.with_model(model.clone()), task, step, ctx)?);
+            eval_seconds += timer.elapsed().as_secs_f64();
+        }
         if opts.save_every.is_some_and(|n| n > 0 && step % n == 0) && step < total {
             summary.last_checkpoint = save(step, &order, &optimizer, &guard)?;
         }
@@ -261,7 +280,7 @@ pub(crate) fn run_sft(
     bar.finish_and_clear();
     model.set_training(false);
     let done = (step - summary.first_step).max(1);
-    summary.seconds_per_step = started.elapsed().as_secs_f64() / done as f64;
+    summary.seconds_per_step = (started.elapsed().as_secs_f64() - eval_seconds) / done as f64;
     if let Some(p) = save(step, &order, &optimizer, &guard)? {
         summary.last_checkpoint = Some(p);
     }
@@ -397,6 +416,38 @@ pub(crate) mod tests {
             assert!((a - b).abs() < 1e-6, "{:?} vs {:?}", whole.losses, resumed.losses);
         }
         assert_eq!(resumed.losses.len(), 2);
+    }
+
+    #[test]
+    fn periodic_evaluation_records_the_support_curve_without_changing_training() {
+        let (vlm, task) = (tiny_vlm(), synthetic_task());
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::create(Some(tmp.path()), "sft").unwrap();
+        let ctx = TrainContext { run: Some(&run), ..quiet() };
+        let mut eval = PeriodicEval::every(2);
+        eval.options.sampler.n = 4;
+        eval.options.sampler.max_new_tokens = 8;
+        eval.options.limit = Some(4);
+        eval.k = 4;
+        let (_, plain) = sft(&vlm, &task, &fast(5), &quiet()).unwrap();
+        let opts = SftOptions { eval: Some(eval.clone()), ..fast(5) };
+        let (trained, summary) = sft(&vlm, &task, &opts, &ctx).unwrap();
+        assert_eq!(summary.losses, plain.losses, "evaluation must not change the trajectory");
+        assert_eq!(summary.eval.iter().map(|p| p.step).collect::<Vec<_>>(), vec![2, 4, 5]);
+        // The last point is the returned model's own support.
+        let last = summary.eval[2];
+        let report =
+            crate::eval::evaluate(&trained, &task, &eval.options, None, ProgressMode::Quiet).unwrap().report;
+        assert_eq!((last.acc1, last.pass_at_k), (report.acc1().value, report.pass_at(4).unwrap().value));
+        assert!((last.gap - (last.pass_at_k - last.acc1)).abs() < 1e-12);
+        let metrics = std::fs::read_to_string(tmp.path().join("metrics.jsonl")).unwrap();
+        let steps: Vec<u64> = metrics
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["name"] == "eval/pass@4")
+            .map(|v| v["step"].as_u64().unwrap())
+            .collect();
+        assert_eq!(steps, vec![2, 4, 5]);
     }
 
     #[test]
