@@ -21,10 +21,14 @@ use crate::model::lora_config;
 use crate::sample::sampler_options;
 
 /// `eval_every` and `eval_options: #{task, n, k, temperature, top_p, max_new_tokens, limit,
-/// seed}` of `sft` and `grpo`; `None` when neither is given.
+/// seed}` of `sft` and `grpo`; `None` when neither is given. The name `eval` is a Rhai
+/// keyword, so it is accepted quoted (`#{"eval": #{...}}`) as an alias.
 fn periodic_eval(ctx: &NativeCallContext, o: &Options, what: &str) -> ScriptResult<Option<PeriodicEval>> {
     let every = o.count("eval_every")?;
-    let map = match o.get("eval_options") {
+    if o.get("eval_options").is_some() && o.get("eval").is_some() {
+        return Err(script_msg(format!("{what}: give `eval_options` or its alias \"eval\", not both")));
+    }
+    let map = match o.get("eval_options").or_else(|| o.get("eval")) {
         None => Map::new(),
         Some(m) => m
             .read_lock::<Map>()
@@ -152,7 +156,8 @@ pub mod train_api {
     /// skipped_steps, support_curve: [#{step, acc1, pass_at_k, gap}], checkpoint,
     /// seconds_per_step}`. Evaluation (on the training task unless `task` is given) runs after
     /// every `eval_every` steps and the last one, and logs `eval/acc1`, `eval/pass@k` and
-    /// `eval/gap` to metrics.jsonl. (`eval` is a Rhai keyword, hence the option and key names.)
+    /// `eval/gap` to metrics.jsonl. `eval` is a Rhai keyword: write it quoted, `"eval": #{...}`, or
+    /// as `eval_options`.
     #[rhai_fn(return_raw)]
     pub fn sft(
         ctx: NativeCallContext,
@@ -176,6 +181,7 @@ pub mod train_api {
             "resume",
             "eval_every",
             "eval_options",
+            "eval",
             "seed",
             "max_bad_steps",
         ];
@@ -289,6 +295,7 @@ pub mod train_api {
             "resume",
             "eval_every",
             "eval_options",
+            "eval",
             "seed",
             "max_bad_steps",
         ];
