@@ -13,6 +13,7 @@
 //! heads in place (no `repeat_kv` copy) from a cache that may hold spare capacity.
 
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor, D};
+use rayon::prelude::*;
 
 use super::weights::{Init, Weights};
 use crate::error::Result;
@@ -113,12 +114,12 @@ pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor
     // The scale as candle's `Tensor * f64` applies it, so scores round as in `attention`.
     let scale = (1.0 / (d as f64).sqrt()) as f32;
     let mut out = vec![0f32; b * heads * d];
-    let mut probs = vec![0f32; keys];
-    for row in 0..b {
+    // Rows are independent and each sums in a fixed order, so the thread count changes nothing.
+    out.par_chunks_mut(heads * d).enumerate().for_each(|(row, context)| {
+        let mut probs = vec![0f32; keys];
         let row_mask = mask.as_ref().map(|m| &m[row * keys..(row + 1) * keys]);
-        for head in 0..heads {
-            let at = (row * heads + head) * d;
-            let query = &q_rows[at..at + d];
+        for (head, context) in context.chunks_exact_mut(d).enumerate() {
+            let query = &q_rows[(row * heads + head) * d..][..d];
             let (kh, vh) = (k_heads.head(row, head / group), v_heads.head(row, head / group));
             for (j, p) in probs.iter_mut().enumerate() {
                 *p = dot(query, kh.key(j, d)) * scale + row_mask.map_or(0.0, |m| m[j]);
@@ -129,7 +130,6 @@ pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor
                 *p = (*p - max).exp();
                 total += *p;
             }
-            let context = &mut out[at..at + d];
             for (j, p) in probs.iter().enumerate() {
                 // A masked key weighs exactly 0 and would add nothing.
                 if *p == 0.0 {
@@ -141,7 +141,7 @@ pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor
                 }
             }
         }
-    }
+    });
     Ok(Some(Tensor::from_vec(out, (b, heads, 1, d), q.device())?))
 }
 
