@@ -218,7 +218,7 @@ mod tests {
         assert!(g > 0.0);
     }
 
-    fn randn(shape: &[usize], seed: u64) -> Tensor {
+    fn ramp(shape: &[usize], seed: u64) -> Tensor {
         let n: usize = shape.iter().product();
         let values: Vec<f32> =
             (0..n).map(|i| ((i as u64 * 7919 + seed * 104729) % 1000) as f32 / 250.0 - 2.0).collect();
@@ -226,13 +226,13 @@ mod tests {
     }
 
     /// A decode step as the decoder runs it: 4 query heads over 2 kv heads, keys read from a
-    /// cache buffer with spare capacity, a padding key masked out in one row.
+    /// cache buffer with spare capacity, two padding keys masked out in one row.
     #[test]
     fn decode_attention_matches_the_composed_path() {
         let (b, heads, kv_heads, keys, d) = (3, 4, 2, 7, 16);
-        let q = randn(&[b, heads, 1, d], 1);
-        let k = randn(&[b, kv_heads, keys + 5, d], 2).narrow(2, 0, keys).unwrap();
-        let v = randn(&[b, kv_heads, keys + 5, d], 3).narrow(2, 0, keys).unwrap();
+        let q = ramp(&[b, heads, 1, d], 1);
+        let k = ramp(&[b, kv_heads, keys + 5, d], 2).narrow(2, 0, keys).unwrap();
+        let v = ramp(&[b, kv_heads, keys + 5, d], 3).narrow(2, 0, keys).unwrap();
         let mut mask = vec![0f32; b * keys];
         mask[keys] = MASKED;
         mask[keys + 1] = MASKED;
@@ -248,10 +248,10 @@ mod tests {
 
     #[test]
     fn decode_attention_leaves_gradients_and_prefill_to_the_composed_path() {
-        let (q, k, v) = (randn(&[1, 2, 1, 8], 1), randn(&[1, 2, 3, 8], 2), randn(&[1, 2, 3, 8], 3));
+        let (q, k, v) = (ramp(&[1, 2, 1, 8], 1), ramp(&[1, 2, 3, 8], 2), ramp(&[1, 2, 3, 8], 3));
         let tracked = candle_core::Var::from_tensor(&q).unwrap();
         assert!(decode_attention(tracked.as_tensor(), &k, &v, None).unwrap().is_none());
-        let two_queries = randn(&[1, 2, 2, 8], 4);
+        let two_queries = ramp(&[1, 2, 2, 8], 4);
         assert!(decode_attention(&two_queries, &k, &v, None).unwrap().is_none());
         assert!(decode_attention(&q, &k, &v, None).unwrap().is_some());
     }
