@@ -8,9 +8,10 @@
 
 use candle_core::{DType, Device, Tensor};
 
+use super::cache::LayerKv;
 use super::config::TextConfig;
 use super::lora::{Linear, INIT_STD};
-use super::ops::{apply_rotary, attention, RmsNorm};
+use super::ops::{apply_rotary, attention, decode_attention, RmsNorm};
 use super::weights::{join, Init, Param, Visitor, Weights};
 use crate::error::Result;
 
@@ -28,9 +29,6 @@ impl MropePositions {
         self.ids[(axis * self.batch + b) * self.seq + s]
     }
 }
-
-/// One `(key, value)` pair per layer, each `(batch, kv_heads, seq, head_dim)`.
-pub type LayerKv = Option<(Tensor, Tensor)>;
 
 /// Precomputed inverse frequencies and the axis each rotary half-dim follows.
 #[derive(Debug, Clone)]
@@ -114,16 +112,17 @@ impl Attention {
             Ok(t.reshape((b, s, n, self.head_dim))?.transpose(1, 2)?)
         };
         let q = apply_rotary(&split(self.q_proj.forward(x)?, self.heads)?, cos, sin)?;
-        let mut k = apply_rotary(&split(self.k_proj.forward(x)?, self.kv_heads)?, cos, sin)?;
-        let mut v = split(self.v_proj.forward(x)?, self.kv_heads)?;
-        if let Some((past_k, past_v)) = kv.as_ref() {
-            k = Tensor::cat(&[past_k, &k], 2)?;
-            v = Tensor::cat(&[past_v, &v], 2)?;
-        }
-        *kv = Some((k.clone(), v.clone()));
-        let k = repeat_kv(&k, self.heads / self.kv_heads)?;
-        let v = repeat_kv(&v, self.heads / self.kv_heads)?;
-        let out = attention(&q, &k, &v, mask)?;
+        let k = apply_rotary(&split(self.k_proj.forward(x)?, self.kv_heads)?, cos, sin)?;
+        let v = split(self.v_proj.forward(x)?, self.kv_heads)?;
+        let (k, v) = kv.append(k, v)?;
+        let out = match decode_attention(&q, &k, &v, mask)? {
+            Some(out) => out,
+            None => {
+                let k = repeat_kv(&k, self.heads / self.kv_heads)?;
+                let v = repeat_kv(&v, self.heads / self.kv_heads)?;
+                attention(&q, &k, &v, mask)?
+            }
+        };
         let out = out.transpose(1, 2)?.reshape((b, s, self.heads * self.head_dim))?;
         self.o_proj.forward(&out)
     }
