@@ -1,10 +1,12 @@
-//! `medbridge bench`: the model's forward speed on the parity fixture and the tiny preset, and
-//! — when Python with transformers is available — transformers on the same checkpoint and
-//! inputs in the same run, reported as a ratio.
+//! `medbridge bench`: the model's forward, sampling and training-step (SFT, GRPO with LoRA)
+//! speed on the parity fixture and the tiny preset, and — when Python with transformers is
+//! available — transformers (+ PEFT, TRL for training) on the same checkpoint and inputs in the
+//! same run, reported as ratios.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use medbridge_runtime::bench::training::{bench_task, bench_training, fixture_image_files, TrainingWorkload};
 use medbridge_runtime::bench::{bench_forward, bench_sampling_questions, bench_tiny, fixture_inputs};
 use medbridge_runtime::models::Vlm;
 use serde_json::{json, Value};
@@ -58,6 +60,38 @@ fn run(args: &BenchArgs) -> medbridge_runtime::Result<Value> {
         sampling.tokens_per_s_separate_prefills,
         sampling.speedup
     );
+    let task = bench_task(&inputs)?;
+    let workload = TrainingWorkload::default();
+    let training = bench_training(&vlm, &task, &workload, args.repeats)?;
+    let tiny_vlm = Vlm::new_preset("qwen2_5_vl_tiny", 0, &candle_core::Device::Cpu)?;
+    let tiny_training = bench_training(&tiny_vlm, &task, &workload, args.repeats)?;
+    for t in [&training, &tiny_training] {
+        eprintln!(
+            "medbridge training on {}: SFT {:.1} ms/step, GRPO {:.1} ms/step",
+            t.model,
+            t.sft_seconds_per_step * 1e3,
+            t.grpo_seconds_per_step * 1e3
+        );
+    }
+    let workload_json = workload.to_json(&task, &fixture_image_files(&fixture))?;
+    let training_reference = args.python.as_deref().map(|py| training_baseline(py, args, &workload_json));
+    let step_ratio = |ours: f64, key: &str| match &training_reference {
+        Some(Ok(r)) => r[key]["seconds_per_step"].as_f64().map(|theirs| theirs / ours),
+        _ => None,
+    };
+    let sft_ratio = step_ratio(training.sft_seconds_per_step, "sft");
+    let grpo_ratio = step_ratio(training.grpo_seconds_per_step, "grpo");
+    match (&training_reference, sft_ratio, grpo_ratio) {
+        (_, Some(s), Some(g)) => eprintln!(
+            "medbridge speed-up per step over transformers + PEFT (SFT) and TRL (GRPO): SFT {s:.2}x, GRPO {g:.2}x"
+        ),
+        (Some(Ok(r)), ..) => eprintln!(
+            "training baseline skipped: {}",
+            r["skipped"].as_str().unwrap_or("no timings in the Python output")
+        ),
+        (Some(Err(e)), ..) => eprintln!("training baseline failed: {e}"),
+        (None, ..) => {}
+    }
     let reference = args.python.as_deref().map(|py| transformers_reference(py, args));
     let ratio = |ours: f64, key: &str| match &reference {
         Some(Ok(r)) => r[key]["tokens_per_s"].as_f64().map(|t| ours / t),
@@ -92,7 +126,44 @@ fn run(args: &BenchArgs) -> medbridge_runtime::Result<Value> {
         },
         "forward_ratio": forward_ratio,
         "sampling_ratio": sampling_ratio,
+        "training": {
+            "workload": workload,
+            "medbridge": {"checkpoint": training, "tiny_preset": tiny_training},
+            "transformers_peft_trl": match training_reference {
+                Some(Ok(r)) => r,
+                Some(Err(e)) => json!({"error": e}),
+                None => json!(null),
+            },
+            "sft_speedup": sft_ratio,
+            "grpo_speedup": grpo_ratio,
+        },
     }))
+}
+
+/// Run `bench_training.py` on the same checkpoint and `workload` and parse its JSON.
+fn training_baseline(python: &str, args: &BenchArgs, workload: &Value) -> Result<Value, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bench_training.py");
+    let path = std::env::temp_dir().join(format!("medbridge-bench-workload-{}.json", std::process::id()));
+    std::fs::write(&path, workload.to_string())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let out = Command::new(python)
+        .arg(&script)
+        .arg(&args.checkpoint)
+        .arg("--workload")
+        .arg(&path)
+        .args(["--threads", &args.threads.to_string(), "--repeats", &args.repeats.to_string()])
+        .output();
+    // Best effort: a leftover file in the temp directory is harmless.
+    let _ = std::fs::remove_file(&path);
+    let out = out.map_err(|e| format!("cannot run {python}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{python} {} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("unreadable training benchmark output: {e}"))
 }
 
 /// Run the committed Python benchmark on the same checkpoint and workload and parse its JSON.

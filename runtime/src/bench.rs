@@ -1,7 +1,9 @@
 //! Benchmarks of the model itself, reported by `medbridge bench` beside transformers' numbers
 //! from `tests/fixtures/bench_transformers.py`: full forward passes over the fixture's inputs
 //! (vision tower + language model, no cache, batch 1), timed as the median of repeats after a
-//! warm-up — the same protocol the Python script uses.
+//! warm-up — the same protocol the Python script uses. [`training`] times SFT and GRPO steps.
+
+pub mod training;
 
 use std::path::Path;
 use std::time::Instant;
@@ -50,16 +52,16 @@ pub fn bench_forward(vlm: &Vlm, inputs: &[(Image, String)], repeats: usize) -> R
     Ok(ForwardBench { model: vlm.source.clone(), tokens, seconds, tokens_per_s: tokens as f64 / seconds })
 }
 
+/// The parity fixture's images, in the order the Python benchmarks read them.
+pub const FIXTURE_IMAGES: [&str; 2] = ["image_grid.png", "image_resize.png"];
+
 /// The parity fixture's two images with its prompt (the inputs `bench_transformers.py` uses).
 pub fn fixture_inputs(fixture: &Path) -> Result<Vec<(Image, String)>> {
     let text =
         std::fs::read_to_string(fixture.join("reference.json")).map_err(|e| crate::Error::io(fixture, e))?;
     let json: serde_json::Value = serde_json::from_str(&text)?;
     let prompt = json["prompt"].as_str().unwrap_or_default().to_string();
-    ["image_grid.png", "image_resize.png"]
-        .iter()
-        .map(|name| Ok((Image::open(&fixture.join(name))?, prompt.clone())))
-        .collect()
+    FIXTURE_IMAGES.iter().map(|name| Ok((Image::open(&fixture.join(name))?, prompt.clone()))).collect()
 }
 
 /// The multiple-choice questions `bench_transformers.py` samples (its `QUESTIONS`, same order);

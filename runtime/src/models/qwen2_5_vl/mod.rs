@@ -28,6 +28,8 @@ pub mod vision_window;
 pub mod weights;
 
 #[cfg(test)]
+mod adapter_interop_tests;
+#[cfg(test)]
 mod parity_tests;
 
 use std::sync::Arc;
