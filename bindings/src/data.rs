@@ -28,8 +28,10 @@ fn item_map(item: &Item) -> Dynamic {
     Dynamic::from_map(m)
 }
 
-fn task_item_map(task: &McqTask, i: usize) -> ScriptResult<Dynamic> {
-    let item = task.item(i).script()?;
+/// The fields of question `i` that every view of it shares: id, question, options, answer
+/// (index), letter, task and modality.
+pub(crate) fn question_fields(task: &McqTask, i: usize) -> medbridge_runtime::Result<Map> {
+    let item = task.item(i)?;
     let mut m = Map::new();
     m.insert("id".into(), item.id.clone().into());
     m.insert("question".into(), item.question.clone().into());
@@ -39,9 +41,16 @@ fn task_item_map(task: &McqTask, i: usize) -> ScriptResult<Dynamic> {
     );
     m.insert("answer".into(), Dynamic::from_int(item.answer as i64));
     m.insert("letter".into(), item.answer_letter().map_or(Dynamic::UNIT, |c| c.to_string().into()));
-    m.insert("image".into(), item.image.clone().map_or(Dynamic::UNIT, Dynamic::from));
     m.insert("task".into(), item.task.clone().into());
     m.insert("modality".into(), item.modality.map_or(Dynamic::UNIT, |x| x.as_str().into()));
+    Ok(m)
+}
+
+/// `task[i]`: the shared fields plus the image, the rendered prompt and the SFT target.
+fn task_item_map(task: &McqTask, i: usize) -> ScriptResult<Dynamic> {
+    let mut m = question_fields(task, i).script()?;
+    let image = task.item(i).script()?.image.clone();
+    m.insert("image".into(), image.map_or(Dynamic::UNIT, Dynamic::from));
     m.insert("prompt".into(), task.prompt(i).script()?.into());
     m.insert("target".into(), task.target(i).script()?.into());
     Ok(Dynamic::from_map(m))

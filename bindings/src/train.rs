@@ -16,6 +16,7 @@ use rhai::{Array, FnPtr, Map};
 
 use crate::context::{seed_or_next, session};
 use crate::convert::{as_f64, Options};
+use crate::data::question_fields;
 use crate::error::{script_msg, IntoScript, ScriptResult};
 use crate::model::lora_config;
 use crate::sample::sampler_options;
@@ -77,25 +78,32 @@ fn eval_curve(points: &[EvalPoint]) -> Dynamic {
     curve.into()
 }
 
-/// What a reward closure sees as `example`: the task item as a map.
+/// Options `sft` and `grpo` share: adapters or full fine-tuning, the schedule, checkpoints and
+/// resume, periodic evaluation, the seed and the non-finite-step guard.
+const TRAINING_OPTIONS: [&str; 11] = [
+    "lora",
+    "full",
+    "schedule",
+    "warmup",
+    "save_every",
+    "resume",
+    "eval_every",
+    "eval_options",
+    "eval",
+    "seed",
+    "max_bad_steps",
+];
+
+/// What a reward closure sees as `example`: the question's shared fields plus its index, answer
+/// text, rationale and class name.
 fn example_map(task: &McqTask, i: usize) -> medbridge_runtime::Result<Map> {
+    let mut m = question_fields(task, i)?;
     let item = task.item(i)?;
     let text = |v: &Option<String>| v.clone().map_or(Dynamic::UNIT, Dynamic::from);
-    let mut m = Map::new();
     m.insert("index".into(), Dynamic::from_int(i as i64));
-    m.insert("id".into(), item.id.clone().into());
-    m.insert("question".into(), item.question.clone().into());
-    m.insert(
-        "options".into(),
-        item.options.iter().map(|o| Dynamic::from(o.clone())).collect::<Array>().into(),
-    );
-    m.insert("answer".into(), Dynamic::from_int(item.answer as i64));
-    m.insert("letter".into(), item.answer_letter().map_or(Dynamic::UNIT, |c| c.to_string().into()));
     m.insert("answer_text".into(), text(&item.answer_text));
     m.insert("rationale".into(), text(&item.rationale));
     m.insert("class_name".into(), text(&item.class_name));
-    m.insert("task".into(), item.task.clone().into());
-    m.insert("modality".into(), item.modality.map_or(Dynamic::UNIT, |x| x.as_str().into()));
     Ok(m)
 }
 
@@ -165,26 +173,8 @@ pub mod train_api {
         task: McqTask,
         options: Map,
     ) -> Result<Map, Box<EvalAltResult>> {
-        let known = [
-            "epochs",
-            "steps",
-            "lr",
-            "batch",
-            "grad_accum",
-            "lora",
-            "full",
-            "schedule",
-            "warmup",
-            "weight_decay",
-            "max_grad_norm",
-            "save_every",
-            "resume",
-            "eval_every",
-            "eval_options",
-            "eval",
-            "seed",
-            "max_bad_steps",
-        ];
+        let own = ["epochs", "steps", "lr", "batch", "grad_accum", "weight_decay", "max_grad_norm"];
+        let known = [&own[..], &TRAINING_OPTIONS[..]].concat();
         let o = Options::new(&options, "sft", &known)?;
         let s = session(&ctx)?;
         let count = |key: &str| o.count(key);
@@ -268,7 +258,7 @@ pub mod train_api {
         task: McqTask,
         options: Map,
     ) -> Result<Map, Box<EvalAltResult>> {
-        let known = [
+        let own = [
             "steps",
             "batch",
             "group",
@@ -287,18 +277,8 @@ pub mod train_api {
             "max_new_tokens",
             "temperature",
             "top_p",
-            "lora",
-            "full",
-            "schedule",
-            "warmup",
-            "save_every",
-            "resume",
-            "eval_every",
-            "eval_options",
-            "eval",
-            "seed",
-            "max_bad_steps",
         ];
+        let known = [&own[..], &TRAINING_OPTIONS[..]].concat();
         let o = Options::new(&options, "grpo", &known)?;
         let s = session(&ctx)?;
         let count = |key: &str| o.count(key);

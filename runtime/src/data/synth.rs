@@ -255,6 +255,34 @@ fn draw(
     canvas
 }
 
+/// The train and test splits of one synthetic flag written into `dir`, for tests that need a
+/// small labelled dataset.
+#[cfg(test)]
+pub(crate) fn synthetic_splits(
+    dir: &Path,
+    flag: &str,
+    (n_train, n_test): (usize, usize),
+    difficulty: f64,
+    seed: u64,
+) -> (crate::data::Dataset, crate::data::Dataset) {
+    use crate::data::medmnist::{load_medmnist, MedmnistOptions};
+    let opts = SynthOptions {
+        tasks: vec![flag.into()],
+        n_train,
+        n_val: 2,
+        n_test,
+        difficulty,
+        seed,
+        out_dir: dir.to_path_buf(),
+        ..Default::default()
+    };
+    synth_medmnist(&opts).unwrap();
+    let load = |split| {
+        load_medmnist(flag, &MedmnistOptions { split, root: Some(dir.into()), ..Default::default() }).unwrap()
+    };
+    (load(Split::Train), load(Split::Test))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -194,27 +194,10 @@ fn pixels(items: &[&Item], (channels, h, w): (usize, usize, usize), device: &Dev
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::dataset::Split;
-    use crate::data::medmnist::{load_medmnist, MedmnistOptions};
-    use crate::data::synth::{synth_medmnist, SynthOptions};
+    use crate::data::synth::synthetic_splits;
 
     fn synthetic(dir: &std::path::Path, flag: &str, n_train: usize, n_test: usize) -> (Dataset, Dataset) {
-        let opts = SynthOptions {
-            tasks: vec![flag.into()],
-            n_train,
-            n_val: 2,
-            n_test,
-            difficulty: 0.0,
-            seed: 5,
-            out_dir: dir.to_path_buf(),
-            ..Default::default()
-        };
-        synth_medmnist(&opts).unwrap();
-        let load = |split| {
-            load_medmnist(flag, &MedmnistOptions { split, root: Some(dir.into()), ..Default::default() })
-                .unwrap()
-        };
-        (load(Split::Train), load(Split::Test))
+        synthetic_splits(dir, flag, (n_train, n_test), 0.0, 5)
     }
 
     #[test]

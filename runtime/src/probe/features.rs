@@ -149,9 +149,7 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     use super::*;
-    use crate::data::dataset::Split;
-    use crate::data::medmnist::{load_medmnist, MedmnistOptions};
-    use crate::data::synth::{synth_medmnist, SynthOptions};
+    use crate::data::synth::synthetic_splits;
 
     /// A fixed random projection of the pixels followed by a ReLU: a random-init one-layer
     /// "vision tower" whose features carry only what the pixels carry.
@@ -171,22 +169,7 @@ mod tests {
     }
 
     fn synthetic(dir: &std::path::Path, flag: &str, difficulty: f64) -> (Dataset, Dataset) {
-        let opts = SynthOptions {
-            tasks: vec![flag.into()],
-            n_train: 400,
-            n_val: 10,
-            n_test: 300,
-            difficulty,
-            seed: 11,
-            out_dir: dir.to_path_buf(),
-            ..Default::default()
-        };
-        synth_medmnist(&opts).unwrap();
-        let load = |split| {
-            load_medmnist(flag, &MedmnistOptions { split, root: Some(dir.into()), ..Default::default() })
-                .unwrap()
-        };
-        (load(Split::Train), load(Split::Test))
+        synthetic_splits(dir, flag, (400, 300), difficulty, 11)
     }
 
     /// Wilson 95% interval of a proportion.
