@@ -1,5 +1,5 @@
-//! Fused CPU kernels, with a backward pass, for the softmax, RMSNorm and rotary embedding of
-//! training.
+//! Fused CPU kernels, with a backward pass, for the (scaled, masked) softmax, RMSNorm and rotary
+//! embedding of training.
 //!
 //! candle's own fused `softmax_last_dim`, `rms_norm` and `rope` cut the gradient, so the
 //! trainable path used to compose them from a handful of elementary ops, each allocating a
@@ -10,7 +10,7 @@
 //! second derivatives).
 //!
 //! Only f32 CPU tensors are handled (strided views are made contiguous first); [`softmax_last`],
-//! [`rms_norm`] and [`rotary`] return `None` otherwise and the caller composes the op from
+//! [`scaled_masked_softmax`], [`rms_norm`] and [`rotary`] return `None` otherwise and the caller composes the op from
 //! elementary ones.
 
 use candle_core::backend::BackendStorage;
@@ -25,10 +25,31 @@ const PARALLEL_MIN: usize = 1 << 14;
 
 /// Softmax over the last dimension of an f32 CPU tensor, or `None` where not applicable.
 pub fn softmax_last(x: &Tensor) -> Result<Option<Tensor>> {
-    if !applies(&[x]) {
+    scaled_masked_softmax(x, 1.0, None)
+}
+
+/// `softmax(scores · scale + mask)` over the last dimension, the attention weights, or `None`
+/// where not applicable. `mask` (a constant: it gets no gradient, so it must not track one) is
+/// broadcast onto `scores` and must span the last dimension. Fusing the scale and the mask
+/// saves two score-sized tensors forward and, backward, the mask's gradient, which candle would
+/// otherwise reduce over the broadcast heads only to drop it.
+pub fn scaled_masked_softmax(scores: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Option<Tensor>> {
+    if !applies(&[scores]) {
         return Ok(None);
     }
-    Ok(Some(x.contiguous()?.apply_op1(SoftmaxLast)?))
+    let op = ScaledSoftmax { scale: scale as f32 };
+    let scores = scores.contiguous()?;
+    let Some(mask) = mask else {
+        return Ok(Some(scores.apply_op1(op)?));
+    };
+    let keys = scores.dim(D::Minus1)?;
+    if !applies(&[mask]) || mask.track_op() || mask.rank() > scores.rank() || mask.dim(D::Minus1)? != keys {
+        return Ok(None);
+    }
+    let Ok(mask) = mask.broadcast_as(scores.shape()) else {
+        return Ok(None);
+    };
+    Ok(Some(scores.apply_op2(&mask, op)?))
 }
 
 /// `x·cos + rotate_half(x)·sin` over the last dimension, or `None` where not applicable. `cos`
@@ -110,37 +131,103 @@ fn for_rows(out: &mut [f32], n: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     }
 }
 
-struct SoftmaxLast;
+/// Softmax of `x · scale (+ mask)` per row. As a one-argument op it has no mask; as a
+/// two-argument op its second argument is the mask, broadcast onto `x` (a strided view whose
+/// last stride is 1).
+struct ScaledSoftmax {
+    scale: f32,
+}
 
-impl CustomOp1 for SoftmaxLast {
-    fn name(&self) -> &'static str {
-        "medbridge-softmax-last"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = values(s, l)?;
-        let n = row_len(l);
+impl ScaledSoftmax {
+    fn forward(&self, x: &[f32], n: usize, mask: Option<(&[f32], &Layout)>) -> Vec<f32> {
         let mut out = vec![0f32; x.len()];
         for_rows(&mut out, n, |i, y| {
             let row = &x[i * n..(i + 1) * n];
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            match mask {
+                Some((m, l)) => {
+                    let at = row_offset(l, i);
+                    for ((y, x), m) in y.iter_mut().zip(row).zip(&m[at..at + n]) {
+                        *y = x * self.scale + m;
+                    }
+                }
+                None => y.iter_mut().zip(row).for_each(|(y, x)| *y = x * self.scale),
+            }
+            let max = y.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut total = 0f32;
-            for (y, x) in y.iter_mut().zip(row) {
-                *y = (x - max).exp();
+            for y in y.iter_mut() {
+                *y = (*y - max).exp();
                 total += *y;
             }
             y.iter_mut().for_each(|y| *y /= total);
         });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        out
     }
 
-    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(y.apply_op2_no_bwd(&g.contiguous()?, &SoftmaxGrad)?))
+    fn backward(&self, y: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
+        y.apply_op2_no_bwd(&g.contiguous()?, &SoftmaxGrad { scale: self.scale })
     }
 }
 
-/// `y * (g - Σ g·y)` per row: the softmax's vector-Jacobian product.
-struct SoftmaxGrad;
+/// Where row `i` (counting over all dimensions but the last) of a strided view starts.
+fn row_offset(layout: &Layout, mut i: usize) -> usize {
+    let (dims, stride) = (layout.dims(), layout.stride());
+    let mut at = layout.start_offset();
+    for d in (0..dims.len().saturating_sub(1)).rev() {
+        at += i % dims[d] * stride[d];
+        i /= dims[d];
+    }
+    at
+}
+
+impl CustomOp1 for ScaledSoftmax {
+    fn name(&self) -> &'static str {
+        "medbridge-scaled-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        Ok((CpuStorage::F32(self.forward(values(s, l)?, row_len(l), None)), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(self.backward(y, g)?))
+    }
+}
+
+impl CustomOp2 for ScaledSoftmax {
+    fn name(&self) -> &'static str {
+        "medbridge-scaled-masked-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ms: &CpuStorage,
+        ml: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(mask) = ms else { candle_core::bail!("fused op: expected an f32 mask") };
+        if ml.dims() != xl.dims() || ml.stride().last() != Some(&1) {
+            candle_core::bail!("fused op: the mask must be broadcast onto the scores, keys contiguous")
+        }
+        let n = row_len(xl);
+        Ok((CpuStorage::F32(self.forward(values(xs, xl)?, n, Some((mask, ml)))), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _mask: &Tensor,
+        y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(self.backward(y, g)?), None))
+    }
+}
+
+/// `scale · y · (g − Σ g·y)` per row: the scaled softmax's vector-Jacobian product.
+struct SoftmaxGrad {
+    scale: f32,
+}
 
 impl CustomOp2 for SoftmaxGrad {
     fn name(&self) -> &'static str {
@@ -161,7 +248,7 @@ impl CustomOp2 for SoftmaxGrad {
             let (y, g) = (&y[i * n..(i + 1) * n], &g[i * n..(i + 1) * n]);
             let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
             for ((dx, y), g) in dx.iter_mut().zip(y).zip(g) {
-                *dx = y * (g - dot);
+                *dx = self.scale * y * (g - dot);
             }
         });
         Ok((CpuStorage::F32(out), yl.shape().clone()))
@@ -414,6 +501,35 @@ mod tests {
         let fused_grad = grads(|| softmax_last(x.as_tensor()).unwrap().unwrap(), &probe, &[&x]);
         let composed_grad = grads(|| composed_softmax(x.as_tensor()), &probe, &[&x]);
         assert!(max_diff(&fused_grad[0], &composed_grad[0]) <= 1e-5);
+    }
+
+    /// Attention scores `(batch, heads, queries, keys)` with a `(batch, 1, queries, keys)` mask
+    /// holding `MASKED` and `-inf` entries, and a `(batch, 1, 1, keys)` padding mask.
+    #[test]
+    fn scaled_masked_softmax_matches_the_composition_forward_and_backward() {
+        let scores = Var::from_tensor(&random(&[2, 3, 4, 6], 40)).unwrap();
+        let scale = 0.125;
+        let mut causal = random(&[2, 1, 4, 6], 41).flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        causal[5] = super::super::ops::MASKED;
+        causal[30] = f32::NEG_INFINITY;
+        let causal = Tensor::from_vec(causal, (2, 1, 4, 6), &Device::Cpu).unwrap();
+        let padding = random(&[2, 1, 1, 6], 42);
+        let probe = random(scores.dims(), 43);
+        for mask in [Some(&causal), Some(&padding), None] {
+            let composed = || {
+                let x = (scores.as_tensor() * scale).unwrap();
+                composed_softmax(&mask.map_or(x.clone(), |m| x.broadcast_add(m).unwrap()))
+            };
+            let fused = || scaled_masked_softmax(scores.as_tensor(), scale, mask).unwrap().unwrap();
+            assert!(max_diff(&fused(), &composed()) <= 1e-6);
+            let (fused_grad, composed_grad) =
+                (grads(fused, &probe, &[&scores]), grads(composed, &probe, &[&scores]));
+            assert!(max_diff(&fused_grad[0], &composed_grad[0]) <= 1e-5);
+        }
+        let tracked_mask = Var::from_tensor(&padding).unwrap();
+        assert!(scaled_masked_softmax(scores.as_tensor(), scale, Some(tracked_mask.as_tensor()))
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -75,7 +75,11 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let dtype = q.dtype();
     let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
-    let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
+    let scores = q.contiguous()?.matmul(&k.t()?.contiguous()?)?;
+    if let Some(probs) = fused::scaled_masked_softmax(&scores, scale, mask)? {
+        return Ok(probs.matmul(&v.contiguous()?)?);
+    }
+    let scores = (scores * scale)?;
     let mut scores = upcast(&scores)?;
     if let Some(mask) = mask {
         scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?;
