@@ -1,4 +1,4 @@
-//! The quickstart's claims at reduced size: a run with `--set limit=128` (half the default test
+//! The quickstart's claims at reduced size: a run with `--set limit=256` (half the default test
 //! questions) must show C1–C3 on the 95% intervals, as `claims.json` records them, and write its
 //! report.
 
@@ -13,7 +13,7 @@ fn the_quickstart_shows_c1_to_c3_at_reduced_size() {
     let result = Command::new(env!("CARGO_BIN_EXE_medbridge"))
         .current_dir(&root)
         .env("MEDBRIDGE_CACHE", out.path().join("cache"))
-        .args(["run", "scripts/quickstart.rhai", "--quiet", "--set", "limit=128", "--out"])
+        .args(["run", "scripts/quickstart.rhai", "--quiet", "--set", "limit=256", "--out"])
         .arg(&run)
         .output()
         .unwrap();
