@@ -3,7 +3,7 @@
 //! [`Qwen25VL`] takes the same raw tensors as transformers' `Qwen2_5_VLForConditionalGeneration`:
 //! `input_ids`, `pixel_values` `(Σ t·h·w, C·T·P·P)` and one `[t, h, w]` grid per image. Image
 //! features replace the `image_token_id` positions; position ids follow `get_rope_index`.
-//! The folder reads in data-flow order: `config`, `weights`/`load`, `ops`, `vision_window`,
+//! The folder reads in data-flow order: `config`, `weights`/`load`, `fused`, `ops`, `vision_window`,
 //! `vision`, `text`, `rope_index`, `cache`, then this file; `lora` and `trainable` make it
 //! trainable, `adapter` reads and writes PEFT adapters, `presets` holds the tiny CPU configuration.
 //! `processor` (with `processor_image`, `processor_resize`, `chat_template`) turns an image and a
@@ -13,6 +13,7 @@ pub mod adapter;
 pub mod cache;
 pub mod chat_template;
 pub mod config;
+pub mod fused;
 pub mod load;
 pub mod lora;
 pub mod ops;

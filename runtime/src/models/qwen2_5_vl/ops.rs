@@ -1,11 +1,13 @@
 //! Differentiable building blocks shared by the vision tower and the decoder: RMSNorm, softmax
 //! attention and rotate-half rotary embedding.
 //!
-//! candle's fused `rms_norm`, `softmax_last_dim` and `rope` kernels have no backward pass, so
-//! everything here is composed from elementary ops that do whenever a gradient can flow (an
-//! input tracks a `Var`). When none can, the fused kernels run instead: they give the same
-//! values and make an inference forward about four times faster on CPU. Half-precision inputs
-//! are upcast to f32 for the norm and the softmax, as transformers does.
+//! candle's fused `rms_norm`, `softmax_last_dim` and `rope` kernels have no backward pass. When
+//! no gradient can flow (no input tracks a `Var`), the norm and the softmax run them: they give
+//! the same values and make an inference forward about four times faster on CPU. When one can,
+//! they run the kernels of [`super::fused`], which have a backward, on f32 CPU tensors; the
+//! rotary embedding runs its fused kernel in both cases. Other dtypes and devices compose these
+//! ops from elementary ones. Half-precision inputs are upcast to f32 for the norm and the
+//! softmax, as transformers does.
 //!
 //! Decoding one token per row is the sampler's inner loop, and there candle's batched matmul
 //! spends its time in per-(row, head) call overhead on matrices a few dozen wide. So
@@ -15,6 +17,7 @@
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor, D};
 use rayon::prelude::*;
 
+use super::fused;
 use super::weights::{Init, Weights};
 use crate::error::Result;
 
@@ -33,6 +36,9 @@ impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.dtype() == DType::F32 && !x.track_op() && !self.weight.track_op() {
             return Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps as f32)?);
+        }
+        if let Some(normed) = fused::rms_norm(x, &self.weight, self.eps)? {
+            return Ok(normed);
         }
         let dtype = x.dtype();
         let x = upcast(x)?;
@@ -56,6 +62,9 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     if !x.track_op() {
         return Ok(candle_nn::ops::softmax_last_dim(x)?);
     }
+    if let Some(probs) = fused::softmax_last(x)? {
+        return Ok(probs);
+    }
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
@@ -66,7 +75,11 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let dtype = q.dtype();
     let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
-    let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
+    let scores = q.contiguous()?.matmul(&k.t()?.contiguous()?)?;
+    if let Some(probs) = fused::scaled_masked_softmax(&scores, scale, mask)? {
+        return Ok(probs.matmul(&v.contiguous()?)?);
+    }
+    let scores = (scores * scale)?;
     let mut scores = upcast(&scores)?;
     if let Some(mask) = mask {
         scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?;
@@ -184,6 +197,9 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// `x * cos + rotate_half(x) * sin`, with `cos`/`sin` broadcast onto `x`.
 pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if let Some(rotated) = fused::rotary(x, cos, sin)? {
+        return Ok(rotated);
+    }
     let half = x.dim(D::Minus1)? / 2;
     let x1 = x.narrow(D::Minus1, 0, half)?;
     let x2 = x.narrow(D::Minus1, half, half)?;
