@@ -8,6 +8,7 @@ use std::process::Command;
 
 use medbridge_runtime::bench::training::{bench_task, bench_training, fixture_image_files, TrainingWorkload};
 use medbridge_runtime::bench::{bench_forward, bench_sampling_questions, bench_tiny, fixture_inputs};
+use medbridge_runtime::image::Image;
 use medbridge_runtime::models::Vlm;
 use serde_json::{json, Value};
 
@@ -22,6 +23,16 @@ pub struct BenchArgs {
     pub questions: usize,
     pub k: usize,
     pub max_new_tokens: usize,
+    /// Which benchmarks to run.
+    pub parts: Vec<BenchPart>,
+}
+
+/// One benchmark of `medbridge bench`; forward and sampling share one transformers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchPart {
+    Forward,
+    Sampling,
+    Training,
 }
 
 pub fn bench(args: &BenchArgs) -> u8 {
@@ -42,16 +53,31 @@ pub fn bench(args: &BenchArgs) -> u8 {
 fn run(args: &BenchArgs) -> medbridge_runtime::Result<Value> {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2_5_vl_tiny");
     let inputs = fixture_inputs(&fixture)?;
-    let checkpoint = args.checkpoint.display().to_string();
-    let vlm = Vlm::load(&checkpoint, candle_core::DType::F32, &candle_core::Device::Cpu)?;
-    let ours = bench_forward(&vlm, &inputs, args.repeats)?;
-    let tiny = bench_tiny(&inputs, args.repeats)?;
+    let vlm = Vlm::load(
+        &args.checkpoint.display().to_string(),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )?;
+    let mut report = json!({"threads": args.threads, "repeats": args.repeats});
+    if args.parts.contains(&BenchPart::Forward) || args.parts.contains(&BenchPart::Sampling) {
+        report["inference"] = inference(args, &vlm, &inputs)?;
+    }
+    if args.parts.contains(&BenchPart::Training) {
+        report["training"] = training(args, &vlm, &inputs, &fixture)?;
+    }
+    Ok(report)
+}
+
+/// Forward and K-sample generation, beside transformers' forward and `generate`.
+fn inference(args: &BenchArgs, vlm: &Vlm, inputs: &[(Image, String)]) -> medbridge_runtime::Result<Value> {
+    let ours = bench_forward(vlm, inputs, args.repeats)?;
+    let tiny = bench_tiny(inputs, args.repeats)?;
     eprintln!(
         "medbridge forward: {:.0} tokens/s on {} ({} tokens)",
         ours.tokens_per_s, ours.model, ours.tokens
     );
     eprintln!("medbridge forward: {:.0} tokens/s on the tiny preset", tiny.tokens_per_s);
-    let sampling = bench_sampling_questions(&vlm, &inputs, args.questions, args.k, args.max_new_tokens)?;
+    let sampling = bench_sampling_questions(vlm, inputs, args.questions, args.k, args.max_new_tokens)?;
     eprintln!(
         "medbridge sampling K={} x {} questions: {:.0} tokens/s shared prefill, {:.0} tokens/s separate, {:.2}x",
         args.k,
@@ -60,38 +86,6 @@ fn run(args: &BenchArgs) -> medbridge_runtime::Result<Value> {
         sampling.tokens_per_s_separate_prefills,
         sampling.speedup
     );
-    let task = bench_task(&inputs)?;
-    let workload = TrainingWorkload::default();
-    let training = bench_training(&vlm, &task, &workload, args.repeats)?;
-    let tiny_vlm = Vlm::new_preset("qwen2_5_vl_tiny", 0, &candle_core::Device::Cpu)?;
-    let tiny_training = bench_training(&tiny_vlm, &task, &workload, args.repeats)?;
-    for t in [&training, &tiny_training] {
-        eprintln!(
-            "medbridge training on {}: SFT {:.1} ms/step, GRPO {:.1} ms/step",
-            t.model,
-            t.sft_seconds_per_step * 1e3,
-            t.grpo_seconds_per_step * 1e3
-        );
-    }
-    let workload_json = workload.to_json(&task, &fixture_image_files(&fixture))?;
-    let training_reference = args.python.as_deref().map(|py| training_baseline(py, args, &workload_json));
-    let step_ratio = |ours: f64, key: &str| match &training_reference {
-        Some(Ok(r)) => r[key]["seconds_per_step"].as_f64().map(|theirs| theirs / ours),
-        _ => None,
-    };
-    let sft_ratio = step_ratio(training.sft_seconds_per_step, "sft");
-    let grpo_ratio = step_ratio(training.grpo_seconds_per_step, "grpo");
-    match (&training_reference, sft_ratio, grpo_ratio) {
-        (_, Some(s), Some(g)) => eprintln!(
-            "medbridge speed-up per step over transformers + PEFT (SFT) and TRL (GRPO): SFT {s:.2}x, GRPO {g:.2}x"
-        ),
-        (Some(Ok(r)), ..) => eprintln!(
-            "training baseline skipped: {}",
-            r["skipped"].as_str().unwrap_or("no timings in the Python output")
-        ),
-        (Some(Err(e)), ..) => eprintln!("training baseline failed: {e}"),
-        (None, ..) => {}
-    }
     let reference = args.python.as_deref().map(|py| transformers_reference(py, args));
     let ratio = |ours: f64, key: &str| match &reference {
         Some(Ok(r)) => r[key]["tokens_per_s"].as_f64().map(|t| ours / t),
@@ -103,8 +97,6 @@ fn run(args: &BenchArgs) -> medbridge_runtime::Result<Value> {
         eprintln!("medbridge / transformers: forward {f:.2}x, sampling {s:.2}x");
     }
     Ok(json!({
-        "threads": args.threads,
-        "repeats": args.repeats,
         "medbridge": {
             "checkpoint": ours,
             "tiny_preset": tiny,
@@ -126,17 +118,58 @@ fn run(args: &BenchArgs) -> medbridge_runtime::Result<Value> {
         },
         "forward_ratio": forward_ratio,
         "sampling_ratio": sampling_ratio,
-        "training": {
-            "workload": workload,
-            "medbridge": {"checkpoint": training, "tiny_preset": tiny_training},
-            "transformers_peft_trl": match training_reference {
-                Some(Ok(r)) => r,
-                Some(Err(e)) => json!({"error": e}),
-                None => json!(null),
-            },
-            "sft_speedup": sft_ratio,
-            "grpo_speedup": grpo_ratio,
+    }))
+}
+
+/// SFT and GRPO steps with LoRA, beside transformers + PEFT and TRL's `GRPOTrainer`.
+fn training(
+    args: &BenchArgs,
+    vlm: &Vlm,
+    inputs: &[(Image, String)],
+    fixture: &Path,
+) -> medbridge_runtime::Result<Value> {
+    let task = bench_task(inputs)?;
+    let workload = TrainingWorkload::default();
+    let training = bench_training(vlm, &task, &workload, args.repeats)?;
+    let tiny_vlm = Vlm::new_preset("qwen2_5_vl_tiny", 0, &candle_core::Device::Cpu)?;
+    let tiny_training = bench_training(&tiny_vlm, &task, &workload, args.repeats)?;
+    for t in [&training, &tiny_training] {
+        eprintln!(
+            "medbridge training on {}: SFT {:.1} ms/step, GRPO {:.1} ms/step",
+            t.model,
+            t.sft_seconds_per_step * 1e3,
+            t.grpo_seconds_per_step * 1e3
+        );
+    }
+    let workload_json = workload.to_json(&task, &fixture_image_files(fixture))?;
+    let reference = args.python.as_deref().map(|py| training_baseline(py, args, &workload_json));
+    let step_ratio = |ours: f64, key: &str| match &reference {
+        Some(Ok(r)) => r[key]["seconds_per_step"].as_f64().map(|theirs| theirs / ours),
+        _ => None,
+    };
+    let sft_ratio = step_ratio(training.sft_seconds_per_step, "sft");
+    let grpo_ratio = step_ratio(training.grpo_seconds_per_step, "grpo");
+    match (&reference, sft_ratio, grpo_ratio) {
+        (_, Some(s), Some(g)) => eprintln!(
+            "medbridge speed-up per step over transformers + PEFT (SFT) and TRL (GRPO): SFT {s:.2}x, GRPO {g:.2}x"
+        ),
+        (Some(Ok(r)), ..) => eprintln!(
+            "training baseline skipped: {}",
+            r["skipped"].as_str().unwrap_or("no timings in the Python output")
+        ),
+        (Some(Err(e)), ..) => eprintln!("training baseline failed: {e}"),
+        (None, ..) => {}
+    }
+    Ok(json!({
+        "workload": workload,
+        "medbridge": {"checkpoint": training, "tiny_preset": tiny_training},
+        "transformers_peft_trl": match reference {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => json!({"error": e}),
+            None => json!(null),
         },
+        "sft_speedup": sft_ratio,
+        "grpo_speedup": grpo_ratio,
     }))
 }
 

@@ -56,8 +56,8 @@ enum Command {
         #[arg(required = true)]
         scripts: Vec<PathBuf>,
     },
-    /// Forward speed on the parity fixture and the tiny preset, beside transformers when
-    /// `--python` points at a Python with torch and transformers.
+    /// Forward, sampling and training-step speed on the parity fixture and the tiny preset,
+    /// beside transformers (+ PEFT, TRL) when `--python` points at a Python that has them.
     Bench {
         /// Checkpoint to time (default: the committed parity fixture).
         #[arg(long)]
@@ -77,6 +77,9 @@ enum Command {
         k: usize,
         #[arg(long = "max-new-tokens", default_value_t = 32)]
         max_new_tokens: usize,
+        /// Run only these benchmarks (comma-separated; default: all).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<bench::BenchPart>,
     },
     /// Every registered function, type and method, from the engine's metadata.
     Doc {
@@ -97,7 +100,7 @@ fn main() -> ExitCode {
         Command::Run { script, set, opts } => commands::run(&script, &set, &opts),
         Command::Repl { opts } => repl_cli::repl(&opts),
         Command::Check { scripts } => commands::check(&scripts),
-        Command::Bench { checkpoint, python, threads, repeats, questions, k, max_new_tokens } => {
+        Command::Bench { checkpoint, python, threads, repeats, questions, k, max_new_tokens, only } => {
             bench::bench(&bench::BenchArgs {
                 checkpoint: checkpoint.unwrap_or_else(|| {
                     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2_5_vl_tiny")
@@ -108,6 +111,11 @@ fn main() -> ExitCode {
                 questions,
                 k,
                 max_new_tokens,
+                parts: if only.is_empty() {
+                    vec![bench::BenchPart::Forward, bench::BenchPart::Sampling, bench::BenchPart::Training]
+                } else {
+                    only
+                },
             })
         }
         Command::Doc { format } => {

@@ -13,7 +13,7 @@ use super::advantages::{group_advantages, ScaleRewards};
 use super::grad::{GradAccumulator, NonFiniteGuard};
 use super::grpo_loss::{grpo_loss, GrpoLossConfig, GrpoLossInputs};
 use super::optim::AdamW;
-use super::token_logprobs::{score_tokens, Sequence, TokenScores};
+use super::token_logprobs::{score_tokens, score_tokens_for_training, Sequence, TokenScores};
 use crate::error::Result;
 use crate::models::qwen2_5_vl::{Grid, Qwen25VL};
 
@@ -198,7 +198,7 @@ pub fn grpo_step(
     let old_from_sampler = batch.old_logprobs(model.device())?;
     model.set_training(true);
     let passes = (0..opts.mu).try_for_each(|_| -> Result<()> {
-        let scores = score_tokens(model, &batch.sequences(), pad_id, opts.temperature)?;
+        let scores = score_tokens_for_training(model, &batch.sequences(), pad_id, opts.temperature)?;
         let logprobs = batch.padded(&scores, false)?;
         let old = if opts.mu == 1 { logprobs.detach() } else { old_from_sampler.clone() };
         let inputs = GrpoLossInputs {
@@ -211,7 +211,7 @@ pub fn grpo_step(
         let out = grpo_loss(&opts.loss, &inputs)?;
         let loss = out.loss.to_scalar::<f32>()? as f64;
         let mut acc = GradAccumulator::new(optimizer.vars().map(|(_, v)| v))?;
-        acc.add(&out.loss.backward()?, optimizer.vars().map(|(_, v)| v), 1.0)?;
+        acc.add(&scores.backward(&out.loss)?, optimizer.vars().map(|(_, v)| v), 1.0)?;
         let (grads, norm) = acc.finish(opts.max_grad_norm)?;
         if guard.admit(optimizer.steps(), loss, norm)? {
             optimizer.step(&grads, lr)?;

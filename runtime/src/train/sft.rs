@@ -19,7 +19,7 @@ use super::grad::{GradAccumulator, NonFiniteGuard};
 use super::optim::{AdamW, AdamWConfig};
 use super::periodic_eval::{EvalPoint, PeriodicEval};
 use super::schedule::Schedule;
-use super::token_logprobs::{score_tokens, Sequence};
+use super::token_logprobs::{score_tokens_for_training, Sequence};
 use crate::error::{Context, Error, Result};
 use crate::models::qwen2_5_vl::{EncodedConversation, LoraConfig, Qwen25VL};
 use crate::models::vlm::Vlm;
@@ -233,14 +233,14 @@ pub(crate) fn run_sft(
         let (mut loss_sum, mut hits) = (0.0f64, 0usize);
         for micro in indices.chunks(opts.batch) {
             let seqs: Vec<Sequence> = micro.iter().map(|&i| sequence(&examples[i])).collect();
-            let scores = score_tokens(&model, &seqs, pad, 1.0)?;
+            let scores = score_tokens_for_training(&model, &seqs, pad, 1.0)?;
             let mut loss = (scores.logprobs.sum_all()?.neg()? / scored_total as f64)?;
             if poison(step) {
                 loss = (loss * f64::NAN)?;
             }
             loss_sum += loss.to_scalar::<f32>()? as f64;
             hits += scores.argmax_hits;
-            acc.add(&loss.backward()?, optimizer.vars().map(|(_, v)| v), 1.0)?;
+            acc.add(&scores.backward(&loss)?, optimizer.vars().map(|(_, v)| v), 1.0)?;
         }
         let (grads, norm) = acc.finish(opts.max_grad_norm)?;
         let lr = opts.schedule.lr_at(opts.lr, step, total, opts.warmup);

@@ -1,13 +1,16 @@
 //! Per-token log-probabilities of chosen tokens under the model, from one forward pass over a
 //! right-padded batch: the shared core of SFT's completion-only loss and GRPO's policy ratio.
 //!
-//! Only the scored positions (a completion's tokens) go through the log-softmax, so the cost of
-//! the vocabulary projection's gradient grows with the completion, not the prompt. The
-//! log-softmax is composed from differentiable ops (candle's fused softmax has no backward).
+//! Only the scored positions (a completion's tokens) go through the LM head and the
+//! log-softmax, so their cost grows with the completion, not the prompt. Training steps score
+//! through [`score_tokens_for_training`], which takes the model's hand-derived training pass
+//! where it applies; [`TokenScores::backward`] then finishes the gradients either way.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, Var, D};
 
 use crate::error::{Context, Result};
+use crate::models::qwen2_5_vl::backprop::{TrainBatch, TrainForward};
 use crate::models::qwen2_5_vl::{Grid, Qwen25VL};
 
 /// One sequence to score: prompt and completion ids, which ids are scored (predicted from
@@ -31,9 +34,26 @@ pub struct TokenScores {
     pub argmax_hits: usize,
     /// The sequence each scored token belongs to.
     pub rows: Vec<usize>,
+    /// The forward pass to continue backward from, when the hand-derived pass scored these.
+    hand_backprop: Option<TrainForward>,
 }
 
 impl TokenScores {
+    /// Gradients of `loss` (a function of [`Self::logprobs`]) for every trainable tensor.
+    pub fn backward(&self, loss: &Tensor) -> Result<GradStore> {
+        let mut grads = loss.backward()?;
+        if let Some(pass) = &self.hand_backprop {
+            let d = match grads.remove(&self.logprobs) {
+                Some(g) => g.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+                None => vec![0.0; self.logprobs.elem_count()],
+            };
+            for (id, g) in pass.backward(&d)? {
+                grads.insert_id(id, g);
+            }
+        }
+        Ok(grads)
+    }
+
     pub fn len(&self) -> usize {
         self.rows.len()
     }
@@ -61,69 +81,132 @@ impl TokenScores {
     }
 }
 
+/// A batch laid out for one forward pass: right-padded ids and mask, the images, and the
+/// scored tokens (`targets[i]` predicted at flattened position `positions[i]`, in row `rows[i]`).
+struct Prepared {
+    ids: Tensor,
+    mask: Tensor,
+    pixel_values: Option<Tensor>,
+    grids: Vec<Grid>,
+    positions: Vec<u32>,
+    targets: Vec<u32>,
+    rows: Vec<usize>,
+}
+
+impl Prepared {
+    fn new(model: &Qwen25VL, seqs: &[Sequence], pad_id: u32, temperature: f64) -> Result<Self> {
+        if !(temperature.is_finite() && temperature > 0.0) {
+            crate::bail!("temperature {temperature} must be a positive number");
+        }
+        if seqs.is_empty() {
+            crate::bail!("score_tokens needs at least one sequence");
+        }
+        let width = seqs.iter().map(|s| s.ids.len()).max().unwrap_or(0);
+        let (b, device) = (seqs.len(), model.device());
+        let mut ids = vec![pad_id; b * width];
+        let mut mask = vec![0u32; b * width];
+        let (mut positions, mut targets, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut pixels, mut grids) = (Vec::new(), Vec::new());
+        for (r, seq) in seqs.iter().enumerate() {
+            if seq.scored.len() != seq.ids.len() {
+                crate::bail!("sequence {r}: {} ids but {} scored flags", seq.ids.len(), seq.scored.len());
+            }
+            ids[r * width..r * width + seq.ids.len()].copy_from_slice(seq.ids);
+            mask[r * width..r * width + seq.ids.len()].fill(1);
+            for p in 1..seq.ids.len() {
+                if seq.scored[p] {
+                    positions.push((r * width + p - 1) as u32);
+                    targets.push(seq.ids[p]);
+                    rows.push(r);
+                }
+            }
+            if let (Some(px), Some(grid)) = (seq.pixel_values, seq.grid) {
+                pixels.push(px.clone());
+                grids.push(grid);
+            }
+        }
+        if positions.is_empty() {
+            crate::bail!("no sequence in the batch has a scored token");
+        }
+        Ok(Self {
+            ids: Tensor::from_vec(ids, (b, width), device)?,
+            mask: Tensor::from_vec(mask, (b, width), device)?,
+            pixel_values: if pixels.is_empty() { None } else { Some(Tensor::cat(&pixels, 0)?) },
+            grids,
+            positions,
+            targets,
+            rows,
+        })
+    }
+}
+
 /// Score `seqs` in one forward pass, right-padded with `pad_id` under an attention mask. The
 /// logits are divided by `temperature` first, as TRL does, so GRPO's ratios compare the same
-/// distribution the sampler drew from.
+/// distribution the sampler drew from. Gradients flow through candle's autograd.
 pub fn score_tokens(
     model: &Qwen25VL,
     seqs: &[Sequence],
     pad_id: u32,
     temperature: f64,
 ) -> Result<TokenScores> {
-    if !(temperature.is_finite() && temperature > 0.0) {
-        crate::bail!("temperature {temperature} must be a positive number");
-    }
-    if seqs.is_empty() {
-        crate::bail!("score_tokens needs at least one sequence");
-    }
-    let width = seqs.iter().map(|s| s.ids.len()).max().unwrap_or(0);
-    let (b, device) = (seqs.len(), model.device());
-    let mut ids = vec![pad_id; b * width];
-    let mut mask = vec![0u32; b * width];
-    let (mut positions, mut targets, mut rows) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut pixels, mut grids) = (Vec::new(), Vec::new());
-    for (r, seq) in seqs.iter().enumerate() {
-        if seq.scored.len() != seq.ids.len() {
-            crate::bail!("sequence {r}: {} ids but {} scored flags", seq.ids.len(), seq.scored.len());
-        }
-        ids[r * width..r * width + seq.ids.len()].copy_from_slice(seq.ids);
-        mask[r * width..r * width + seq.ids.len()].fill(1);
-        for p in 1..seq.ids.len() {
-            if seq.scored[p] {
-                positions.push((r * width + p - 1) as u32);
-                targets.push(seq.ids[p]);
-                rows.push(r);
-            }
-        }
-        if let (Some(px), Some(grid)) = (seq.pixel_values, seq.grid) {
-            pixels.push(px.clone());
-            grids.push(grid);
-        }
-    }
-    if positions.is_empty() {
-        crate::bail!("no sequence in the batch has a scored token");
-    }
-    let pixel_values = if pixels.is_empty() { None } else { Some(Tensor::cat(&pixels, 0)?) };
-    let ids_t = Tensor::from_vec(ids, (b, width), device)?;
-    let mask_t = Tensor::from_vec(mask, (b, width), device)?;
-    let (logits, _) = model
-        .prefill(&ids_t, Some(&mask_t), pixel_values.as_ref(), &grids)
+    let batch = Prepared::new(model, seqs, pad_id, temperature)?;
+    let (hidden, _) = model
+        .prefill_hidden(&batch.ids, Some(&batch.mask), batch.pixel_values.as_ref(), &batch.grids)
         .context("forward pass over the training batch")?;
-    let vocab = logits.dim(D::Minus1)?;
-    let n = positions.len();
-    let picked = logits
-        .reshape((b * width, vocab))?
-        .index_select(&Tensor::from_vec(positions, n, device)?, 0)?
+    let device = model.device();
+    let n = batch.positions.len();
+    // The LM head only where a token is scored: most of a VLM's sequence is prompt and image.
+    let hidden = hidden.reshape((hidden.elem_count() / hidden.dim(D::Minus1)?, hidden.dim(D::Minus1)?))?;
+    let picked = model
+        .lm_head(&hidden.index_select(&Tensor::from_vec(batch.positions, n, device)?, 0)?)?
         .to_dtype(DType::F32)?;
     let picked = if temperature == 1.0 { picked } else { (picked / temperature)? };
     let log_probs = candle_nn::ops::log_softmax(&picked, D::Minus1)?;
-    let targets_t = Tensor::from_vec(targets.clone(), (n, 1), device)?;
+    let targets_t = Tensor::from_vec(batch.targets.clone(), (n, 1), device)?;
     let logprobs = log_probs.gather(&targets_t, 1)?.squeeze(1)?;
     let detached = log_probs.detach();
     let entropy = (detached.exp()? * &detached)?.sum(D::Minus1)?.neg()?;
     let argmax: Vec<u32> = detached.argmax(D::Minus1)?.to_vec1()?;
-    let argmax_hits = argmax.iter().zip(&targets).filter(|(a, t)| a == t).count();
-    Ok(TokenScores { logprobs, entropy, argmax_hits, rows })
+    let argmax_hits = argmax.iter().zip(&batch.targets).filter(|(a, t)| a == t).count();
+    Ok(TokenScores { logprobs, entropy, argmax_hits, rows: batch.rows, hand_backprop: None })
+}
+
+/// [`score_tokens`] for a training step: on the model's hand-derived training pass where it
+/// applies ([`Qwen25VL::hand_backprop_applies`]), on candle's autograd otherwise. Take the
+/// gradients with [`TokenScores::backward`].
+pub fn score_tokens_for_training(
+    model: &Qwen25VL,
+    seqs: &[Sequence],
+    pad_id: u32,
+    temperature: f64,
+) -> Result<TokenScores> {
+    if !model.hand_backprop_applies() {
+        return score_tokens(model, seqs, pad_id, temperature);
+    }
+    let batch = Prepared::new(model, seqs, pad_id, temperature)?;
+    let pass = model
+        .train_forward(TrainBatch {
+            input_ids: &batch.ids,
+            attention_mask: &batch.mask,
+            pixel_values: batch.pixel_values.as_ref(),
+            grids: &batch.grids,
+            positions: batch.positions,
+            targets: batch.targets,
+            temperature,
+        })
+        .context("forward pass over the training batch")?;
+    let n = pass.logprobs.len();
+    let device = model.device();
+    let logprobs =
+        Var::from_tensor(&Tensor::from_vec(pass.logprobs.clone(), n, device)?)?.as_tensor().clone();
+    let entropy = Tensor::from_vec(pass.entropy.clone(), n, device)?;
+    Ok(TokenScores {
+        logprobs,
+        entropy,
+        argmax_hits: pass.argmax_hits,
+        rows: batch.rows,
+        hand_backprop: Some(pass),
+    })
 }
 
 #[cfg(test)]

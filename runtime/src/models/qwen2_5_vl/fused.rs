@@ -99,6 +99,45 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Option<Tensor>>
     Ok(Some(x.contiguous()?.apply_op2(&weight.contiguous()?, RmsNorm { eps: eps as f32 })?))
 }
 
+/// The RMSNorm kernel outside autograd, on contiguous f32 rows `x` `(.., n)` with `weight` `[n]`.
+pub(crate) fn rms_norm_plain(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    Ok(x.apply_op2_no_bwd(weight, &RmsNorm { eps: eps as f32 })?)
+}
+
+/// The gradients of [`rms_norm_plain`] for output gradient `g`: the input's, and the weight's
+/// when `with_weight`.
+pub(crate) fn rms_norm_grads(
+    x: &Tensor,
+    weight: &Tensor,
+    g: &Tensor,
+    eps: f64,
+    with_weight: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let norm = || RmsNorm { eps: eps as f32 };
+    let dx = x.apply_op3_no_bwd(weight, g, &RmsNormGradX { norm: norm() })?;
+    let dw = if with_weight { Some(x.apply_op2_no_bwd(g, &RmsNormGradW { norm: norm() })?) } else { None };
+    Ok((dx, dw))
+}
+
+/// The rotary kernel outside autograd on contiguous f32 `x` `(rows, heads, head_dim)` with
+/// tables `(rows, head_dim)`; `transposed` applies its transpose, which is its backward.
+pub(crate) fn rotary_rows(x: &Tensor, cos: &Tensor, sin: &Tensor, transposed: bool) -> Result<Tensor> {
+    let op = Rotary { heads: x.dim(1)?, inner: 1, transposed };
+    Ok(x.apply_op3_no_bwd(cos, sin, &op)?)
+}
+
+/// A sum in eight interleaved partial sums, which the compiler vectorises (one running sum
+/// must keep its order and cannot be).
+pub(crate) fn lane_sum(xs: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        lanes.iter_mut().zip(chunk).for_each(|(l, x)| *l += x);
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
 fn applies(tensors: &[&Tensor]) -> bool {
     tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.rank() > 0)
 }
@@ -262,8 +301,13 @@ struct RmsNorm {
 impl RmsNorm {
     /// `sqrt(mean(x²) + eps)` of one row.
     fn rms(&self, row: &[f32]) -> f32 {
-        let sum: f32 = row.iter().map(|x| x * x).sum();
-        (sum / row.len() as f32 + self.eps).sqrt()
+        let mut lanes = [0f32; 8];
+        let chunks = row.chunks_exact(8);
+        let tail: f32 = chunks.remainder().iter().map(|x| x * x).sum();
+        for chunk in chunks {
+            lanes.iter_mut().zip(chunk).for_each(|(l, x)| *l += x * x);
+        }
+        ((lanes.iter().sum::<f32>() + tail) / row.len() as f32 + self.eps).sqrt()
     }
 }
 

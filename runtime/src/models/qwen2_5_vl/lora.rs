@@ -111,7 +111,7 @@ impl LoraState {
         self.training.store(on, Ordering::Relaxed)
     }
 
-    fn dropout_mask(&self, x: &Tensor, p: f64) -> Result<Option<Tensor>> {
+    pub(crate) fn dropout_mask(&self, x: &Tensor, p: f64) -> Result<Option<Tensor>> {
         if p == 0.0 || !self.training.load(Ordering::Relaxed) {
             return Ok(None);
         }
@@ -131,6 +131,18 @@ pub struct LoraAdapter {
     pub scale: f64,
     pub dropout: f64,
     state: Arc<LoraState>,
+}
+
+impl LoraAdapter {
+    /// Whether the adapter takes part in the forward pass (off for a reference pass).
+    pub fn enabled(&self) -> bool {
+        self.state.enabled()
+    }
+
+    /// The dropout multiplier for input `x` (`None` when not training or `dropout` is 0).
+    pub(crate) fn dropout_mask(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        self.state.dropout_mask(x, self.dropout)
+    }
 }
 
 /// `y = x Wᵀ + b`, plus an optional LoRA update.
@@ -171,9 +183,9 @@ impl Linear {
             y = y.broadcast_add(b)?;
         }
         if let Some(lora) = &self.lora {
-            if lora.state.enabled() {
+            if lora.enabled() {
                 let mut xl = x2.to_dtype(lora.a.dtype())?;
-                if let Some(mask) = lora.state.dropout_mask(&xl, lora.dropout)? {
+                if let Some(mask) = lora.dropout_mask(&xl)? {
                     xl = (xl * mask)?;
                 }
                 let delta =

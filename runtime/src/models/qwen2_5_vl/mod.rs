@@ -10,6 +10,7 @@
 //! prompt into those tensors.
 
 pub mod adapter;
+pub mod backprop;
 pub mod cache;
 pub mod chat_template;
 pub mod config;
@@ -62,6 +63,14 @@ pub struct Qwen25VL {
     pub(crate) lora: Option<Arc<LoraState>>,
     /// What an optimiser should update, with PEFT-style (adapters) or hub (full FT) names.
     pub(crate) trainable: Vec<(String, Var)>,
+}
+
+/// [`Qwen25VL::decoder_inputs`]' result.
+pub(crate) struct DecoderInputs {
+    pub embeds: Tensor,
+    pub pos: text::MropePositions,
+    pub cache: KvCache,
+    pub mask: Option<Tensor>,
 }
 
 impl Qwen25VL {
@@ -172,6 +181,35 @@ impl Qwen25VL {
         pixel_values: Option<&Tensor>,
         grids: &[Grid],
     ) -> Result<(Tensor, KvCache)> {
+        let (hidden, cache) = self.prefill_hidden(input_ids, attention_mask, pixel_values, grids)?;
+        Ok((self.text.lm_head(&hidden)?, cache))
+    }
+
+    /// [`Self::prefill`] without the LM head: the final-normed hidden states `(b, s, hidden)`,
+    /// for callers that need logits at a few positions only ([`Self::lm_head`] them).
+    pub fn prefill_hidden(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        pixel_values: Option<&Tensor>,
+        grids: &[Grid],
+    ) -> Result<(Tensor, KvCache)> {
+        let DecoderInputs { embeds, pos, mut cache, mask } =
+            self.decoder_inputs(input_ids, attention_mask, pixel_values, grids)?;
+        let hidden = self.text.forward(&embeds, &pos, mask.as_ref(), &mut cache.layers)?;
+        Ok((hidden, cache))
+    }
+
+    /// What the decoder runs on for a (possibly padded) batch: embeddings with the image
+    /// features in place, M-RoPE positions, an empty cache that knows the valid keys, and the
+    /// additive mask `(b, 1, s, s)`.
+    pub(crate) fn decoder_inputs(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        pixel_values: Option<&Tensor>,
+        grids: &[Grid],
+    ) -> Result<DecoderInputs> {
         let (b, s) = input_ids.dims2().context("input_ids must be (batch, seq)")?;
         let ids = input_ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
         let valid: Vec<Vec<bool>> = match attention_mask {
@@ -198,8 +236,12 @@ impl Qwen25VL {
         let mut cache = KvCache::empty(self.text.num_layers(), b, deltas);
         cache.extend_valid(&valid);
         let mask = cache.mask(s, embeds.device())?;
-        let hidden = self.text.forward(&embeds, &pos, mask.as_ref(), &mut cache.layers)?;
-        Ok((self.text.lm_head(&hidden)?, cache))
+        Ok(DecoderInputs { embeds, pos, cache, mask })
+    }
+
+    /// Logits `(.., vocab)` from final hidden states.
+    pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.text.lm_head(hidden)
     }
 
     /// Logits `(b, s, vocab)` over a whole unpadded batch, as transformers' `forward`.

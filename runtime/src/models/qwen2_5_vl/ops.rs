@@ -25,7 +25,7 @@ use crate::error::Result;
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
     pub(crate) weight: Tensor,
-    eps: f64,
+    pub(crate) eps: f64,
 }
 
 impl RmsNorm {

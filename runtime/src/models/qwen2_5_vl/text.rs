@@ -32,9 +32,9 @@ impl MropePositions {
 
 /// Precomputed inverse frequencies and the axis each rotary half-dim follows.
 #[derive(Debug, Clone)]
-struct MropeRotary {
-    inv_freq: Vec<f32>,
-    axis_of: Vec<usize>,
+pub(super) struct MropeRotary {
+    pub(super) inv_freq: Vec<f32>,
+    pub(super) axis_of: Vec<usize>,
 }
 
 impl MropeRotary {
@@ -52,7 +52,12 @@ impl MropeRotary {
     }
 
     /// `cos` and `sin` of shape `(batch, 1, seq, head_dim)`, computed in f32 as transformers does.
-    fn cos_sin(&self, pos: &MropePositions, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+    pub(super) fn cos_sin(
+        &self,
+        pos: &MropePositions,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
         let mut cos = Vec::with_capacity(pos.batch * pos.seq * half * 2);
         let mut sin = Vec::with_capacity(cos.capacity());
@@ -74,14 +79,14 @@ impl MropeRotary {
 }
 
 #[derive(Debug, Clone)]
-struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
+pub(super) struct Attention {
+    pub(super) q_proj: Linear,
+    pub(super) k_proj: Linear,
+    pub(super) v_proj: Linear,
+    pub(super) o_proj: Linear,
+    pub(super) heads: usize,
+    pub(super) kv_heads: usize,
+    pub(super) head_dim: usize,
 }
 
 impl Attention {
@@ -147,9 +152,9 @@ fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
 /// `down(silu(gate(x)) * up(x))`.
 #[derive(Debug, Clone)]
 pub(crate) struct SwiGlu {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    pub(super) gate_proj: Linear,
+    pub(super) up_proj: Linear,
+    pub(super) down_proj: Linear,
 }
 
 impl SwiGlu {
@@ -174,11 +179,11 @@ impl SwiGlu {
 }
 
 #[derive(Debug, Clone)]
-struct DecoderLayer {
-    input_layernorm: RmsNorm,
-    self_attn: Attention,
-    post_attention_layernorm: RmsNorm,
-    mlp: SwiGlu,
+pub(super) struct DecoderLayer {
+    pub(super) input_layernorm: RmsNorm,
+    pub(super) self_attn: Attention,
+    pub(super) post_attention_layernorm: RmsNorm,
+    pub(super) mlp: SwiGlu,
 }
 
 impl DecoderLayer {
@@ -221,13 +226,13 @@ impl DecoderLayer {
 /// The decoder with its embedding and LM head.
 #[derive(Debug, Clone)]
 pub struct TextModel {
-    embed_tokens: Tensor,
-    layers: Vec<DecoderLayer>,
-    norm: RmsNorm,
+    pub(super) embed_tokens: Tensor,
+    pub(super) layers: Vec<DecoderLayer>,
+    pub(super) norm: RmsNorm,
     /// `None` when `tie_word_embeddings`: the head is the embedding matrix.
-    lm_head: Option<Linear>,
-    rotary: MropeRotary,
-    cfg: TextConfig,
+    pub(super) lm_head: Option<Linear>,
+    pub(super) rotary: MropeRotary,
+    pub(super) cfg: TextConfig,
 }
 
 impl TextModel {

@@ -1,0 +1,320 @@
+//! The CPU kernels of the hand-derived training pass: attention that reads grouped key/value
+//! heads in place and recomputes its probabilities backward from the saved log-sum-exp (as
+//! FlashAttention does, so no `heads × seq × seq` tensor is kept), and the SwiGLU activation.
+//! Everything is row-major f32 in the `(batch · seq, heads · head_dim)` layout the projections
+//! produce, so no transpose or `repeat_kv` copy is ever made.
+
+use std::ops::{Deref, Range};
+
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
+use rayon::prelude::*;
+
+use crate::error::Result;
+use crate::models::qwen2_5_vl::fused::lane_sum;
+use crate::models::qwen2_5_vl::ops::MASKED;
+
+/// The values of a contiguous f32 CPU tensor, borrowed for as long as the view lives.
+pub(super) struct View<'a> {
+    storage: Box<dyn Deref<Target = Storage> + 'a>,
+    range: Range<usize>,
+}
+
+/// Borrow `t`'s values; `t` must be a contiguous f32 CPU tensor.
+pub(super) fn view(t: &Tensor) -> Result<View<'_>> {
+    let (storage, layout) = t.storage_and_layout();
+    let range = match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(_)), Some((start, end))) => start..end,
+        _ => crate::bail!(
+            "training kernels need a contiguous f32 CPU tensor, got {:?} {:?}",
+            t.dtype(),
+            t.shape()
+        ),
+    };
+    Ok(View { storage: Box::new(storage), range })
+}
+
+impl Deref for View<'_> {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        match &**self.storage {
+            Storage::Cpu(CpuStorage::F32(data)) => &data[self.range.clone()],
+            _ => unreachable!("view() only accepts f32 CPU storage"),
+        }
+    }
+}
+
+/// An f32 CPU tensor from `values`.
+pub(super) fn tensor(values: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
+    Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
+}
+
+/// Whether `t` can be read by [`view`] once made contiguous.
+pub(super) fn is_cpu_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+/// Sizes of one attention call. Queries are `(batch, seq, heads, head_dim)`, keys and values
+/// `(batch, seq, kv_heads, head_dim)`, the additive mask `(batch, seq, seq)`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct AttnShape {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttnShape {
+    fn q_row(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    fn kv_row(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+
+    fn scale(&self) -> f32 {
+        (1.0 / (self.head_dim as f64).sqrt()) as f32
+    }
+
+    /// Head `h` of one sequence's queries (or outputs) as a `(seq, head_dim)` matrix.
+    fn q_head(&self, h: usize) -> Strided {
+        Strided { offset: h * self.head_dim, rows: self.seq, cols: self.head_dim, rs: self.q_row(), cs: 1 }
+    }
+
+    /// Key/value head `h` of one sequence as a `(seq, head_dim)` matrix.
+    fn kv_head(&self, h: usize) -> Strided {
+        Strided { offset: h * self.head_dim, rows: self.seq, cols: self.head_dim, rs: self.kv_row(), cs: 1 }
+    }
+
+    /// A `(seq, seq)` scratch matrix.
+    fn square(&self) -> Strided {
+        Strided { offset: 0, rows: self.seq, cols: self.seq, rs: self.seq, cs: 1 }
+    }
+}
+
+/// A strided matrix inside a slice: element `(i, j)` at `offset + i·rs + j·cs`.
+#[derive(Debug, Clone, Copy)]
+struct Strided {
+    offset: usize,
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl Strided {
+    fn t(self) -> Self {
+        Self { rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs, ..self }
+    }
+
+    /// Whether every element lies inside a slice of `len` values.
+    fn fits(&self, len: usize) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || self.offset + (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < len
+    }
+}
+
+/// `dst = beta · lhs · rhs`, or `dst += beta · lhs · rhs` when `accumulate`, on one thread.
+fn matmul(
+    dst: &mut [f32],
+    d: Strided,
+    lhs: &[f32],
+    l: Strided,
+    rhs: &[f32],
+    r: Strided,
+    beta: f32,
+    accumulate: bool,
+) {
+    assert!(d.rows == l.rows && d.cols == r.cols && l.cols == r.rows, "matmul shapes {d:?} {l:?} {r:?}");
+    assert!(d.fits(dst.len()) && l.fits(lhs.len()) && r.fits(rhs.len()), "matmul out of bounds");
+    // SAFETY: the shapes agree and every element of each view lies inside its slice (checked
+    // above); `dst` is borrowed mutably, so it cannot alias `lhs` or `rhs`.
+    unsafe {
+        gemm::gemm(
+            d.rows,
+            d.cols,
+            l.cols,
+            dst.as_mut_ptr().add(d.offset),
+            d.cs as isize,
+            d.rs as isize,
+            accumulate,
+            lhs.as_ptr().add(l.offset),
+            l.cs as isize,
+            l.rs as isize,
+            rhs.as_ptr().add(r.offset),
+            r.cs as isize,
+            r.rs as isize,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// `e^x` to about 2 ulp, in plain arithmetic the compiler vectorises (libm's `expf` is a call
+/// per value): `2^n · 2^f` with `n` the nearest integer to `x·log2(e)` and a degree-6
+/// polynomial for `2^f` on `[-1/2, 1/2]`. Adding `1.5·2^23 + 127` rounds `x·log2(e)` and leaves
+/// `n + 127` in the low mantissa bits, which shift straight into the exponent of `2^n` (a float
+/// to integer cast would saturate, which does not vectorise; neither does `mul_add` on targets
+/// without FMA). Below -87 it returns 0.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const SHIFT: f32 = 12_583_039.0; // 1.5 · 2^23 + 127
+    let t = x.clamp(-87.0, 88.0) * std::f32::consts::LOG2_E;
+    let r = t + SHIFT;
+    let f = t - (r - SHIFT);
+    let p = 1.535_336_2e-4f32;
+    let p = p * f + 1.339_887_4e-3;
+    let p = p * f + 9.618_437e-3;
+    let p = p * f + 5.550_332_5e-2;
+    let p = p * f + 2.402_264_9e-1;
+    let p = p * f + 6.931_472e-1;
+    let p = p * f + 1.0;
+    let scaled = p * f32::from_bits(r.to_bits() << 23);
+    if x < -87.0 {
+        0.0
+    } else {
+        scaled
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(a, b)| a * b).sum()
+}
+
+/// Turn a row of scores `q kᵀ · scale` into probabilities in place, given the additive mask
+/// row (masked keys hold [`MASKED`], so their probability underflows to exactly zero). Returns
+/// the row's log-sum-exp, or -inf when no key is visible (the row is then all zeros).
+fn softmax_row(row: &mut [f32], mask: Option<&[f32]>) -> f32 {
+    if let Some(m) = mask {
+        row.iter_mut().zip(m).for_each(|(s, m)| *s += m);
+    }
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max <= MASKED / 2.0 {
+        row.fill(0.0);
+        return f32::NEG_INFINITY;
+    }
+    row.iter_mut().for_each(|s| *s = exp(*s - max));
+    let total = lane_sum(row);
+    let inv = 1.0 / total;
+    row.iter_mut().for_each(|p| *p *= inv);
+    max + total.ln()
+}
+
+/// The probabilities of one head of one sequence from its scores, recomputed from the saved
+/// log-sum-exp (every `heads`-th value of `lse`); rows without a visible key are zero.
+fn probabilities(scores: &mut [f32], mask: Option<&[f32]>, lse: &[f32], sh: &AttnShape) {
+    let s = sh.seq;
+    for (i, row) in scores.chunks_exact_mut(s).enumerate() {
+        let l = lse[i * sh.heads];
+        match mask {
+            _ if l == f32::NEG_INFINITY => row.fill(0.0),
+            Some(m) => row.iter_mut().zip(&m[i * s..(i + 1) * s]).for_each(|(p, m)| *p = exp(*p + m - l)),
+            None => row.iter_mut().for_each(|p| *p = exp(*p - l)),
+        }
+    }
+}
+
+/// One sequence's slice of a `(batch, ...)` buffer with `per` values per sequence.
+fn part(x: &[f32], b: usize, per: usize) -> &[f32] {
+    &x[b * per..(b + 1) * per]
+}
+
+/// `softmax(q kᵀ / sqrt(d) + mask) v` per head, and each query's log-sum-exp `(batch, seq, heads)`.
+/// A query with no visible key gets a zero output and a log-sum-exp of -inf.
+pub(super) fn attention_forward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: Option<&[f32]>,
+    sh: AttnShape,
+) -> (Vec<f32>, Vec<f32>) {
+    let (s, group) = (sh.seq, sh.heads / sh.kv_heads);
+    let mut out = vec![0f32; sh.batch * s * sh.q_row()];
+    let mut lse = vec![0f32; sh.batch * s * sh.heads];
+    out.par_chunks_mut(s * sh.q_row()).zip(lse.par_chunks_mut(s * sh.heads)).enumerate().for_each(
+        |(b, (out, lse))| {
+            let (q, k, v) =
+                (part(q, b, s * sh.q_row()), part(k, b, s * sh.kv_row()), part(v, b, s * sh.kv_row()));
+            let mask = mask.map(|m| part(m, b, s * s));
+            let mut p = vec![0f32; s * s];
+            for h in 0..sh.heads {
+                let kv = sh.kv_head(h / group);
+                matmul(&mut p, sh.square(), q, sh.q_head(h), k, kv.t(), sh.scale(), false);
+                for (i, row) in p.chunks_exact_mut(s).enumerate() {
+                    lse[i * sh.heads + h] = softmax_row(row, mask.map(|m| &m[i * s..(i + 1) * s]));
+                }
+                matmul(out, sh.q_head(h), &p, sh.square(), v, kv, 1.0, false);
+            }
+        },
+    );
+    (out, lse)
+}
+
+/// Gradients of [`attention_forward`] with respect to `q`, `k` and `v`, given its output, its
+/// log-sum-exp and the output's gradient `dout`. The probabilities are recomputed.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attention_backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    dout: &[f32],
+    mask: Option<&[f32]>,
+    sh: AttnShape,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (s, d, group, scale) = (sh.seq, sh.head_dim, sh.heads / sh.kv_heads, sh.scale());
+    let mut dq = vec![0f32; q.len()];
+    let mut dk = vec![0f32; k.len()];
+    let mut dv = vec![0f32; v.len()];
+    dq.par_chunks_mut(s * sh.q_row())
+        .zip(dk.par_chunks_mut(s * sh.kv_row()))
+        .zip(dv.par_chunks_mut(s * sh.kv_row()))
+        .enumerate()
+        .for_each(|(b, ((dq, dk), dv))| {
+            let (q, k, v) =
+                (part(q, b, s * sh.q_row()), part(k, b, s * sh.kv_row()), part(v, b, s * sh.kv_row()));
+            let (out, dout) = (part(out, b, s * sh.q_row()), part(dout, b, s * sh.q_row()));
+            let (lse, mask) = (part(lse, b, s * sh.heads), mask.map(|m| part(m, b, s * s)));
+            let (mut p, mut ds) = (vec![0f32; s * s], vec![0f32; s * s]);
+            for h in 0..sh.heads {
+                let (qh, kv) = (sh.q_head(h), sh.kv_head(h / group));
+                matmul(&mut p, sh.square(), q, qh, k, kv.t(), scale, false);
+                probabilities(&mut p, mask, &lse[h..], &sh);
+                matmul(&mut ds, sh.square(), dout, qh, v, kv.t(), 1.0, false);
+                for (i, (ds, p)) in ds.chunks_exact_mut(s).zip(p.chunks_exact(s)).enumerate() {
+                    let at = i * sh.q_row() + h * d;
+                    let delta = dot(&dout[at..at + d], &out[at..at + d]);
+                    ds.iter_mut().zip(p).for_each(|(ds, p)| *ds = p * (*ds - delta) * scale);
+                }
+                matmul(dq, qh, &ds, sh.square(), k, kv, 1.0, false);
+                matmul(dk, kv, &ds, sh.square().t(), q, qh, 1.0, true);
+                matmul(dv, kv, &p, sh.square().t(), dout, qh, 1.0, true);
+            }
+        });
+    (dq, dk, dv)
+}
+
+/// `silu(gate) · up`, elementwise.
+pub(super) fn swiglu_forward(gate: &[f32], up: &[f32]) -> Vec<f32> {
+    gate.iter().zip(up).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect()
+}
+
+/// Gradients of [`swiglu_forward`] with respect to `gate` and `up` given the output's `grad`.
+pub(super) fn swiglu_backward(gate: &[f32], up: &[f32], grad: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    gate.iter()
+        .zip(up)
+        .zip(grad)
+        .map(|((&g, &u), &dy)| {
+            let sig = 1.0 / (1.0 + (-g).exp());
+            (dy * u * sig * (1.0 + g * (1.0 - sig)), dy * g * sig)
+        })
+        .unzip()
+}
