@@ -111,13 +111,14 @@ pub fn bench_task(images: &[(Image, String)]) -> Result<McqTask> {
     McqTask::new("bench", items, None, AnswerFormat::Letter)
 }
 
-/// Time per step of `run(steps)` (which returns its own mean seconds per step) over `repeats`
-/// steps, without the first: a run of one step is subtracted from a run of `1 + repeats`.
-fn steady_seconds(repeats: usize, run: impl Fn(u64) -> Result<f64>) -> Result<f64> {
-    let repeats = repeats.max(1) as u64;
-    let first = run(1)?;
-    let all = run(1 + repeats)? * (1 + repeats) as f64;
-    Ok(((all - first) / repeats as f64).max(0.0))
+/// The median seconds per step over `repeats` steps after a warm-up step, as
+/// `bench_training.py` times the other side; `run(steps)` returns each step's seconds.
+fn steady_seconds(repeats: usize, run: impl Fn(u64) -> Result<Vec<f64>>) -> Result<f64> {
+    let mut steps = run(1 + repeats.max(1) as u64)?;
+    steps.remove(0);
+    steps.sort_by(f64::total_cmp);
+    let mid = steps.len() / 2;
+    Ok(if steps.len() % 2 == 1 { steps[mid] } else { (steps[mid - 1] + steps[mid]) / 2.0 })
 }
 
 /// Seconds per SFT step and per GRPO step of `vlm` with fresh LoRA adapters on `task`.
@@ -138,7 +139,7 @@ pub fn bench_training(
             schedule: Schedule::Constant,
             ..SftOptions::default()
         };
-        Ok(sft(vlm, task, &opts, &ctx)?.1.seconds_per_step)
+        Ok(sft(vlm, task, &opts, &ctx)?.1.step_seconds)
     })?;
     let grpo_seconds = steady_seconds(repeats, |steps| {
         let opts = GrpoOptions {
@@ -150,7 +151,7 @@ pub fn bench_training(
             max_new_tokens: workload.max_completion_length,
             ..GrpoOptions::default()
         };
-        Ok(grpo(vlm, task, &opts, &ctx)?.1.seconds_per_step)
+        Ok(grpo(vlm, task, &opts, &ctx)?.1.step_seconds)
     })?;
     let sft_tokens = (0..workload.sft_batch.min(task.len()))
         .map(|i| {

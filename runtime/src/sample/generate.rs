@@ -15,6 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use super::logits::{choose, LogitsOptions};
 use super::options::SamplerOptions;
 use super::rng::SampleRng;
+use crate::device::on_cpu_pool;
 use crate::error::{Context, Result};
 use crate::image::Image;
 use crate::models::qwen2_5_vl::{Encoded, KvCache};
@@ -93,6 +94,16 @@ pub fn sample(
 /// The rows of every job, in job order and row order. `opts` gives everything but the token
 /// choice and the sample count, which come from each job's rows.
 pub fn generate(
+    vlm: &Vlm,
+    jobs: &[Job],
+    opts: &SamplerOptions,
+    cancel: Option<&CancelFlag>,
+    progress: ProgressMode,
+) -> Result<Vec<Vec<Sample>>> {
+    on_cpu_pool(|| generate_on_pool(vlm, jobs, opts, cancel, progress))
+}
+
+fn generate_on_pool(
     vlm: &Vlm,
     jobs: &[Job],
     opts: &SamplerOptions,

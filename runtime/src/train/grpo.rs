@@ -103,6 +103,8 @@ pub struct GrpoSummary {
     pub eval: Vec<EvalPoint>,
     pub last_checkpoint: Option<PathBuf>,
     pub seconds_per_step: f64,
+    /// Wall time of each step: sampling, rewards and the update (no evaluation or saving).
+    pub step_seconds: Vec<f64>,
 }
 
 /// Train `vlm` with GRPO on `task` with the built-in rewards `opts.rewards`; returns a new model
@@ -180,6 +182,7 @@ pub fn grpo_with_rewards(
                 saved.map_or("nothing saved".to_string(), |p| format!("checkpoint saved to {}", p.display()));
             return Err(Error::Cancelled(format!("grpo at step {step} of {}; {where_}", opts.steps)));
         }
+        let step_started = Instant::now();
         let seed = splitmix64(opts.seed ^ step.wrapping_mul(0x9E37_79B9));
         let drawn = source.step(&mut order, opts.batch, dynamic, seed)?;
         let lr = opts.schedule.lr_at(opts.lr, step, opts.steps, opts.warmup);
@@ -219,6 +222,7 @@ pub fn grpo_with_rewards(
         summary.losses.push(stats.loss);
         summary.kl.push(stats.kl);
         summary.updates.push(stats.updates);
+        summary.step_seconds.push(step_started.elapsed().as_secs_f64());
         if let Some(eval) = opts.eval.as_ref().filter(|e| e.due(step + 1, opts.steps)) {
             let timer = Instant::now();
             summary.eval.push(eval.run(&policy, task, step + 1, ctx)?);

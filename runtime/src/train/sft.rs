@@ -127,6 +127,8 @@ pub struct SftSummary {
     pub eval: Vec<EvalPoint>,
     pub last_checkpoint: Option<PathBuf>,
     pub seconds_per_step: f64,
+    /// Wall time of each step (no evaluation or saving).
+    pub step_seconds: Vec<f64>,
 }
 
 /// Fine-tune `vlm` on `task`; returns the trained model (sharing `vlm`'s frozen weights) and a
@@ -213,6 +215,7 @@ pub(crate) fn run_sft(
         eval: Vec::new(),
         last_checkpoint: None,
         seconds_per_step: 0.0,
+        step_seconds: Vec::new(),
     };
     let started = Instant::now();
     let mut eval_seconds = 0.0;
@@ -226,6 +229,7 @@ pub(crate) fn run_sft(
             });
             return Err(Error::Cancelled(format!("sft at step {step} of {total}; {where_}")));
         }
+        let step_started = Instant::now();
         let indices = order.next_batch(per_step);
         let scored_total: usize =
             indices.iter().map(|&i| examples[i].completion_mask.iter().skip(1).filter(|&&m| m).count()).sum();
@@ -265,6 +269,7 @@ pub(crate) fn run_sft(
         summary.losses.push(loss_sum);
         summary.token_accuracy.push(token_accuracy);
         summary.grad_norms.push(norm);
+        summary.step_seconds.push(step_started.elapsed().as_secs_f64());
         step += 1;
         bar.inc(1);
         bar.set_message(format!("loss {loss_sum:.4}"));

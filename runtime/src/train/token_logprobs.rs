@@ -9,6 +9,7 @@
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var, D};
 
+use crate::device::on_cpu_pool;
 use crate::error::{Context, Result};
 use crate::models::qwen2_5_vl::backprop::{TrainBatch, TrainForward};
 use crate::models::qwen2_5_vl::{Grid, Qwen25VL};
@@ -150,9 +151,10 @@ pub fn score_tokens(
     temperature: f64,
 ) -> Result<TokenScores> {
     let batch = Prepared::new(model, seqs, pad_id, temperature)?;
-    let (hidden, _) = model
-        .prefill_hidden(&batch.ids, Some(&batch.mask), batch.pixel_values.as_ref(), &batch.grids)
-        .context("forward pass over the training batch")?;
+    let (hidden, _) = on_cpu_pool(|| {
+        model.prefill_hidden(&batch.ids, Some(&batch.mask), batch.pixel_values.as_ref(), &batch.grids)
+    })
+    .context("forward pass over the training batch")?;
     let device = model.device();
     let n = batch.positions.len();
     // The LM head only where a token is scored: most of a VLM's sequence is prompt and image.

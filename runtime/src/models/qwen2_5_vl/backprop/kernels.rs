@@ -78,20 +78,41 @@ impl AttnShape {
         (1.0 / (self.head_dim as f64).sqrt()) as f32
     }
 
-    /// Head `h` of one sequence's queries (or outputs) as a `(seq, head_dim)` matrix.
-    fn q_head(&self, h: usize) -> Strided {
-        Strided { offset: h * self.head_dim, rows: self.seq, cols: self.head_dim, rs: self.q_row(), cs: 1 }
+    /// Rows `rows` of head `h` of one sequence's queries (or outputs), `(rows, head_dim)`.
+    fn q_head(&self, h: usize, rows: &Range<usize>) -> Strided {
+        let offset = rows.start * self.q_row() + h * self.head_dim;
+        Strided { offset, rows: rows.len(), cols: self.head_dim, rs: self.q_row(), cs: 1 }
     }
 
-    /// Key/value head `h` of one sequence as a `(seq, head_dim)` matrix.
-    fn kv_head(&self, h: usize) -> Strided {
-        Strided { offset: h * self.head_dim, rows: self.seq, cols: self.head_dim, rs: self.kv_row(), cs: 1 }
+    /// The first `keys` rows of key/value head `h` of one sequence, `(keys, head_dim)`.
+    fn kv_head(&self, h: usize, keys: usize) -> Strided {
+        Strided { offset: h * self.head_dim, rows: keys, cols: self.head_dim, rs: self.kv_row(), cs: 1 }
     }
+}
 
-    /// A `(seq, seq)` scratch matrix.
-    fn square(&self) -> Strided {
-        Strided { offset: 0, rows: self.seq, cols: self.seq, rs: self.seq, cs: 1 }
-    }
+/// Query rows are processed in blocks this tall, each against the keys up to the last one any
+/// of its rows can see: under a causal mask that skips most of the masked half of the scores.
+const BLOCK: usize = 32;
+
+/// The query blocks of one sequence, each with how many leading keys it reads.
+fn blocks(mask: Option<&[f32]>, seq: usize) -> Vec<(Range<usize>, usize)> {
+    let visible = |i: usize| match mask {
+        Some(m) => m[i * seq..(i + 1) * seq].iter().rposition(|&v| v > MASKED).map_or(0, |j| j + 1),
+        None => seq,
+    };
+    (0..seq)
+        .step_by(BLOCK)
+        .map(|start| {
+            let rows = start..(start + BLOCK).min(seq);
+            let keys = rows.clone().map(visible).max().unwrap_or(0);
+            (rows, keys)
+        })
+        .collect()
+}
+
+/// A `(rows, keys)` scratch matrix.
+fn scratch(rows: usize, keys: usize) -> Strided {
+    Strided { offset: 0, rows, cols: keys, rs: keys, cs: 1 }
 }
 
 /// A strided matrix inside a slice: element `(i, j)` at `offset + i·rs + j·cs`.
@@ -207,15 +228,23 @@ fn softmax_row(row: &mut [f32], mask: Option<&[f32]>) -> f32 {
     max + total.ln()
 }
 
-/// The probabilities of one head of one sequence from its scores, recomputed from the saved
-/// log-sum-exp (every `heads`-th value of `lse`); rows without a visible key are zero.
-fn probabilities(scores: &mut [f32], mask: Option<&[f32]>, lse: &[f32], sh: &AttnShape) {
-    let s = sh.seq;
-    for (i, row) in scores.chunks_exact_mut(s).enumerate() {
-        let l = lse[i * sh.heads];
+/// The probabilities of a block of query rows (`keys` wide) from their scores, recomputed from
+/// the saved log-sum-exp (every `heads`-th value of `lse`); rows without a visible key are zero.
+fn probabilities(
+    scores: &mut [f32],
+    keys: usize,
+    mask: Option<&[f32]>,
+    seq: usize,
+    lse: &[f32],
+    heads: usize,
+) {
+    for (i, row) in scores.chunks_exact_mut(keys).enumerate() {
+        let l = lse[i * heads];
         match mask {
             _ if l == f32::NEG_INFINITY => row.fill(0.0),
-            Some(m) => row.iter_mut().zip(&m[i * s..(i + 1) * s]).for_each(|(p, m)| *p = exp(*p + m - l)),
+            Some(m) => {
+                row.iter_mut().zip(&m[i * seq..i * seq + keys]).for_each(|(p, m)| *p = exp(*p + m - l))
+            }
             None => row.iter_mut().for_each(|p| *p = exp(*p - l)),
         }
     }
@@ -243,14 +272,21 @@ pub(super) fn attention_forward(
             let (q, k, v) =
                 (part(q, b, s * sh.q_row()), part(k, b, s * sh.kv_row()), part(v, b, s * sh.kv_row()));
             let mask = mask.map(|m| part(m, b, s * s));
-            let mut p = vec![0f32; s * s];
-            for h in 0..sh.heads {
-                let kv = sh.kv_head(h / group);
-                matmul(&mut p, sh.square(), q, sh.q_head(h), k, kv.t(), sh.scale(), false);
-                for (i, row) in p.chunks_exact_mut(s).enumerate() {
-                    lse[i * sh.heads + h] = softmax_row(row, mask.map(|m| &m[i * s..(i + 1) * s]));
+            let mut p = vec![0f32; BLOCK * s];
+            for (rows, keys) in blocks(mask, s) {
+                if keys == 0 {
+                    rows.for_each(|i| lse[i * sh.heads..(i + 1) * sh.heads].fill(f32::NEG_INFINITY));
+                    continue;
                 }
-                matmul(out, sh.q_head(h), &p, sh.square(), v, kv, 1.0, false);
+                let p = &mut p[..rows.len() * keys];
+                for h in 0..sh.heads {
+                    let (qh, kv) = (sh.q_head(h, &rows), sh.kv_head(h / group, keys));
+                    matmul(p, scratch(rows.len(), keys), q, qh, k, kv.t(), sh.scale(), false);
+                    for (i, row) in rows.clone().zip(p.chunks_exact_mut(keys)) {
+                        lse[i * sh.heads + h] = softmax_row(row, mask.map(|m| &m[i * s..i * s + keys]));
+                    }
+                    matmul(out, qh, p, scratch(rows.len(), keys), v, kv, 1.0, false);
+                }
             }
         },
     );
@@ -283,20 +319,27 @@ pub(super) fn attention_backward(
                 (part(q, b, s * sh.q_row()), part(k, b, s * sh.kv_row()), part(v, b, s * sh.kv_row()));
             let (out, dout) = (part(out, b, s * sh.q_row()), part(dout, b, s * sh.q_row()));
             let (lse, mask) = (part(lse, b, s * sh.heads), mask.map(|m| part(m, b, s * s)));
-            let (mut p, mut ds) = (vec![0f32; s * s], vec![0f32; s * s]);
-            for h in 0..sh.heads {
-                let (qh, kv) = (sh.q_head(h), sh.kv_head(h / group));
-                matmul(&mut p, sh.square(), q, qh, k, kv.t(), scale, false);
-                probabilities(&mut p, mask, &lse[h..], &sh);
-                matmul(&mut ds, sh.square(), dout, qh, v, kv.t(), 1.0, false);
-                for (i, (ds, p)) in ds.chunks_exact_mut(s).zip(p.chunks_exact(s)).enumerate() {
-                    let at = i * sh.q_row() + h * d;
-                    let delta = dot(&dout[at..at + d], &out[at..at + d]);
-                    ds.iter_mut().zip(p).for_each(|(ds, p)| *ds = p * (*ds - delta) * scale);
+            let (mut p, mut ds) = (vec![0f32; BLOCK * s], vec![0f32; BLOCK * s]);
+            for (rows, keys) in blocks(mask, s) {
+                let (p, ds) = (&mut p[..rows.len() * keys], &mut ds[..rows.len() * keys]);
+                let block = scratch(rows.len(), keys);
+                let block_mask = mask.map(|m| &m[rows.start * s..]);
+                for h in 0..sh.heads {
+                    let (qh, kv) = (sh.q_head(h, &rows), sh.kv_head(h / group, keys));
+                    matmul(p, block, q, qh, k, kv.t(), scale, false);
+                    probabilities(p, keys, block_mask, s, &lse[rows.start * sh.heads + h..], sh.heads);
+                    matmul(ds, block, dout, qh, v, kv.t(), 1.0, false);
+                    for (i, (ds, p)) in
+                        rows.clone().zip(ds.chunks_exact_mut(keys.max(1)).zip(p.chunks_exact(keys.max(1))))
+                    {
+                        let at = i * sh.q_row() + h * d;
+                        let delta = dot(&dout[at..at + d], &out[at..at + d]);
+                        ds.iter_mut().zip(p).for_each(|(ds, p)| *ds = p * (*ds - delta) * scale);
+                    }
+                    matmul(dq, qh, ds, block, k, kv, 1.0, false);
+                    matmul(dk, kv, ds, block.t(), q, qh, 1.0, true);
+                    matmul(dv, kv, p, block.t(), dout, qh, 1.0, true);
                 }
-                matmul(dq, qh, &ds, sh.square(), k, kv, 1.0, false);
-                matmul(dk, kv, &ds, sh.square().t(), q, qh, 1.0, true);
-                matmul(dv, kv, &p, sh.square().t(), dout, qh, 1.0, true);
             }
         });
     (dq, dk, dv)

@@ -26,6 +26,7 @@ use candle_core::{DType, Tensor, TensorId};
 
 use super::weights::Param;
 use super::{DecoderInputs, Grid, Qwen25VL};
+use crate::device::on_cpu_pool;
 use crate::error::Result;
 use kernels::{is_cpu_f32, tensor, view};
 use linear::Grads;
@@ -76,6 +77,10 @@ impl Qwen25VL {
 
     /// The forward pass of [`Self::hand_backprop_applies`] models over `batch`.
     pub fn train_forward(&self, batch: TrainBatch) -> Result<TrainForward> {
+        on_cpu_pool(|| self.train_forward_on_pool(batch))
+    }
+
+    fn train_forward_on_pool(&self, batch: TrainBatch) -> Result<TrainForward> {
         if !self.hand_backprop_applies() {
             crate::bail!("the hand-derived training pass needs an f32 CPU model whose trainable tensors are all in the language model");
         }
@@ -130,6 +135,10 @@ impl std::fmt::Debug for TrainForward {
 impl TrainForward {
     /// Gradients of every trainable tensor (by id) given the gradient of each scored log-prob.
     pub fn backward(&self, dlogprobs: &[f32]) -> Result<HashMap<TensorId, Tensor>> {
+        on_cpu_pool(|| self.backward_on_pool(dlogprobs))
+    }
+
+    fn backward_on_pool(&self, dlogprobs: &[f32]) -> Result<HashMap<TensorId, Tensor>> {
         let t = &self.trace;
         let text = &t.model.text;
         if dlogprobs.len() != self.logprobs.len() {
