@@ -9,6 +9,7 @@ use std::ops::{Deref, Range};
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use rayon::prelude::*;
 
+use super::gemm::{matmul, Strided};
 use crate::error::Result;
 use crate::models::qwen2_5_vl::fused::lane_sum;
 use crate::models::qwen2_5_vl::ops::MASKED;
@@ -108,74 +109,6 @@ fn blocks(mask: Option<&[f32]>, seq: usize) -> Vec<(Range<usize>, usize)> {
             (rows, keys)
         })
         .collect()
-}
-
-/// A `(rows, keys)` scratch matrix.
-fn scratch(rows: usize, keys: usize) -> Strided {
-    Strided { offset: 0, rows, cols: keys, rs: keys, cs: 1 }
-}
-
-/// A strided matrix inside a slice: element `(i, j)` at `offset + i·rs + j·cs`.
-#[derive(Debug, Clone, Copy)]
-struct Strided {
-    offset: usize,
-    rows: usize,
-    cols: usize,
-    rs: usize,
-    cs: usize,
-}
-
-impl Strided {
-    fn t(self) -> Self {
-        Self { rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs, ..self }
-    }
-
-    /// Whether every element lies inside a slice of `len` values.
-    fn fits(&self, len: usize) -> bool {
-        self.rows == 0
-            || self.cols == 0
-            || self.offset + (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < len
-    }
-}
-
-/// `dst = beta · lhs · rhs`, or `dst += beta · lhs · rhs` when `accumulate`, on one thread.
-fn matmul(
-    dst: &mut [f32],
-    d: Strided,
-    lhs: &[f32],
-    l: Strided,
-    rhs: &[f32],
-    r: Strided,
-    beta: f32,
-    accumulate: bool,
-) {
-    assert!(d.rows == l.rows && d.cols == r.cols && l.cols == r.rows, "matmul shapes {d:?} {l:?} {r:?}");
-    assert!(d.fits(dst.len()) && l.fits(lhs.len()) && r.fits(rhs.len()), "matmul out of bounds");
-    // SAFETY: the shapes agree and every element of each view lies inside its slice (checked
-    // above); `dst` is borrowed mutably, so it cannot alias `lhs` or `rhs`.
-    unsafe {
-        gemm::gemm(
-            d.rows,
-            d.cols,
-            l.cols,
-            dst.as_mut_ptr().add(d.offset),
-            d.cs as isize,
-            d.rs as isize,
-            accumulate,
-            lhs.as_ptr().add(l.offset),
-            l.cs as isize,
-            l.rs as isize,
-            rhs.as_ptr().add(r.offset),
-            r.cs as isize,
-            r.rs as isize,
-            1.0,
-            beta,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
 }
 
 /// `e^x` to about 2 ulp, in plain arithmetic the compiler vectorises (libm's `expf` is a call
@@ -281,11 +214,11 @@ pub(super) fn attention_forward(
                 let p = &mut p[..rows.len() * keys];
                 for h in 0..sh.heads {
                     let (qh, kv) = (sh.q_head(h, &rows), sh.kv_head(h / group, keys));
-                    matmul(p, scratch(rows.len(), keys), q, qh, k, kv.t(), sh.scale(), false);
+                    matmul(p, Strided::dense(rows.len(), keys), q, qh, k, kv.t(), sh.scale(), false, 1);
                     for (i, row) in rows.clone().zip(p.chunks_exact_mut(keys)) {
                         lse[i * sh.heads + h] = softmax_row(row, mask.map(|m| &m[i * s..i * s + keys]));
                     }
-                    matmul(out, qh, p, scratch(rows.len(), keys), v, kv, 1.0, false);
+                    matmul(out, qh, p, Strided::dense(rows.len(), keys), v, kv, 1.0, false, 1);
                 }
             }
         },
@@ -322,13 +255,13 @@ pub(super) fn attention_backward(
             let (mut p, mut ds) = (vec![0f32; BLOCK * s], vec![0f32; BLOCK * s]);
             for (rows, keys) in blocks(mask, s) {
                 let (p, ds) = (&mut p[..rows.len() * keys], &mut ds[..rows.len() * keys]);
-                let block = scratch(rows.len(), keys);
+                let block = Strided::dense(rows.len(), keys);
                 let block_mask = mask.map(|m| &m[rows.start * s..]);
                 for h in 0..sh.heads {
                     let (qh, kv) = (sh.q_head(h, &rows), sh.kv_head(h / group, keys));
-                    matmul(p, block, q, qh, k, kv.t(), scale, false);
+                    matmul(p, block, q, qh, k, kv.t(), scale, false, 1);
                     probabilities(p, keys, block_mask, s, &lse[rows.start * sh.heads + h..], sh.heads);
-                    matmul(ds, block, dout, qh, v, kv.t(), 1.0, false);
+                    matmul(ds, block, dout, qh, v, kv.t(), 1.0, false, 1);
                     for (i, (ds, p)) in
                         rows.clone().zip(ds.chunks_exact_mut(keys.max(1)).zip(p.chunks_exact(keys.max(1))))
                     {
@@ -336,9 +269,9 @@ pub(super) fn attention_backward(
                         let delta = dot(&dout[at..at + d], &out[at..at + d]);
                         ds.iter_mut().zip(p).for_each(|(ds, p)| *ds = p * (*ds - delta) * scale);
                     }
-                    matmul(dq, qh, ds, block, k, kv, 1.0, false);
-                    matmul(dk, kv, ds, block.t(), q, qh, 1.0, true);
-                    matmul(dv, kv, p, block.t(), dout, qh, 1.0, true);
+                    matmul(dq, qh, ds, block, k, kv, 1.0, false, 1);
+                    matmul(dk, kv, ds, block.t(), q, qh, 1.0, true, 1);
+                    matmul(dv, kv, p, block.t(), dout, qh, 1.0, true, 1);
                 }
             }
         });

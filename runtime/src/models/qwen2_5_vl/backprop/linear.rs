@@ -6,6 +6,8 @@ use std::collections::{HashMap, HashSet};
 
 use candle_core::{Tensor, TensorId};
 
+use super::gemm::{matmul, Strided};
+use super::kernels::{tensor, view};
 use crate::error::Result;
 use crate::models::qwen2_5_vl::lora::Linear;
 
@@ -46,31 +48,86 @@ pub(super) struct Saved {
 }
 
 struct LoraSaved {
-    /// The input after dropout, `A`'s input.
+    /// The input after dropout, `A`'s input, and the dropout multiplier.
     dropped: Tensor,
     mask: Option<Tensor>,
     /// `dropped · Aᵀ`, `B`'s input.
-    down: Tensor,
+    down: Vec<f32>,
+}
+
+/// The threads a product of the training pass may use: the pool's.
+fn threads() -> usize {
+    rayon::current_num_threads()
+}
+
+/// `a · bᵀ` (or `+=` into `dst`) for row-major `a` `(m, k)` and `b` `(n, k)`, scaled by `beta`.
+fn times_t(
+    dst: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    (m, k, n): (usize, usize, usize),
+    beta: f32,
+    accumulate: bool,
+) {
+    let bt = Strided::dense(n, k).t();
+    matmul(dst, Strided::dense(m, n), a, Strided::dense(m, k), b, bt, beta, accumulate, threads());
+}
+
+/// `a · b` (or `+=` into `dst`) for row-major `a` `(m, k)` and `b` `(k, n)`, scaled by `beta`.
+fn times(
+    dst: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    (m, k, n): (usize, usize, usize),
+    beta: f32,
+    accumulate: bool,
+) {
+    matmul(
+        dst,
+        Strided::dense(m, n),
+        a,
+        Strided::dense(m, k),
+        b,
+        Strided::dense(k, n),
+        beta,
+        accumulate,
+        threads(),
+    );
+}
+
+/// `aᵀ · b` for row-major `a` `(k, m)` and `b` `(k, n)`, scaled by `beta`: a weight gradient.
+fn t_times(a: &[f32], b: &[f32], (m, k, n): (usize, usize, usize), beta: f32) -> Vec<f32> {
+    let mut dst = vec![0f32; m * n];
+    let at = Strided::dense(k, m).t();
+    matmul(&mut dst, Strided::dense(m, n), a, at, b, Strided::dense(k, n), beta, false, threads());
+    dst
 }
 
 /// `layer` on rows `x` `(rows, in)`.
 pub(super) fn forward(layer: &Linear, x: &Tensor) -> Result<(Tensor, Saved)> {
-    let mut y = x.matmul(&layer.weight.t()?)?;
+    let (rows, in_dim) = x.dims2()?;
+    let out = layer.out_dim();
+    let mut y = vec![0f32; rows * out];
+    times_t(&mut y, &view(x)?, &view(&layer.weight)?, (rows, in_dim, out), 1.0, false);
     if let Some(b) = &layer.bias {
-        y = y.broadcast_add(b)?;
+        let b = view(b)?;
+        y.chunks_exact_mut(out).for_each(|row| row.iter_mut().zip(b.iter()).for_each(|(y, b)| *y += b));
     }
     let mut lora = None;
     if let Some(adapter) = layer.adapter().filter(|a| a.enabled()) {
+        let (a, b) = (adapter.a.as_tensor(), adapter.b.as_tensor());
+        let rank = a.dim(0)?;
         let mask = adapter.dropout_mask(x)?;
         let dropped = match &mask {
             Some(m) => (x * m)?,
             None => x.clone(),
         };
-        let down = dropped.matmul(&adapter.a.as_tensor().t()?)?;
-        y = (y + (down.matmul(&adapter.b.as_tensor().t()?)? * adapter.scale)?)?;
+        let mut down = vec![0f32; rows * rank];
+        times_t(&mut down, &view(&dropped)?, &view(a)?, (rows, in_dim, rank), 1.0, false);
+        times_t(&mut y, &down, &view(b)?, (rows, rank, out), adapter.scale as f32, true);
         lora = Some(LoraSaved { dropped, mask, down });
     }
-    Ok((y, Saved { input: x.clone(), lora }))
+    Ok((tensor(y, &[rows, out])?, Saved { input: x.clone(), lora }))
 }
 
 /// Record the parameter gradients of `layer` for output gradient `dy` `(rows, out)` and return
@@ -82,30 +139,51 @@ pub(super) fn backward(
     grads: &mut Grads,
     need_input: bool,
 ) -> Result<Option<Tensor>> {
+    let dy = dy.contiguous()?;
+    let (rows, out) = dy.dims2()?;
+    let in_dim = layer.in_dim();
+    let g = view(&dy)?;
     if grads.wants(&layer.weight) {
-        grads.add(&layer.weight, dy.t()?.matmul(&saved.input)?)?;
+        let dw = t_times(&g, &view(&saved.input)?, (out, rows, in_dim), 1.0);
+        grads.add(&layer.weight, tensor(dw, &[out, in_dim])?)?;
     }
     if let Some(b) = layer.bias.as_ref().filter(|b| grads.wants(b)) {
-        grads.add(b, dy.sum(0)?)?;
+        let mut db = vec![0f32; out];
+        g.chunks_exact(out).for_each(|row| db.iter_mut().zip(row).for_each(|(d, g)| *d += g));
+        grads.add(b, tensor(db, &[out])?)?;
     }
-    let mut dx = if need_input { Some(dy.matmul(&layer.weight)?) } else { None };
+    let mut dx = if need_input {
+        let mut dx = vec![0f32; rows * in_dim];
+        times(&mut dx, &g, &view(&layer.weight)?, (rows, out, in_dim), 1.0, false);
+        Some(dx)
+    } else {
+        None
+    };
     if let (Some(adapter), Some(lora)) = (layer.adapter(), &saved.lora) {
         let (a, b) = (adapter.a.as_tensor(), adapter.b.as_tensor());
+        let rank = a.dim(0)?;
+        let scale = adapter.scale as f32;
         if grads.wants(b) {
-            grads.add(b, (dy.t()?.matmul(&lora.down)? * adapter.scale)?)?;
+            grads.add(b, tensor(t_times(&g, &lora.down, (out, rows, rank), scale), &[out, rank])?)?;
         }
-        let d_down = (dy.matmul(b)? * adapter.scale)?;
+        let mut d_down = vec![0f32; rows * rank];
+        times(&mut d_down, &g, &view(b)?, (rows, out, rank), scale, false);
         if grads.wants(a) {
-            grads.add(a, d_down.t()?.matmul(&lora.dropped)?)?;
+            let da = t_times(&d_down, &view(&lora.dropped)?, (rank, rows, in_dim), 1.0);
+            grads.add(a, tensor(da, &[rank, in_dim])?)?;
         }
         if let Some(dx) = &mut dx {
-            let through = d_down.matmul(a)?;
-            let through = match &lora.mask {
-                Some(m) => (through * m)?,
-                None => through,
-            };
-            *dx = (&*dx + through)?;
+            match &lora.mask {
+                None => times(dx, &d_down, &view(a)?, (rows, rank, in_dim), 1.0, true),
+                Some(mask) => {
+                    let mut through = vec![0f32; rows * in_dim];
+                    times(&mut through, &d_down, &view(a)?, (rows, rank, in_dim), 1.0, false);
+                    for ((dx, t), m) in dx.iter_mut().zip(&through).zip(view(mask)?.iter()) {
+                        *dx += t * m;
+                    }
+                }
+            }
         }
     }
-    Ok(dx)
+    dx.map(|dx| tensor(dx, &[rows, in_dim])).transpose()
 }

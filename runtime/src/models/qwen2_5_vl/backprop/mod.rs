@@ -13,6 +13,7 @@
 //! [`Qwen25VL::hand_backprop_applies`] says when that is; otherwise training runs on candle's
 //! autograd, which this matches (tested in `tests.rs` against it to 1e-4 relative).
 
+mod gemm;
 mod head;
 mod kernels;
 mod layer;

@@ -73,6 +73,12 @@ fn relative(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 fn check_against_autograd(m: &Qwen25VL, temperature: f64) {
+    check_against_twin(m, m, temperature)
+}
+
+/// `ours` by hand against `twin` (the same weights and dropout stream) by autograd.
+fn check_against_twin(ours: &Qwen25VL, twin: &Qwen25VL, temperature: f64) {
+    let m = ours;
     let dev = m.device();
     let b = batch(m.config(), dev);
     let px = pixels(DType::F32, dev);
@@ -87,7 +93,7 @@ fn check_against_autograd(m: &Qwen25VL, temperature: f64) {
             temperature,
         })
         .unwrap();
-    let (want, want_entropy) = reference(m, &b, temperature);
+    let (want, want_entropy) = reference(twin, &b, temperature);
     let n = b.targets.len();
     let got = Tensor::from_vec(pass.logprobs.clone(), n, dev).unwrap();
     assert!(relative(&got, &want) < 1e-5, "log-probs differ by {}", relative(&got, &want));
@@ -96,10 +102,12 @@ fn check_against_autograd(m: &Qwen25VL, temperature: f64) {
     let w = weights(n);
     let grads =
         (want * Tensor::from_vec(w.clone(), n, dev).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
-    let ours = pass.backward(&w).unwrap();
+    let grads_by_hand = pass.backward(&w).unwrap();
+    let ours = &grads_by_hand;
     assert_eq!(ours.len(), m.trainable().len());
-    for (name, var) in m.trainable() {
-        let expected = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no autograd gradient"));
+    for ((name, var), (_, twin_var)) in m.trainable().iter().zip(twin.trainable()) {
+        let expected =
+            grads.get(twin_var.as_tensor()).unwrap_or_else(|| panic!("{name}: no autograd gradient"));
         let got = &ours[&var.as_tensor().id()];
         let err = relative(got, expected);
         assert!(err < 1e-4, "{name}: gradients differ by {err} (relative)");
@@ -120,6 +128,16 @@ fn lora_gradients_match_autograd() {
     let m = tiny(&Config::tiny()).with_lora(&lora).unwrap();
     assert!(m.hand_backprop_applies());
     check_against_autograd(&m, 0.7);
+}
+
+#[test]
+fn lora_dropout_draws_the_same_masks_and_gradients_as_autograd() {
+    let lora = LoraConfig { init: LoraInit::Random, seed: 3, dropout: 0.3, ..LoraConfig::new(4, 8.0) };
+    let base = tiny(&Config::tiny());
+    let (ours, twin) = (base.with_lora(&lora).unwrap(), base.with_lora(&lora).unwrap());
+    ours.set_training(true);
+    twin.set_training(true);
+    check_against_twin(&ours, &twin, 1.0);
 }
 
 #[test]
