@@ -57,6 +57,15 @@ pub fn device_name(device: &Device) -> String {
     }
 }
 
+/// Run `work` on a worker of rayon's global pool and wait for it. The CPU kernels of a forward
+/// pass, a backward pass or a sampling loop are many and small; each one started from outside
+/// the pool wakes a worker and waits for it (two context switches), while from inside the pool
+/// it runs in place or is shared with the other workers. On the tiny models this is a fifth of
+/// a training step.
+pub fn on_cpu_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| work())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,13 +83,4 @@ mod tests {
         let err = parse_device("cuda:1").unwrap_err().to_string();
         assert!(err.contains("--features cuda"), "{err}");
     }
-}
-
-/// Run `work` on a worker of rayon's global pool and wait for it. The CPU kernels of a forward
-/// pass, a backward pass or a sampling loop are many and small; each one started from outside
-/// the pool wakes a worker and waits for it (two context switches), while from inside the pool
-/// it runs in place or is shared with the other workers. On the tiny models this is a fifth of
-/// a training step.
-pub fn on_cpu_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| work())
 }

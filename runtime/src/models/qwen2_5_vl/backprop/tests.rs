@@ -26,16 +26,11 @@ fn batch(cfg: &Config, dev: &Device) -> Batch {
     ids.resize(2 * width, 0);
     let mut mask = vec![1u32; width];
     mask.extend((0..width).map(|j| u32::from(j < second.len())));
-    let mut positions = Vec::new();
-    let mut targets = Vec::new();
-    for p in first.len() - 4..first.len() {
-        positions.push((p - 1) as u32);
-        targets.push(first[p]);
-    }
-    for p in 2..second.len() {
-        positions.push((width + p - 1) as u32);
-        targets.push(second[p]);
-    }
+    // The first row's last four tokens and the second row's from its third on, each predicted
+    // at the position before it.
+    let scored = (width - 4..width).chain(width + 2..width + second.len());
+    let positions: Vec<u32> = scored.clone().map(|p| (p - 1) as u32).collect();
+    let targets: Vec<u32> = scored.map(|p| ids[p]).collect();
     Batch {
         ids: Tensor::from_vec(ids, (2, width), dev).unwrap(),
         mask: Tensor::from_vec(mask, (2, width), dev).unwrap(),
