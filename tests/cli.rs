@@ -272,13 +272,38 @@ fn tensor_files_round_trip_through_the_run_directory() {
 #[test]
 fn bench_reports_forward_speed_as_json() {
     let out = medbridge(
-        &["bench", "--repeats", "1", "--questions", "3", "--k", "2", "--max-new-tokens", "4"],
+        &[
+            "bench",
+            "--repeats",
+            "1",
+            "--questions",
+            "3",
+            "--k",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--only",
+            "forward,sampling",
+        ],
         &root(),
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(report["medbridge"]["checkpoint"]["tokens_per_s"].as_f64().unwrap() > 0.0);
-    assert_eq!(report["medbridge"]["checkpoint"]["tokens"], 133);
-    assert_eq!(report["medbridge"]["sampling"]["identical_tokens"], true);
-    assert!(report["transformers"].is_null() && report["forward_ratio"].is_null());
+    let inference = &report["inference"];
+    assert!(inference["medbridge"]["checkpoint"]["tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(inference["medbridge"]["checkpoint"]["tokens"], 133);
+    assert_eq!(inference["medbridge"]["sampling"]["identical_tokens"], true);
+    assert!(inference["transformers"].is_null() && inference["forward_ratio"].is_null());
+    assert!(report["training"].is_null(), "--only leaves training out");
+}
+
+#[test]
+fn bench_times_training_steps_alone() {
+    let out = medbridge(&["bench", "--repeats", "2", "--only", "training"], &root());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let steps = &report["training"]["medbridge"]["checkpoint"];
+    assert!(steps["sft_seconds_per_step"].as_f64().unwrap() > 0.0);
+    assert!(steps["grpo_seconds_per_step"].as_f64().unwrap() > 0.0);
+    assert!(report["inference"].is_null() && report["training"]["sft_speedup"].is_null());
 }
