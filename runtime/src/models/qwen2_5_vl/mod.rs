@@ -47,6 +47,7 @@ pub use processor_image::{smart_resize, PreprocessorConfig, ProcessedImage};
 pub use trainable::ModelInfo;
 pub use vision_window::{grids_from_tensor, Grid};
 
+use crate::device::on_cpu_pool;
 use crate::error::{Context, Result};
 use lora::LoraState;
 use text::TextModel;
@@ -181,8 +182,10 @@ impl Qwen25VL {
         pixel_values: Option<&Tensor>,
         grids: &[Grid],
     ) -> Result<(Tensor, KvCache)> {
-        let (hidden, cache) = self.prefill_hidden(input_ids, attention_mask, pixel_values, grids)?;
-        Ok((self.text.lm_head(&hidden)?, cache))
+        on_cpu_pool(|| {
+            let (hidden, cache) = self.prefill_hidden(input_ids, attention_mask, pixel_values, grids)?;
+            Ok((self.text.lm_head(&hidden)?, cache))
+        })
     }
 
     /// [`Self::prefill`] without the LM head: the final-normed hidden states `(b, s, hidden)`,
