@@ -60,39 +60,30 @@ fn threads() -> usize {
     rayon::current_num_threads()
 }
 
-/// `a · bᵀ` (or `+=` into `dst`) for row-major `a` `(m, k)` and `b` `(n, k)`, scaled by `beta`.
-fn times_t(
-    dst: &mut [f32],
-    a: &[f32],
-    b: &[f32],
-    (m, k, n): (usize, usize, usize),
-    beta: f32,
-    accumulate: bool,
-) {
-    let bt = Strided::dense(n, k).t();
-    matmul(dst, Strided::dense(m, n), a, Strided::dense(m, k), b, bt, beta, accumulate, threads());
+/// How [`product`] reads its right operand `b`.
+#[derive(Clone, Copy)]
+enum Rhs {
+    /// Row-major `(k, n)`.
+    AsIs,
+    /// Row-major `(n, k)`, used as its transpose (a weight `[out, in]` applied to rows).
+    Transposed,
 }
 
-/// `a · b` (or `+=` into `dst`) for row-major `a` `(m, k)` and `b` `(k, n)`, scaled by `beta`.
-fn times(
+/// `a · b` (or `+=` into `dst` when `accumulate`) for row-major `a` `(m, k)`, scaled by `beta`.
+fn product(
     dst: &mut [f32],
     a: &[f32],
     b: &[f32],
     (m, k, n): (usize, usize, usize),
+    rhs: Rhs,
     beta: f32,
     accumulate: bool,
 ) {
-    matmul(
-        dst,
-        Strided::dense(m, n),
-        a,
-        Strided::dense(m, k),
-        b,
-        Strided::dense(k, n),
-        beta,
-        accumulate,
-        threads(),
-    );
+    let b_view = match rhs {
+        Rhs::AsIs => Strided::dense(k, n),
+        Rhs::Transposed => Strided::dense(n, k).t(),
+    };
+    matmul(dst, Strided::dense(m, n), a, Strided::dense(m, k), b, b_view, beta, accumulate, threads());
 }
 
 /// `aᵀ · b` for row-major `a` `(k, m)` and `b` `(k, n)`, scaled by `beta`: a weight gradient.
@@ -108,7 +99,7 @@ pub(super) fn forward(layer: &Linear, x: &Tensor) -> Result<(Tensor, Saved)> {
     let (rows, in_dim) = x.dims2()?;
     let out = layer.out_dim();
     let mut y = vec![0f32; rows * out];
-    times_t(&mut y, &view(x)?, &view(&layer.weight)?, (rows, in_dim, out), 1.0, false);
+    product(&mut y, &view(x)?, &view(&layer.weight)?, (rows, in_dim, out), Rhs::Transposed, 1.0, false);
     if let Some(b) = &layer.bias {
         let b = view(b)?;
         y.chunks_exact_mut(out).for_each(|row| row.iter_mut().zip(b.iter()).for_each(|(y, b)| *y += b));
@@ -123,8 +114,8 @@ pub(super) fn forward(layer: &Linear, x: &Tensor) -> Result<(Tensor, Saved)> {
             None => x.clone(),
         };
         let mut down = vec![0f32; rows * rank];
-        times_t(&mut down, &view(&dropped)?, &view(a)?, (rows, in_dim, rank), 1.0, false);
-        times_t(&mut y, &down, &view(b)?, (rows, rank, out), adapter.scale as f32, true);
+        product(&mut down, &view(&dropped)?, &view(a)?, (rows, in_dim, rank), Rhs::Transposed, 1.0, false);
+        product(&mut y, &down, &view(b)?, (rows, rank, out), Rhs::Transposed, adapter.scale as f32, true);
         lora = Some(LoraSaved { dropped, mask, down });
     }
     Ok((tensor(y, &[rows, out])?, Saved { input: x.clone(), lora }))
@@ -154,7 +145,7 @@ pub(super) fn backward(
     }
     let mut dx = if need_input {
         let mut dx = vec![0f32; rows * in_dim];
-        times(&mut dx, &g, &view(&layer.weight)?, (rows, out, in_dim), 1.0, false);
+        product(&mut dx, &g, &view(&layer.weight)?, (rows, out, in_dim), Rhs::AsIs, 1.0, false);
         Some(dx)
     } else {
         None
@@ -167,17 +158,17 @@ pub(super) fn backward(
             grads.add(b, tensor(t_times(&g, &lora.down, (out, rows, rank), scale), &[out, rank])?)?;
         }
         let mut d_down = vec![0f32; rows * rank];
-        times(&mut d_down, &g, &view(b)?, (rows, out, rank), scale, false);
+        product(&mut d_down, &g, &view(b)?, (rows, out, rank), Rhs::AsIs, scale, false);
         if grads.wants(a) {
             let da = t_times(&d_down, &view(&lora.dropped)?, (rank, rows, in_dim), 1.0);
             grads.add(a, tensor(da, &[rank, in_dim])?)?;
         }
         if let Some(dx) = &mut dx {
             match &lora.mask {
-                None => times(dx, &d_down, &view(a)?, (rows, rank, in_dim), 1.0, true),
+                None => product(dx, &d_down, &view(a)?, (rows, rank, in_dim), Rhs::AsIs, 1.0, true),
                 Some(mask) => {
                     let mut through = vec![0f32; rows * in_dim];
-                    times(&mut through, &d_down, &view(a)?, (rows, rank, in_dim), 1.0, false);
+                    product(&mut through, &d_down, &view(a)?, (rows, rank, in_dim), Rhs::AsIs, 1.0, false);
                     for ((dx, t), m) in dx.iter_mut().zip(&through).zip(view(mask)?.iter()) {
                         *dx += t * m;
                     }
