@@ -111,11 +111,7 @@ fn inference(args: &BenchArgs, vlm: &Vlm, inputs: &[(Image, String)]) -> medbrid
                 "identical_tokens": sampling.identical,
             },
         },
-        "transformers": match reference {
-            Some(Ok(r)) => r,
-            Some(Err(e)) => json!({"error": e}),
-            None => json!(null),
-        },
+        "transformers": reference_json(reference),
         "forward_ratio": forward_ratio,
         "sampling_ratio": sampling_ratio,
     }))
@@ -163,11 +159,7 @@ fn training(
     Ok(json!({
         "workload": workload,
         "medbridge": {"checkpoint": training, "tiny_preset": tiny_training},
-        "transformers_peft_trl": match reference {
-            Some(Ok(r)) => r,
-            Some(Err(e)) => json!({"error": e}),
-            None => json!(null),
-        },
+        "transformers_peft_trl": reference_json(reference),
         "sft_speedup": sft_ratio,
         "grpo_speedup": grpo_ratio,
     }))
@@ -175,39 +167,34 @@ fn training(
 
 /// Run `bench_training.py` on the same checkpoint and `workload` and parse its JSON.
 fn training_baseline(python: &str, args: &BenchArgs, workload: &Value) -> Result<Value, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bench_training.py");
     let path = std::env::temp_dir().join(format!("medbridge-bench-workload-{}.json", std::process::id()));
     std::fs::write(&path, workload.to_string())
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    let out = Command::new(python)
-        .arg(&script)
-        .arg(&args.checkpoint)
-        .arg("--workload")
-        .arg(&path)
-        .args(["--threads", &args.threads.to_string(), "--repeats", &args.repeats.to_string()])
-        .output();
+    let out =
+        run_python(python, "bench_training.py", args, &["--workload".into(), path.display().to_string()]);
     // Best effort: a leftover file in the temp directory is harmless.
     let _ = std::fs::remove_file(&path);
-    let out = out.map_err(|e| format!("cannot run {python}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{python} {} failed: {}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("unreadable training benchmark output: {e}"))
+    out
 }
 
-/// Run the committed Python benchmark on the same checkpoint and workload and parse its JSON.
+/// Run `bench_transformers.py` on the same checkpoint and workload and parse its JSON.
 fn transformers_reference(python: &str, args: &BenchArgs) -> Result<Value, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bench_transformers.py");
+    let extra = [("--k", args.k), ("--questions", args.questions), ("--max-new-tokens", args.max_new_tokens)]
+        .iter()
+        .flat_map(|(flag, value)| [flag.to_string(), value.to_string()])
+        .collect::<Vec<_>>();
+    run_python(python, "bench_transformers.py", args, &extra)
+}
+
+/// Run the committed Python benchmark `script` on the checkpoint with the shared thread and
+/// repeat counts and `extra` arguments, and parse the JSON it prints.
+fn run_python(python: &str, script: &str, args: &BenchArgs, extra: &[String]) -> Result<Value, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(script);
     let out = Command::new(python)
         .arg(&script)
         .arg(&args.checkpoint)
         .args(["--threads", &args.threads.to_string(), "--repeats", &args.repeats.to_string()])
-        .args(["--k", &args.k.to_string(), "--questions", &args.questions.to_string()])
-        .args(["--max-new-tokens", &args.max_new_tokens.to_string()])
+        .args(extra)
         .output()
         .map_err(|e| format!("cannot run {python}: {e}"))?;
     if !out.status.success() {
@@ -217,5 +204,14 @@ fn transformers_reference(python: &str, args: &BenchArgs) -> Result<Value, Strin
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("unreadable benchmark output: {e}"))
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("unreadable output of {}: {e}", script.display()))
+}
+
+/// A reference run in the report: its JSON, its error, or null when none was asked for.
+fn reference_json(reference: Option<Result<Value, String>>) -> Value {
+    match reference {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => json!({"error": e}),
+        None => json!(null),
+    }
 }

@@ -126,14 +126,14 @@ pub(crate) fn rotary_rows(x: &Tensor, cos: &Tensor, sin: &Tensor, transposed: bo
     Ok(x.apply_op3_no_bwd(cos, sin, &op)?)
 }
 
-/// A sum in eight interleaved partial sums, which the compiler vectorises (one running sum
+/// `Σ f(x)` in eight interleaved partial sums, which the compiler vectorises (one running sum
 /// must keep its order and cannot be).
-pub(crate) fn lane_sum(xs: &[f32]) -> f32 {
+pub(crate) fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut lanes = [0f32; 8];
     let chunks = xs.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().sum();
+    let tail: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
     for chunk in chunks {
-        lanes.iter_mut().zip(chunk).for_each(|(l, x)| *l += x);
+        lanes.iter_mut().zip(chunk).for_each(|(l, &x)| *l += f(x));
     }
     lanes.iter().sum::<f32>() + tail
 }
@@ -301,13 +301,7 @@ struct RmsNorm {
 impl RmsNorm {
     /// `sqrt(mean(x²) + eps)` of one row.
     fn rms(&self, row: &[f32]) -> f32 {
-        let mut lanes = [0f32; 8];
-        let chunks = row.chunks_exact(8);
-        let tail: f32 = chunks.remainder().iter().map(|x| x * x).sum();
-        for chunk in chunks {
-            lanes.iter_mut().zip(chunk).for_each(|(l, x)| *l += x * x);
-        }
-        ((lanes.iter().sum::<f32>() + tail) / row.len() as f32 + self.eps).sqrt()
+        (lane_sum(row, |x| x * x) / row.len() as f32 + self.eps).sqrt()
     }
 }
 

@@ -96,20 +96,40 @@ impl AttnShape {
 /// of its rows can see: under a causal mask that skips most of the masked half of the scores.
 const BLOCK: usize = 32;
 
-/// The query blocks of one sequence, each with how many leading keys it reads.
-fn blocks(mask: Option<&[f32]>, seq: usize) -> Vec<(Range<usize>, usize)> {
-    let visible = |i: usize| match mask {
-        Some(m) => m[i * seq..(i + 1) * seq].iter().rposition(|&v| v > MASKED).map_or(0, |j| j + 1),
-        None => seq,
-    };
-    (0..seq)
-        .step_by(BLOCK)
-        .map(|start| {
-            let rows = start..(start + BLOCK).min(seq);
-            let keys = rows.clone().map(visible).max().unwrap_or(0);
-            (rows, keys)
-        })
-        .collect()
+/// The additive attention mask `(batch, seq, seq)` of a batch, with each sequence's query blocks
+/// and how many leading keys each block reads. Built once per batch: every layer's forward and
+/// backward reads the same blocks.
+pub(super) struct AttnMask {
+    values: Option<Vec<f32>>,
+    blocks: Vec<Vec<(Range<usize>, usize)>>,
+}
+
+impl AttnMask {
+    /// The mask of `batch` sequences of `seq` tokens; `None` lets every query see every key.
+    pub fn new(values: Option<Vec<f32>>, batch: usize, seq: usize) -> Self {
+        let visible = |b: usize, i: usize| match &values {
+            Some(m) => m[(b * seq + i) * seq..][..seq].iter().rposition(|&v| v > MASKED).map_or(0, |j| j + 1),
+            None => seq,
+        };
+        let blocks = (0..batch)
+            .map(|b| {
+                (0..seq)
+                    .step_by(BLOCK)
+                    .map(|start| {
+                        let rows = start..(start + BLOCK).min(seq);
+                        let keys = rows.clone().map(|i| visible(b, i)).max().unwrap_or(0);
+                        (rows, keys)
+                    })
+                    .collect()
+            })
+            .collect();
+        Self { values, blocks }
+    }
+
+    /// Sequence `b`'s `(seq, seq)` mask values.
+    fn sequence(&self, b: usize, seq: usize) -> Option<&[f32]> {
+        self.values.as_deref().map(|m| part(m, b, seq * seq))
+    }
 }
 
 /// `e^x` to a relative error below 4e-6, in plain arithmetic the compiler vectorises (libm's
@@ -157,7 +177,7 @@ fn softmax_row(row: &mut [f32], mask: Option<&[f32]>) -> f32 {
         return f32::NEG_INFINITY;
     }
     row.iter_mut().for_each(|s| *s = exp(*s - max));
-    let total = lane_sum(row);
+    let total = lane_sum(row, |p| p);
     let inv = 1.0 / total;
     row.iter_mut().for_each(|p| *p *= inv);
     max + total.ln()
@@ -196,7 +216,7 @@ pub(super) fn attention_forward(
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    mask: Option<&[f32]>,
+    mask: &AttnMask,
     sh: AttnShape,
 ) -> (Vec<f32>, Vec<f32>) {
     let (s, group) = (sh.seq, sh.heads / sh.kv_heads);
@@ -206,9 +226,9 @@ pub(super) fn attention_forward(
         |(b, (out, lse))| {
             let (q, k, v) =
                 (part(q, b, s * sh.q_row()), part(k, b, s * sh.kv_row()), part(v, b, s * sh.kv_row()));
-            let mask = mask.map(|m| part(m, b, s * s));
+            let (blocks, mask) = (&mask.blocks[b], mask.sequence(b, s));
             let mut p = vec![0f32; BLOCK * s];
-            for (rows, keys) in blocks(mask, s) {
+            for (rows, keys) in blocks.iter().cloned() {
                 if keys == 0 {
                     rows.for_each(|i| lse[i * sh.heads..(i + 1) * sh.heads].fill(f32::NEG_INFINITY));
                     continue;
@@ -238,7 +258,7 @@ pub(super) fn attention_backward(
     out: &[f32],
     lse: &[f32],
     dout: &[f32],
-    mask: Option<&[f32]>,
+    mask: &AttnMask,
     sh: AttnShape,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (s, d, group, scale) = (sh.seq, sh.head_dim, sh.heads / sh.kv_heads, sh.scale());
@@ -253,9 +273,9 @@ pub(super) fn attention_backward(
             let (q, k, v) =
                 (part(q, b, s * sh.q_row()), part(k, b, s * sh.kv_row()), part(v, b, s * sh.kv_row()));
             let (out, dout) = (part(out, b, s * sh.q_row()), part(dout, b, s * sh.q_row()));
-            let (lse, mask) = (part(lse, b, s * sh.heads), mask.map(|m| part(m, b, s * s)));
+            let (blocks, lse, mask) = (&mask.blocks[b], part(lse, b, s * sh.heads), mask.sequence(b, s));
             let (mut p, mut ds) = (vec![0f32; BLOCK * s], vec![0f32; BLOCK * s]);
-            for (rows, keys) in blocks(mask, s) {
+            for (rows, keys) in blocks.iter().cloned() {
                 let (p, ds) = (&mut p[..rows.len() * keys], &mut ds[..rows.len() * keys]);
                 let block = Strided::dense(rows.len(), keys);
                 let block_mask = mask.map(|m| &m[rows.start * s..]);
@@ -324,10 +344,11 @@ mod tests {
         for (i, j) in [(1, 1), (2, 1), (2, 2)] {
             mask[i * 3 + j] = 0.0;
         }
-        let (out, lse) = attention_forward(&q, &k, &v, Some(&mask), sh);
+        let mask = AttnMask::new(Some(mask), 1, 3);
+        let (out, lse) = attention_forward(&q, &k, &v, &mask, sh);
         assert_eq!((&out[..2], lse[0]), (&[0.0, 0.0][..], f32::NEG_INFINITY));
         assert_eq!(&out[2..4], &[3.0, 4.0], "the second query sees one key: its value");
-        let (dq, dk, dv) = attention_backward(&q, &k, &v, &out, &lse, &[1.0; 6], Some(&mask), sh);
+        let (dq, dk, dv) = attention_backward(&q, &k, &v, &out, &lse, &[1.0; 6], &mask, sh);
         assert!(dq.iter().chain(&dk).chain(&dv).all(|g| g.is_finite()));
         assert_eq!((&dq[..2], &dk[..2], &dv[..2]), (&[0.0, 0.0][..], &[0.0, 0.0][..], &[0.0, 0.0][..]));
     }

@@ -5,7 +5,7 @@
 use candle_core::Tensor;
 
 use super::kernels::{
-    attention_backward, attention_forward, swiglu_backward, swiglu_forward, tensor, view, AttnShape,
+    attention_backward, attention_forward, swiglu_backward, swiglu_forward, tensor, view, AttnMask, AttnShape,
 };
 use super::linear::{self, Grads};
 use crate::error::Result;
@@ -13,11 +13,11 @@ use crate::models::qwen2_5_vl::fused::{rms_norm_grads, rms_norm_plain, rotary_ro
 use crate::models::qwen2_5_vl::ops::RmsNorm;
 use crate::models::qwen2_5_vl::text::DecoderLayer;
 
-/// The rows' rotary tables `(rows, head_dim)`, the additive mask `(batch, seq, seq)` and sizes.
+/// The rows' rotary tables `(rows, head_dim)`, the attention mask and sizes.
 pub(super) struct Context<'a> {
     pub cos: &'a Tensor,
     pub sin: &'a Tensor,
-    pub mask: Option<&'a Tensor>,
+    pub mask: &'a AttnMask,
     pub batch: usize,
     pub seq: usize,
 }
@@ -75,9 +75,8 @@ pub(super) fn forward(layer: &DecoderLayer, x: &Tensor, ctx: &Context) -> Result
     let (k, k_saved) = linear::forward(&a.k_proj, &normed)?;
     let (values, v_saved) = linear::forward(&a.v_proj, &normed)?;
     let (rq, rk) = (rotate(&q, a.heads, ctx, false)?, rotate(&k, a.kv_heads, ctx, false)?);
-    let mask = ctx.mask.map(view).transpose()?;
     let (attn, lse) =
-        attention_forward(&view(&rq)?, &view(&rk)?, &view(&values)?, mask.as_deref(), shape(layer, ctx));
+        attention_forward(&view(&rq)?, &view(&rk)?, &view(&values)?, ctx.mask, shape(layer, ctx));
     let attn = tensor(attn, &[x.dim(0)?, a.heads * a.head_dim])?;
     let (o, o_saved) = linear::forward(&a.o_proj, &attn)?;
     let mid = (x + o)?;
@@ -127,7 +126,6 @@ pub(super) fn backward(
     let d_mid =
         (dy + norm_backward(&layer.post_attention_layernorm, &s.mid, &d_normed.contiguous()?, grads)?)?;
     let d_attn = need(linear::backward(&a.o_proj, &s.o, &d_mid, grads, true)?)?;
-    let mask = ctx.mask.map(view).transpose()?;
     let (dq, dk, dv) = attention_backward(
         &view(&s.rq)?,
         &view(&s.rk)?,
@@ -135,7 +133,7 @@ pub(super) fn backward(
         &view(&s.attn)?,
         &s.lse,
         &view(&d_attn.contiguous()?)?,
-        mask.as_deref(),
+        ctx.mask,
         shape(layer, ctx),
     );
     let dq = rotate(&tensor(dq, s.rq.dims())?, a.heads, ctx, true)?;

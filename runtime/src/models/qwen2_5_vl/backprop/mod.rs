@@ -29,7 +29,7 @@ use super::weights::Param;
 use super::{DecoderInputs, Grid, Qwen25VL};
 use crate::device::on_cpu_pool;
 use crate::error::Result;
-use kernels::{is_cpu_f32, tensor, view};
+use kernels::{is_cpu_f32, tensor, view, AttnMask};
 use linear::Grads;
 
 /// A training batch: right-padded ids `(b, s)`, its 0/1 attention mask, the images, and the
@@ -59,7 +59,7 @@ struct Trace {
     head: head::Saved,
     cos: Tensor,
     sin: Tensor,
-    mask: Option<Tensor>,
+    mask: AttnMask,
     batch: usize,
     seq: usize,
     wanted: HashSet<TensorId>,
@@ -95,8 +95,8 @@ impl Qwen25VL {
         let (cos, sin) = self.text.rotary.cos_sin(&pos, DType::F32, self.device())?;
         let width = cos.dim(3)?;
         let (cos, sin) = (cos.reshape((b * s, width))?, sin.reshape((b * s, width))?);
-        let mask = mask.map(|m| m.reshape((b, s, s))?.contiguous()).transpose()?;
-        let ctx = layer::Context { cos: &cos, sin: &sin, mask: mask.as_ref(), batch: b, seq: s };
+        let mask = AttnMask::new(mask.map(|m| m.flatten_all()?.to_vec1::<f32>()).transpose()?, b, s);
+        let ctx = layer::Context { cos: &cos, sin: &sin, mask: &mask, batch: b, seq: s };
         let mut x = embeds.detach().reshape((b * s, embeds.dim(2)?))?.contiguous()?;
         let mut layers = Vec::with_capacity(self.text.layers.len());
         for l in &self.text.layers {
@@ -148,8 +148,7 @@ impl TrainForward {
         let mut grads = Grads::new(t.wanted.clone());
         let rows = t.batch * t.seq;
         let mut dx = head::backward(text, &t.head, dlogprobs, rows, &mut grads)?;
-        let ctx =
-            layer::Context { cos: &t.cos, sin: &t.sin, mask: t.mask.as_ref(), batch: t.batch, seq: t.seq };
+        let ctx = layer::Context { cos: &t.cos, sin: &t.sin, mask: &t.mask, batch: t.batch, seq: t.seq };
         let embeddings = grads.wants(&text.embed_tokens);
         for (i, (l, saved)) in text.layers.iter().zip(&t.layers).enumerate().rev() {
             let need_input = i > 0 || embeddings;
