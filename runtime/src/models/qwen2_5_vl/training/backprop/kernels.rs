@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::gemm::{matmul, Strided};
 use crate::error::Result;
-use crate::models::qwen2_5_vl::fused::lane_sum;
+use crate::models::qwen2_5_vl::ops::fused::lane_sum;
 use crate::models::qwen2_5_vl::ops::MASKED;
 
 /// The values of a contiguous f32 CPU tensor, borrowed for as long as the view lives.

@@ -25,10 +25,10 @@ use std::collections::{HashMap, HashSet};
 
 use candle_core::{DType, Tensor, TensorId};
 
-use super::weights::Param;
-use super::{DecoderInputs, Grid, Qwen25VL};
 use crate::device::on_cpu_pool;
 use crate::error::Result;
+use crate::models::qwen2_5_vl::weights::Param;
+use crate::models::qwen2_5_vl::{DecoderInputs, Grid, Qwen25VL};
 use kernels::{is_cpu_f32, tensor, view, AttnMask};
 use linear::Grads;
 

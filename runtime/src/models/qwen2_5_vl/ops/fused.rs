@@ -1,5 +1,7 @@
 //! Fused CPU kernels, with a backward pass, for the (scaled, masked) softmax, RMSNorm and rotary
-//! embedding of training.
+//! embedding of training. The attention softmax and the rotary embedding run them in inference
+//! too, on f32 CPU tensors; the hand-derived training pass calls the `_plain`/`_grads`/`_rows`
+//! entry points directly.
 //!
 //! candle's own fused `softmax_last_dim`, `rms_norm` and `rope` cut the gradient, so the
 //! trainable path used to compose them from a handful of elementary ops, each allocating a
@@ -548,7 +550,7 @@ mod tests {
         let scores = Var::from_tensor(&random(&[2, 3, 4, 6], 40)).unwrap();
         let scale = 0.125;
         let mut causal = random(&[2, 1, 4, 6], 41).flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        causal[5] = super::super::ops::MASKED;
+        causal[5] = super::super::MASKED;
         causal[30] = f32::NEG_INFINITY;
         let causal = Tensor::from_vec(causal, (2, 1, 4, 6), &Device::Cpu).unwrap();
         let padding = random(&[2, 1, 1, 6], 42);

@@ -4,7 +4,7 @@
 //! candle's fused `rms_norm`, `softmax_last_dim` and `rope` kernels have no backward pass. When
 //! no gradient can flow (no input tracks a `Var`), the norm and the softmax run them: they give
 //! the same values and make an inference forward about four times faster on CPU. When one can,
-//! they run the kernels of [`super::fused`], which have a backward, on f32 CPU tensors; the
+//! they run the kernels of [`fused`], which have a backward, on f32 CPU tensors; the
 //! rotary embedding runs its fused kernel in both cases. Other dtypes and devices compose these
 //! ops from elementary ones. Half-precision inputs are upcast to f32 for the norm and the
 //! softmax, as transformers does.
@@ -14,10 +14,11 @@
 //! [`decode_attention`] computes that case directly on the CPU, reading the grouped key/value
 //! heads in place (no `repeat_kv` copy) from a cache that may hold spare capacity.
 
+pub mod fused;
+
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor, D};
 use rayon::prelude::*;
 
-use super::fused;
 use super::weights::{Init, Weights};
 use crate::error::Result;
 
