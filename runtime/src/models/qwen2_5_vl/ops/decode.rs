@@ -8,6 +8,7 @@
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
 use rayon::prelude::*;
 
+use super::cpu_f32_fast_path;
 use crate::error::Result;
 
 /// Attention of one query token per row, `q` `(b, heads, 1, d)`, over cached `k` and `v`
@@ -20,7 +21,7 @@ pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor
     let (b, heads, queries, d) = q.dims4()?;
     let (kb, kv_heads, keys, kd) = k.dims4()?;
     let applies = !(q.track_op() || k.track_op() || v.track_op())
-        && [q, k, v].iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+        && cpu_f32_fast_path(&[q, k, v])
         && queries == 1
         && (kb, kd) == (b, d)
         && v.dims() == k.dims()

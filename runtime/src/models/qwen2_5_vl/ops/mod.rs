@@ -4,7 +4,7 @@
 //! candle's fused `rms_norm` and `softmax_last_dim` kernels have no backward pass. When no
 //! gradient can flow (no input tracks a `Var`), the norm and the softmax run them: they give
 //! the same values and make an inference forward about four times faster on CPU. On f32 CPU
-//! tensors the attention softmax, the rotary embedding and, when a
+//! tensors ([`cpu_f32_fast_path`]) the attention softmax, the rotary embedding and, when a
 //! gradient can flow, the norm run the kernels of [`fused`], which have a backward. Other dtypes
 //! and devices compose these ops from elementary ones. Half-precision inputs are upcast to f32
 //! for the norm and the softmax, as transformers does. [`decode`] holds the no-gradient kernel
@@ -43,6 +43,13 @@ impl RmsNorm {
         let normed = x.broadcast_div(&rms)?.to_dtype(dtype)?;
         Ok(normed.broadcast_mul(&self.weight)?)
     }
+}
+
+/// Whether every one of `tensors` is an f32 tensor on the CPU: the one condition, shared by the
+/// kernels of [`fused`], [`decode`] and the hand-derived training pass, under which medbridge's
+/// own CPU kernels may read the values directly. Each kernel adds its own shape conditions.
+pub(crate) fn cpu_f32_fast_path(tensors: &[&Tensor]) -> bool {
+    tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
 }
 
 /// Half precision is computed in f32; f32 and f64 stay as they are.
@@ -122,6 +129,17 @@ mod tests {
         let g =
             grads.get(x.as_tensor()).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(g > 0.0);
+    }
+
+    #[test]
+    fn the_fast_path_is_f32_on_the_cpu_whatever_the_shape() {
+        let f32_matrix = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
+        let f32_scalar = Tensor::new(1f32, &Device::Cpu).unwrap();
+        let f64_matrix = f32_matrix.to_dtype(DType::F64).unwrap();
+        let bf16_matrix = f32_matrix.to_dtype(DType::BF16).unwrap();
+        assert!(cpu_f32_fast_path(&[&f32_matrix, &f32_scalar]));
+        assert!(!cpu_f32_fast_path(&[&f32_matrix, &f64_matrix]));
+        assert!(!cpu_f32_fast_path(&[&bf16_matrix]));
     }
 
     #[test]
