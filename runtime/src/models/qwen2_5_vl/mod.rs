@@ -3,34 +3,27 @@
 //! [`Qwen25VL`] takes the same raw tensors as transformers' `Qwen2_5_VLForConditionalGeneration`:
 //! `input_ids`, `pixel_values` `(Σ t·h·w, C·T·P·P)` and one `[t, h, w]` grid per image. Image
 //! features replace the `image_token_id` positions; position ids follow `get_rope_index`.
-//! The folder reads in data-flow order: `config`, `weights`/`load`, `fused`, `ops`, `vision_window`,
-//! `vision`, `text`, `rope_index`, `cache`, then this file; `lora` and `trainable` make it
-//! trainable, `adapter` reads and writes PEFT adapters, `presets` holds the tiny CPU configuration.
-//! `processor` (with `processor_image`, `processor_resize`, `chat_template`) turns an image and a
-//! prompt into those tensors.
+//! The folder reads in data-flow order: `processor/` turns an image and a prompt into those
+//! tensors; then the inference model: `config`, `presets`, `weights`/`load`, `ops/` (the kernels
+//! and which one runs), `lora` (the linear layer, which can carry an adapter), `vision_window`,
+//! `vision`, `text`, `rope_index`, `cache`, then this file; `training/` makes it trainable, reads
+//! and writes PEFT adapters, and holds the hand-derived training pass. `README.md` maps the
+//! folder and tables which kernel runs for which device, dtype and mode.
 
-pub mod adapter;
-pub mod backprop;
 pub mod cache;
-pub mod chat_template;
 pub mod config;
-pub mod fused;
 pub mod load;
 pub mod lora;
 pub mod ops;
 pub mod presets;
 pub mod processor;
-pub mod processor_image;
-mod processor_resize;
 pub mod rope_index;
 pub mod text;
-pub mod trainable;
+pub mod training;
 pub mod vision;
 pub mod vision_window;
 pub mod weights;
 
-#[cfg(test)]
-mod adapter_interop_tests;
 #[cfg(test)]
 mod parity_tests;
 
@@ -39,12 +32,13 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor, Var, D};
 
 pub use cache::KvCache;
-pub use chat_template::{ChatMessage, ChatTemplate, ContentPart};
 pub use config::{Config, TextConfig, TokenIds, VisionConfig};
 pub use lora::{LoraConfig, LoraInit};
+pub use processor::chat_template::{ChatMessage, ChatTemplate, ContentPart};
+pub use processor::image::{smart_resize, PreprocessorConfig, ProcessedImage};
 pub use processor::{Encoded, EncodedConversation, Processor, SpecialTokens};
-pub use processor_image::{smart_resize, PreprocessorConfig, ProcessedImage};
-pub use trainable::ModelInfo;
+pub use training::backprop;
+pub use training::trainable::ModelInfo;
 pub use vision_window::{grids_from_tensor, Grid};
 
 use crate::device::on_cpu_pool;

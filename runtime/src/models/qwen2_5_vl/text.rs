@@ -11,7 +11,8 @@ use candle_core::{DType, Device, Tensor};
 use super::cache::LayerKv;
 use super::config::TextConfig;
 use super::lora::{Linear, INIT_STD};
-use super::ops::{apply_rotary, attention, decode_attention, RmsNorm};
+use super::ops::decode::decode_attention;
+use super::ops::{apply_rotary, attention, RmsNorm};
 use super::weights::{join, Init, Param, Visitor, Weights};
 use crate::error::Result;
 

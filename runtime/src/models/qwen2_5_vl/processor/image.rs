@@ -12,7 +12,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use serde_json::{Map, Value};
 
-use super::processor_resize::resize_bicubic;
+use super::resize::resize_bicubic;
 use crate::error::{Context, Error, Result};
 use crate::image::Image;
 
@@ -451,7 +451,7 @@ mod tests {
     }
 
     fn fixture_path(name: &str) -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/models/qwen2_5_vl/testdata").join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/models/qwen2_5_vl/processor/testdata").join(name)
     }
 
     /// transformers' `Qwen2VLImageProcessorPil` output for the 37x23 fixture image with patch 2,

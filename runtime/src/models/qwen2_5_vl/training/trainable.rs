@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use candle_core::{Tensor, Var};
 
-use super::lora::{LoraConfig, LoraState};
-use super::weights::Param;
-use super::Qwen25VL;
+use super::super::lora::{LoraConfig, LoraState};
+use super::super::weights::{Param, Visitor};
+use super::super::Qwen25VL;
 use crate::device::device_name;
 use crate::error::{Context, Error, Result};
 
@@ -219,7 +219,7 @@ impl Qwen25VL {
         })
     }
 
-    fn visit_all(&mut self, f: &mut super::weights::Visitor) -> Result<()> {
+    fn visit_all(&mut self, f: &mut Visitor) -> Result<()> {
         self.text.visit(f)?;
         self.vision.visit(f)
     }
@@ -237,9 +237,9 @@ pub fn dtype_name(dtype: candle_core::DType) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{max_diff, pixels, prompt, tiny, GRID};
-    use super::super::{Config, LoraInit};
     use super::*;
+    use crate::models::qwen2_5_vl::tests::{max_diff, pixels, prompt, tiny, GRID};
+    use crate::models::qwen2_5_vl::{Config, LoraInit};
     use candle_core::{DType, Device, D};
 
     /// Next-token cross-entropy over the prompt, the shape of loss SFT uses.

@@ -25,11 +25,12 @@ use std::collections::{HashMap, HashSet};
 
 use candle_core::{DType, Tensor, TensorId};
 
-use super::weights::Param;
-use super::{DecoderInputs, Grid, Qwen25VL};
 use crate::device::on_cpu_pool;
 use crate::error::Result;
-use kernels::{is_cpu_f32, tensor, view, AttnMask};
+use crate::models::qwen2_5_vl::ops::cpu_f32_fast_path;
+use crate::models::qwen2_5_vl::weights::Param;
+use crate::models::qwen2_5_vl::{DecoderInputs, Grid, Qwen25VL};
+use kernels::{tensor, view, AttnMask};
 use linear::Grads;
 
 /// A training batch: right-padded ids `(b, s)`, its 0/1 attention mask, the images, and the
@@ -69,7 +70,7 @@ impl Qwen25VL {
     /// Whether [`Self::train_forward`] can train this model: f32 on the CPU, with trainable
     /// tensors that all belong to the language model (the vision tower frozen).
     pub fn hand_backprop_applies(&self) -> bool {
-        if self.trainable.is_empty() || !is_cpu_f32(&self.text.embed_tokens) {
+        if self.trainable.is_empty() || !cpu_f32_fast_path(&[&self.text.embed_tokens]) {
             return false;
         }
         let text = text_tensor_ids(self);

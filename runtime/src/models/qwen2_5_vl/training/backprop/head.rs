@@ -7,8 +7,8 @@ use candle_core::Tensor;
 use super::kernels::{tensor, view};
 use super::linear::{self, Grads};
 use crate::error::Result;
-use crate::models::qwen2_5_vl::fused::{rms_norm_grads, rms_norm_plain};
 use crate::models::qwen2_5_vl::lora::Linear;
+use crate::models::qwen2_5_vl::ops::fused::{rms_norm_grads, rms_norm_plain};
 use crate::models::qwen2_5_vl::text::TextModel;
 
 /// Log-probabilities of the targets, the entropy at each scored row and how many targets are

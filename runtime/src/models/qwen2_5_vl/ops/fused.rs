@@ -1,5 +1,7 @@
 //! Fused CPU kernels, with a backward pass, for the (scaled, masked) softmax, RMSNorm and rotary
-//! embedding of training.
+//! embedding of training. The attention softmax and the rotary embedding run them in inference
+//! too, on f32 CPU tensors; the hand-derived training pass calls the `_plain`/`_grads`/`_rows`
+//! entry points directly.
 //!
 //! candle's own fused `softmax_last_dim`, `rms_norm` and `rope` cut the gradient, so the
 //! trainable path used to compose them from a handful of elementary ops, each allocating a
@@ -9,14 +11,15 @@
 //! gradient (computed by a second kernel that is itself not differentiable: nothing here needs
 //! second derivatives).
 //!
-//! Only f32 CPU tensors are handled (strided views are made contiguous first); [`softmax_last`],
-//! [`scaled_masked_softmax`], [`rms_norm`] and [`rotary`] return `None` otherwise and the caller composes the op from
-//! elementary ones.
+//! Only f32 CPU tensors of rank 1 or more are handled ([`super::cpu_f32_fast_path`]; strided
+//! views are made contiguous first); [`softmax_last`], [`scaled_masked_softmax`], [`rms_norm`]
+//! and [`rotary`] return `None` otherwise and the caller composes the op from elementary ones.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use super::cpu_f32_fast_path;
 use crate::error::Result;
 
 /// Rows below this many values are processed on the calling thread: splitting them costs more
@@ -138,8 +141,10 @@ pub(crate) fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
+/// The kernels work on rows of the last dimension, so each tensor must be f32 on the CPU and
+/// have one (not a scalar).
 fn applies(tensors: &[&Tensor]) -> bool {
-    tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.rank() > 0)
+    cpu_f32_fast_path(tensors) && tensors.iter().all(|t| t.rank() > 0)
 }
 
 /// The contiguous f32 values of a custom op's argument.
@@ -486,7 +491,7 @@ impl CustomOp3 for Rotary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
@@ -548,7 +553,7 @@ mod tests {
         let scores = Var::from_tensor(&random(&[2, 3, 4, 6], 40)).unwrap();
         let scale = 0.125;
         let mut causal = random(&[2, 1, 4, 6], 41).flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        causal[5] = super::super::ops::MASKED;
+        causal[5] = super::super::MASKED;
         causal[30] = f32::NEG_INFINITY;
         let causal = Tensor::from_vec(causal, (2, 1, 4, 6), &Device::Cpu).unwrap();
         let padding = random(&[2, 1, 1, 6], 42);

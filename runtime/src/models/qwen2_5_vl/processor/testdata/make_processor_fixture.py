@@ -3,7 +3,7 @@
 Run by hand from the repository root (outputs are committed next to this script):
 
     pip install pillow numpy transformers tokenizers   # no torch needed
-    python runtime/src/models/qwen2_5_vl/testdata/make_processor_fixture.py
+    python runtime/src/models/qwen2_5_vl/processor/testdata/make_processor_fixture.py
 
 Writes:
 - input_37x23.png: a non-square RGB test image (smooth gradients plus fixed-seed noise);

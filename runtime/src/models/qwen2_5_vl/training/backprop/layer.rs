@@ -9,7 +9,7 @@ use super::kernels::{
 };
 use super::linear::{self, Grads};
 use crate::error::Result;
-use crate::models::qwen2_5_vl::fused::{rms_norm_grads, rms_norm_plain, rotary_rows};
+use crate::models::qwen2_5_vl::ops::fused::{rms_norm_grads, rms_norm_plain, rotary_rows};
 use crate::models::qwen2_5_vl::ops::RmsNorm;
 use crate::models::qwen2_5_vl::text::DecoderLayer;
 

@@ -5,7 +5,12 @@
 //! generation prompt, the single `<|image_pad|>` is expanded to one pad per merged patch
 //! (`grid_t * grid_h * grid_w / merge_size²`) in the text before tokenizing, as transformers
 //! does, and the text is tokenized with the checkpoint's `tokenizer.json`. The tiny preset's
-//! files are embedded so `Processor::tiny()` works from any directory.
+//! files are embedded so `Processor::tiny()` works from any directory. [`image`] resizes
+//! (`resize`: Pillow's bicubic) and patchifies the pixels, [`chat_template`] renders the prompt.
+
+pub mod chat_template;
+pub mod image;
+mod resize;
 
 use std::path::Path;
 
@@ -13,16 +18,16 @@ use candle_core::Tensor;
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
-use super::chat_template::{ChatMessage, ChatTemplate};
-use super::processor_image::{preprocess_image, PreprocessorConfig, ProcessedImage};
+use self::chat_template::{ChatMessage, ChatTemplate};
+use self::image::{preprocess_image, PreprocessorConfig, ProcessedImage};
 use crate::error::{Context, Error, Result};
 use crate::image::Image;
 
-pub(crate) const TINY_TOKENIZER: &str = include_str!("../../../assets/qwen2_5_vl_tiny/tokenizer.json");
+pub(crate) const TINY_TOKENIZER: &str = include_str!("../../../../assets/qwen2_5_vl_tiny/tokenizer.json");
 pub(crate) const TINY_TOKENIZER_CONFIG: &str =
-    include_str!("../../../assets/qwen2_5_vl_tiny/tokenizer_config.json");
+    include_str!("../../../../assets/qwen2_5_vl_tiny/tokenizer_config.json");
 pub(crate) const TINY_PREPROCESSOR_CONFIG: &str =
-    include_str!("../../../assets/qwen2_5_vl_tiny/preprocessor_config.json");
+    include_str!("../../../../assets/qwen2_5_vl_tiny/preprocessor_config.json");
 
 const IMAGE_PAD: &str = "<|image_pad|>";
 
@@ -350,7 +355,7 @@ mod tests {
     use super::*;
 
     fn testdata(name: &str) -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/models/qwen2_5_vl/testdata").join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/models/qwen2_5_vl/processor/testdata").join(name)
     }
 
     fn expected() -> Value {

@@ -7,12 +7,12 @@
 
 use std::ops::{Deref, Range};
 
-use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
+use candle_core::{CpuStorage, Device, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::gemm::{matmul, Strided};
 use crate::error::Result;
-use crate::models::qwen2_5_vl::fused::lane_sum;
+use crate::models::qwen2_5_vl::ops::fused::lane_sum;
 use crate::models::qwen2_5_vl::ops::MASKED;
 
 /// The values of a contiguous f32 CPU tensor, borrowed for as long as the view lives.
@@ -49,11 +49,6 @@ impl Deref for View<'_> {
 /// An f32 CPU tensor from `values`.
 pub(super) fn tensor(values: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
     Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
-}
-
-/// Whether `t` can be read by [`view`] once made contiguous.
-pub(super) fn is_cpu_f32(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32
 }
 
 /// Sizes of one attention call. Queries are `(batch, seq, heads, head_dim)`, keys and values

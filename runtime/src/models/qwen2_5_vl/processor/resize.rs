@@ -123,7 +123,7 @@ mod tests {
 
     fn fixture(name: &str) -> Image {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("src/models/qwen2_5_vl/testdata")
+            .join("src/models/qwen2_5_vl/processor/testdata")
             .join(name);
         Image::open(&path).unwrap()
     }

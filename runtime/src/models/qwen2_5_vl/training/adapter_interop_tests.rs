@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, D};
 
-use super::{grids_from_tensor, LoraConfig, LoraInit, Qwen25VL};
+use super::super::{grids_from_tensor, LoraConfig, LoraInit, Qwen25VL};
 
 /// The logits kept in the fixtures: the last prompt positions (text after the image).
 const POSITIONS: usize = 24;

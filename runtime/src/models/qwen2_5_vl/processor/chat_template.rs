@@ -194,7 +194,7 @@ mod tests {
 
     /// Qwen2.5-VL-Instruct's template, as carried by the tiny preset's `tokenizer_config.json`.
     fn qwen_template() -> ChatTemplate {
-        let cfg: Value = serde_json::from_str(super::super::processor::TINY_TOKENIZER_CONFIG).unwrap();
+        let cfg: Value = serde_json::from_str(super::super::TINY_TOKENIZER_CONFIG).unwrap();
         ChatTemplate::from_tokenizer_config(&cfg, "tiny tokenizer_config.json").unwrap()
     }
 

@@ -21,8 +21,8 @@ use std::path::Path;
 use candle_core::{DType, Tensor};
 use serde_json::{json, Value};
 
-use super::lora::{LoraConfig, LoraInit};
-use super::Qwen25VL;
+use super::super::lora::{LoraConfig, LoraInit};
+use super::super::Qwen25VL;
 use crate::error::{Context, Error, Result};
 
 const CONFIG_FILE: &str = "adapter_config.json";
@@ -179,8 +179,8 @@ fn lora_config(config: &Value, tensors: &HashMap<String, Tensor>) -> Result<Lora
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{max_diff, tiny};
     use super::*;
+    use crate::models::qwen2_5_vl::tests::{max_diff, tiny};
     use candle_core::Device;
 
     #[test]
