@@ -9,6 +9,7 @@
 pub mod adapters;
 pub mod advantages;
 pub mod checkpoint;
+pub mod context;
 pub mod data_order;
 pub mod grad;
 pub mod grpo;
@@ -21,8 +22,11 @@ mod rollouts;
 pub mod schedule;
 pub mod sft;
 pub mod token_logprobs;
+mod train_loop;
+mod trainable_copy;
 
 pub use advantages::{group_advantages, Advantages, ScaleRewards};
+pub use context::TrainContext;
 pub use grad::{global_norm, GradAccumulator, NonFiniteGuard};
 pub use grpo::{grpo, grpo_with_rewards, GrpoOptions, GrpoSummary};
 pub use grpo_loss::{grpo_loss, GrpoLoss, GrpoLossConfig, GrpoLossInputs, LossAggregation};
@@ -31,4 +35,4 @@ pub use optim::{AdamW, AdamWConfig};
 pub use periodic_eval::{EvalPoint, PeriodicEval};
 pub use rewards::{CustomReward, RewardKind, RewardScores, Rewards};
 pub use schedule::Schedule;
-pub use sft::{sft, SftOptions, SftSummary, TrainContext};
+pub use sft::{sft, SftOptions, SftSummary};
