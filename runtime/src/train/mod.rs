@@ -1,10 +1,14 @@
 //! Training: the optimiser, schedules and gradient handling shared by SFT and GRPO, resumable
-//! checkpoints, supervised fine-tuning, and GRPO's rewards, advantages and loss.
+//! checkpoints, the one training loop both run, supervised fine-tuning, and GRPO's rewards,
+//! advantages and loss.
 //!
-//! `optim`, `schedule`, `grad`, `data_order`, `checkpoint`, `periodic_eval` and `adapters` (what
-//! a model's adapters are) are the common parts; `sft` is a whole training loop; `rewards`,
-//! `advantages` and `grpo_loss` are the pure pieces of GRPO that `grpo_step` assembles into an
-//! update over rollouts that `rollouts` draws (with dynamic sampling) for the `grpo` loop.
+//! `train_loop` is the loop (resume, cancel-and-save, non-finite report, metrics, progress,
+//! timing, periodic evaluation, checkpoints); `sft` and `grpo` each supply only its step.
+//! `context` (where a call reports, its checkpoint folder), `trainable_copy` (the model a trainer
+//! trains), `optim`, `schedule`, `grad`, `data_order`, `checkpoint`, `periodic_eval` and
+//! `adapters` (what a model's adapters are) are the common parts; `rewards`, `advantages` and
+//! `grpo_loss` are the pure pieces of GRPO that `grpo_step` assembles into an update over
+//! rollouts that `rollouts` draws (with dynamic sampling).
 
 pub mod adapters;
 pub mod advantages;

@@ -170,3 +170,93 @@ pub(crate) fn run<T: Trainer>(
     }
     Ok(summary)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::{CancelFlag, ProgressMode, RunDir};
+    use crate::train::sft::tests::{synthetic_task, tiny_vlm};
+    use crate::train::trainable_copy::trainable_copy;
+
+    /// A step that records what it was called with, draws one example and reports a NaN loss at
+    /// `bad`.
+    struct Recording {
+        calls: Vec<(u64, f64)>,
+        bad: Option<u64>,
+    }
+
+    impl Trainer for Recording {
+        const NAME: &'static str = "sft";
+
+        fn step(&mut self, state: &mut TrainState, step: u64, lr: f64) -> Result<StepReport> {
+            self.calls.push((step, lr));
+            state.order.next_batch(1);
+            let loss = if self.bad == Some(step) { f64::NAN } else { 1.0 };
+            state.guard.admit(step, loss, 1.0)?;
+            Ok(StepReport {
+                loss,
+                grad_norm: 1.0,
+                metrics: vec![("loss".into(), loss)],
+                message: String::new(),
+            })
+        }
+    }
+
+    fn settings(total: u64) -> LoopSettings<'static> {
+        LoopSettings {
+            total,
+            lr: 0.5,
+            schedule: Schedule::Constant,
+            warmup: 0,
+            adamw: AdamWConfig::default(),
+            seed: 0,
+            max_bad_steps: 5,
+            save_every: Some(2),
+            resume: None,
+            eval: None,
+        }
+    }
+
+    #[test]
+    fn calls_in_one_run_keep_their_checkpoints_apart_and_resume_continues_the_last() {
+        let (vlm, task) = (tiny_vlm(), synthetic_task());
+        let policy = vlm.with_model(trainable_copy(&vlm.model, None, false, 0).unwrap());
+        let tmp = tempfile::tempdir().unwrap();
+        let run_dir = RunDir::create(Some(tmp.path()), "loop").unwrap();
+        let ctx = TrainContext {
+            run: Some(&run_dir),
+            cancel: CancelFlag::new(),
+            progress: ProgressMode::Quiet,
+            out_dir: None,
+        };
+        let checkpoints = tmp.path().join("checkpoints");
+
+        let mut first = Recording { calls: vec![], bad: Some(1) };
+        let done = run(&mut first, &policy, &task, &settings(3), &ctx).unwrap();
+        assert_eq!(first.calls, [(0, 0.5), (1, 0.5), (2, 0.5)]);
+        assert_eq!((done.first_step, done.skipped_steps, done.step_seconds.len()), (0, vec![1], 3));
+        assert_eq!(done.last_checkpoint, Some(checkpoints.join("sft/checkpoint-3")));
+        assert!(checkpoints.join("sft/checkpoint-2").is_dir());
+        let log = std::fs::read_to_string(tmp.path().join("output.log")).unwrap();
+        assert!(log.contains("sft step 1: loss NaN / grad norm 1 not finite"), "{log}");
+
+        // A second call writes beside the first, resuming its latest checkpoint through the
+        // run's `checkpoints/` folder.
+        let mut second = Recording { calls: vec![], bad: None };
+        let resume = LoopSettings { resume: Some(&checkpoints), ..settings(5) };
+        let done = run(&mut second, &policy, &task, &resume, &ctx).unwrap();
+        assert_eq!((done.first_step, second.calls.len()), (3, 2));
+        assert_eq!(done.last_checkpoint, Some(checkpoints.join("sft-2/checkpoint-5")));
+        assert!(checkpoints.join("sft/checkpoint-3").is_dir());
+
+        // Cancelled before its first step, a third call saves step 0 in its own folder and says so.
+        ctx.cancel.cancel();
+        let err =
+            run(&mut Recording { calls: vec![], bad: None }, &policy, &task, &settings(2), &ctx).unwrap_err();
+        let saved = checkpoints.join("sft-3/checkpoint-0");
+        assert!(err.is_cancelled() && saved.join("optimizer.safetensors").is_file());
+        assert!(err
+            .to_string()
+            .contains(&format!("sft at step 0 of 2; checkpoint saved to {}", saved.display())));
+    }
+}
