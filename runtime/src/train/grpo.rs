@@ -1,8 +1,9 @@
-//! The GRPO loop: each step draws `batch` prompts with `group` completions each (see
-//! [`super::rollouts`], which also does dynamic sampling), scores them with the task's rewards and
-//! any script closures, and hands the rollouts to [`grpo_step`]. Defaults are TRL's `GRPOConfig`
-//! (lr 1e-6, beta 0, epsilon 0.2, G = 8, temperature 1, token-level loss); tiny CPU models need
-//! larger learning rates, which their scripts state.
+//! GRPO's step, run by the shared [`super::train_loop`]: each step draws `batch` prompts with
+//! `group` completions each (see [`super::rollouts`], which also does dynamic sampling), scores
+//! them with the task's rewards and any script closures, and hands the rollouts to
+//! [`grpo_step`]. Defaults are TRL's `GRPOConfig` (lr 1e-6, beta 0, epsilon 0.2, G = 8,
+//! temperature 1, token-level loss); tiny CPU models need larger learning rates, which their
+//! scripts state.
 //!
 //! Checkpoints hold the adapters, the optimiser, the data order and the step; every step's
 //! sampling seed derives from the run seed and the step, so a resumed run draws the same

@@ -6,7 +6,8 @@
 //! tokens are masked. The loss of a step is the mean over every scored token of its
 //! `batch × grad_accum` examples, so splitting a batch into micro-batches does not change it.
 //! The input model is left untouched: training happens on a copy with fresh LoRA adapters (or
-//! copied weights for full fine-tuning) over the shared frozen base.
+//! copied weights for full fine-tuning) over the shared frozen base. This file is SFT's step;
+//! resume, checkpoints, evaluation and the rest are [`super::train_loop`]'s.
 
 use std::path::PathBuf;
 
@@ -196,6 +197,7 @@ impl Trainer for SftStep<'_> {
 
     fn step(&mut self, state: &mut TrainState, step: u64, lr: f64) -> Result<StepReport> {
         let (model, examples, optimizer) = (self.model, &self.examples, &mut state.optimizer);
+        // Periodic evaluation switches adapter dropout off; the step switches it back on.
         model.set_training(true);
         let indices = state.order.next_batch(self.opts.batch * self.opts.grad_accum);
         let scored_total: usize =
