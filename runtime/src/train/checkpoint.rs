@@ -3,6 +3,10 @@
 //! masters and moments in `optimizer.safetensors`, and `trainer_state.json` with the step, the
 //! data order with its generator state, and the steps skipped so far.
 //!
+//! Each training call writes its checkpoints into its own folder (a run's
+//! `checkpoints/{trainer}[-N]/`, see [`super::context`]); `resume` takes a checkpoint, such a
+//! folder (its latest checkpoint), or the run's `checkpoints/` (the trainer's last call).
+//!
 //! Resuming restores all of it, so on the CPU a run of 2N steps and a run of N steps resumed for
 //! N more give the same losses. (LoRA dropout draws from the model's own generator, which is not
 //! saved: exact resumption needs `dropout = 0`.)
@@ -13,6 +17,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use super::context::call_number;
 use super::data_order::{DataOrder, DataOrderState};
 use super::grad::NonFiniteGuard;
 use super::optim::AdamW;
@@ -36,7 +41,6 @@ pub struct TrainerState {
     pub skipped_steps: Vec<u64>,
 }
 
-/// Write `out/checkpoint-{step}` and return its path.
 /// Save a trainer's progress into `out` (when there is one): the step, optimizer state, data order
 /// and skipped steps of `trainer` (`"sft"` or `"grpo"`) beside its trainable tensors.
 pub fn save_progress(
@@ -59,6 +63,7 @@ pub fn save_progress(
     save(out, trainable, optimizer, &state).map(Some)
 }
 
+/// Write `out/checkpoint-{step}` and return its path.
 pub fn save(
     out: &Path,
     trainable: &[(String, Var)],
@@ -84,29 +89,50 @@ pub fn save(
     Ok(dir)
 }
 
-/// A checkpoint directory, or the latest `checkpoint-*` inside an output directory.
-pub fn locate(path: &Path) -> Result<PathBuf> {
+/// The checkpoint `path` names for `trainer`: a checkpoint directory itself; the latest
+/// `checkpoint-N` inside an output directory; or, in a run's `checkpoints/` folder, the latest
+/// checkpoint of `trainer`'s last call (`{trainer}-N` with the highest N, see
+/// [`super::context`]).
+pub fn locate(path: &Path, trainer: &str) -> Result<PathBuf> {
     if path.join(STATE_FILE).is_file() {
         return Ok(path.to_path_buf());
     }
-    let entries = std::fs::read_dir(path).map_err(|e| Error::io(path, e))?;
-    let latest = entries
+    let step_of = |name: &str| name.strip_prefix("checkpoint-")?.parse().ok();
+    let latest_checkpoint = |dir: &Path| latest_in(dir, step_of, &|p| p.join(STATE_FILE).is_file());
+    if let Some(latest) = latest_checkpoint(path)? {
+        return Ok(latest);
+    }
+    let call_of = |name: &str| call_number(name, trainer).map(u64::from);
+    let last_call = latest_in(path, call_of, &|p| latest_checkpoint(p).is_ok_and(|c| c.is_some()))?;
+    match last_call {
+        Some(dir) => Ok(latest_checkpoint(&dir)?.unwrap_or(dir)),
+        None => crate::bail!(
+            "resume: {} holds neither {STATE_FILE}, nor a checkpoint-N directory, nor {trainer}'s \
+             checkpoint folders",
+            path.display()
+        ),
+    }
+}
+
+/// The entry of `dir` that `keep` accepts with the highest number `number` reads from its name.
+fn latest_in(
+    dir: &Path,
+    number: impl Fn(&str) -> Option<u64>,
+    keep: &dyn Fn(&Path) -> bool,
+) -> Result<Option<PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    Ok(entries
         .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            let step: u64 = name.strip_prefix("checkpoint-")?.parse().ok()?;
-            e.path().join(STATE_FILE).is_file().then_some((step, e.path()))
-        })
-        .max_by_key(|(step, _)| *step);
-    latest.map(|(_, p)| p).with_context(|| {
-        format!("resume: {} holds neither {STATE_FILE} nor a checkpoint-N directory", path.display())
-    })
+        .filter_map(|e| Some((number(&e.file_name().to_string_lossy())?, e.path())))
+        .filter(|(_, p)| keep(p))
+        .max_by_key(|(n, _)| *n)
+        .map(|(_, p)| p))
 }
 
 /// Read a checkpoint written by `trainer` and load its optimiser state (and so the trainable
 /// weights) into `optimizer`.
 pub fn load(path: &Path, trainer: &str, optimizer: &mut AdamW, device: &Device) -> Result<TrainerState> {
-    let dir = locate(path)?;
+    let dir = locate(path, trainer)?;
     let mut run = || -> Result<TrainerState> {
         let state_path = dir.join(STATE_FILE);
         let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
@@ -146,7 +172,7 @@ mod tests {
             skipped_steps: vec![],
         };
         let dir = save(tmp.path(), &params, &opt, &state).unwrap();
-        assert_eq!(locate(tmp.path()).unwrap(), dir);
+        assert_eq!(locate(tmp.path(), "sft").unwrap(), dir);
 
         let other = Var::new(&[0.0f32, 0.0], dev).unwrap();
         let mut opt2 = AdamW::new(&[("w".to_string(), other.clone())], AdamWConfig::default()).unwrap();
@@ -154,5 +180,31 @@ mod tests {
         assert_eq!(other.as_tensor().to_vec1::<f32>().unwrap(), var.as_tensor().to_vec1::<f32>().unwrap());
         let err = load(tmp.path(), "grpo", &mut opt2, dev).unwrap_err().to_string();
         assert!(err.contains("written by sft"), "{err}");
+    }
+
+    #[test]
+    fn a_runs_checkpoints_folder_resumes_the_trainers_last_call() {
+        let dev = &Device::Cpu;
+        let tmp = tempfile::tempdir().unwrap();
+        let params = vec![("w".to_string(), Var::new(&[1.0f32], dev).unwrap())];
+        let opt = AdamW::new(&params, AdamWConfig::default()).unwrap();
+        let state = |trainer: &str, step| TrainerState {
+            trainer: trainer.into(),
+            step,
+            optimizer_steps: 0,
+            data_order: DataOrder::new(4, 1).unwrap().state(),
+            skipped_steps: vec![],
+        };
+        let root = tmp.path();
+        for (folder, trainer, step) in
+            [("sft", "sft", 9), ("sft-2", "sft", 2), ("sft-2", "sft", 4), ("grpo", "grpo", 1)]
+        {
+            save(&root.join(folder), &params, &opt, &state(trainer, step)).unwrap();
+        }
+        std::fs::create_dir(root.join("sft-3")).unwrap();
+        assert_eq!(locate(root, "sft").unwrap(), root.join("sft-2/checkpoint-4"));
+        assert_eq!(locate(&root.join("sft"), "sft").unwrap(), root.join("sft/checkpoint-9"));
+        assert_eq!(locate(root, "grpo").unwrap(), root.join("grpo/checkpoint-1"));
+        assert!(locate(&root.join("sft-3"), "sft").unwrap_err().to_string().contains("holds neither"));
     }
 }

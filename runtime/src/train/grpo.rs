@@ -1,33 +1,32 @@
-//! The GRPO loop: each step draws `batch` prompts with `group` completions each (see
-//! [`super::rollouts`], which also does dynamic sampling), scores them with the task's rewards and
-//! any script closures, and hands the rollouts to [`grpo_step`]. Defaults are TRL's `GRPOConfig`
-//! (lr 1e-6, beta 0, epsilon 0.2, G = 8, temperature 1, token-level loss); tiny CPU models need
-//! larger learning rates, which their scripts state.
+//! GRPO's step, run by the shared [`super::train_loop`]: each step draws `batch` prompts with
+//! `group` completions each (see [`super::rollouts`], which also does dynamic sampling), scores
+//! them with the task's rewards and any script closures, and hands the rollouts to
+//! [`grpo_step`]. Defaults are TRL's `GRPOConfig` (lr 1e-6, beta 0, epsilon 0.2, G = 8,
+//! temperature 1, token-level loss); tiny CPU models need larger learning rates, which their
+//! scripts state.
 //!
 //! Checkpoints hold the adapters, the optimiser, the data order and the step; every step's
 //! sampling seed derives from the run seed and the step, so a resumed run draws the same
 //! completions and repeats the uninterrupted run's losses and rewards.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::models::qwen2_5_vl::LoraConfig;
 use crate::models::Vlm;
 use crate::run::splitmix64;
 use crate::sample::SamplerOptions;
 use crate::task::McqTask;
 
-use super::checkpoint;
-use super::data_order::DataOrder;
+use super::context::TrainContext;
 use super::grpo_step::{grpo_step, GrpoStepOptions, GrpoStepStats};
-use super::optim::{AdamW, AdamWConfig};
+use super::optim::AdamWConfig;
 use super::periodic_eval::{EvalPoint, PeriodicEval};
 use super::rewards::Rewards;
 use super::rollouts::RolloutSource;
 use super::schedule::Schedule;
-use super::sft::{trainable_copy, SftOptions, TrainContext};
-use super::NonFiniteGuard;
+use super::train_loop::{self, LoopSettings, StepReport, TrainState, Trainer};
+use super::trainable_copy::trainable_copy;
 
 #[derive(Debug, Clone)]
 pub struct GrpoOptions {
@@ -99,6 +98,8 @@ pub struct GrpoSummary {
     pub losses: Vec<f64>,
     pub kl: Vec<f64>,
     pub updates: Vec<usize>,
+    /// Steps of this call whose update was skipped for a non-finite loss or gradient.
+    pub skipped_steps: Vec<u64>,
     /// The periodic evaluations, when `eval` was set.
     pub eval: Vec<EvalPoint>,
     pub last_checkpoint: Option<PathBuf>,
@@ -142,21 +143,7 @@ pub fn grpo_with_rewards(
     for r in custom.rewards {
         rewards.push(&r.name, r.weight, r.kind)?;
     }
-    let shape =
-        SftOptions { lora: opts.lora.clone(), full: opts.full, seed: opts.seed, ..SftOptions::default() };
-    let model = trainable_copy(&vlm.model, &shape)?;
-    let policy = vlm.with_model(model.clone());
-    let mut optimizer = AdamW::new(model.trainable(), AdamWConfig::default())?;
-    let mut order = DataOrder::new(task.len(), opts.seed)?;
-    let mut guard = NonFiniteGuard::new(opts.max_bad_steps);
-    let mut first = 0;
-    if let Some(path) = &opts.resume {
-        let state = checkpoint::load(path, "grpo", &mut optimizer, model.device())?;
-        order = DataOrder::restore(&state.data_order, task.len())?;
-        guard.skipped = state.skipped_steps;
-        first = state.step;
-    }
-    let pad = vlm.processor.endoftext_id();
+    let policy = vlm.with_model(trainable_copy(&vlm.model, opts.lora.as_ref(), opts.full, opts.seed)?);
     let mut sampler = SamplerOptions {
         n: opts.step.group,
         max_new_tokens: opts.max_new_tokens,
@@ -164,82 +151,109 @@ pub fn grpo_with_rewards(
     };
     sampler.logits.temperature = opts.step.temperature as f32;
     sampler.logits.top_p = opts.top_p as f32;
-    let source = RolloutSource { policy: &policy, task, rewards: &rewards, sampler, cancel: &ctx.cancel };
-    let dynamic = opts.dynamic_sampling.then(|| opts.max_draws.unwrap_or(3 * opts.batch));
-    let out = ctx.checkpoint_dir();
-    let save = |step: u64, order: &DataOrder, optimizer: &AdamW, guard: &NonFiniteGuard| {
-        checkpoint::save_progress(out.as_deref(), "grpo", model.trainable(), step, order, optimizer, guard)
+    let settings = LoopSettings {
+        total: opts.steps,
+        lr: opts.lr,
+        schedule: opts.schedule,
+        warmup: opts.warmup,
+        adamw: AdamWConfig::default(),
+        seed: opts.seed,
+        max_bad_steps: opts.max_bad_steps,
+        save_every: opts.save_every,
+        resume: opts.resume.as_deref(),
+        eval: opts.eval.as_ref(),
     };
-    let mut summary = GrpoSummary { first_step: first, ..GrpoSummary::default() };
-    let bar = ctx.progress.bar(opts.steps, "grpo");
-    bar.set_position(first);
-    let started = Instant::now();
-    let mut eval_seconds = 0.0;
-    for step in first..opts.steps {
-        if ctx.cancel.is_cancelled() {
-            let saved = save(step, &order, &optimizer, &guard)?;
-            let where_ =
-                saved.map_or("nothing saved".to_string(), |p| format!("checkpoint saved to {}", p.display()));
-            return Err(Error::Cancelled(format!("grpo at step {step} of {}; {where_}", opts.steps)));
-        }
-        let step_started = Instant::now();
+    let mut trainer = GrpoStep {
+        source: RolloutSource { policy: &policy, task, rewards: &rewards, sampler, cancel: &ctx.cancel },
+        opts,
+        dynamic: opts.dynamic_sampling.then(|| opts.max_draws.unwrap_or(3 * opts.batch)),
+        pad: vlm.processor.endoftext_id(),
+        curves: GrpoSummary::default(),
+    };
+    let run = train_loop::run(&mut trainer, &policy, task, &settings, ctx)?;
+    let summary = GrpoSummary {
+        first_step: run.first_step,
+        skipped_steps: run.skipped_steps,
+        eval: run.eval,
+        last_checkpoint: run.last_checkpoint,
+        seconds_per_step: run.seconds_per_step,
+        step_seconds: run.step_seconds,
+        ..trainer.curves
+    };
+    Ok((policy, summary))
+}
+
+/// One GRPO step: draw the step's rollouts with its own seed, then one [`grpo_step`] update.
+struct GrpoStep<'a> {
+    source: RolloutSource<'a>,
+    opts: &'a GrpoOptions,
+    /// The draw cap with dynamic sampling.
+    dynamic: Option<usize>,
+    pad: u32,
+    /// The per-step curves; the loop fills in the rest of the summary.
+    curves: GrpoSummary,
+}
+
+impl Trainer for GrpoStep<'_> {
+    const NAME: &'static str = "grpo";
+
+    fn step(&mut self, state: &mut TrainState, step: u64, lr: f64) -> Result<StepReport> {
+        let opts = self.opts;
         let seed = splitmix64(opts.seed ^ step.wrapping_mul(0x9E37_79B9));
-        let drawn = source.step(&mut order, opts.batch, dynamic, seed)?;
-        let lr = opts.schedule.lr_at(opts.lr, step, opts.steps, opts.warmup);
+        let drawn = self.source.step(&mut state.order, opts.batch, self.dynamic, seed)?;
         let mut stats = if drawn.rollouts.is_empty() {
             GrpoStepStats::default()
         } else {
-            grpo_step(&model, &drawn.rollouts, &opts.step, &mut optimizer, &mut guard, lr, pad)?
+            let model = &self.source.policy.model;
+            grpo_step(
+                model,
+                &drawn.rollouts,
+                &opts.step,
+                &mut state.optimizer,
+                &mut state.guard,
+                lr,
+                self.pad,
+            )?
         };
         drawn.stats.apply(&mut stats);
-        for (name, value) in [
-            ("grpo/reward_mean", stats.reward_mean),
-            ("grpo/reward_std", stats.reward_std),
-            ("grpo/loss", stats.loss),
-            ("grpo/kl", stats.kl),
-            ("grpo/clip_low", stats.clip_low),
-            ("grpo/clip_high", stats.clip_high),
-            ("grpo/entropy", stats.entropy),
-            ("grpo/grad_norm", stats.grad_norm),
-            ("grpo/completion_length", stats.completion_length),
-            ("grpo/zero_variance_fraction", stats.zero_variance_fraction),
-            ("grpo/prompts_drawn", drawn.prompts as f64),
-            ("grpo/batch_filled", f64::from(u8::from(drawn.filled))),
-            ("grpo/lr", lr),
-        ] {
-            ctx.metric(name, value, step)?;
+        let mut metrics: Vec<(String, f64)> = [
+            ("reward_mean", stats.reward_mean),
+            ("reward_std", stats.reward_std),
+            ("loss", stats.loss),
+            ("kl", stats.kl),
+            ("clip_low", stats.clip_low),
+            ("clip_high", stats.clip_high),
+            ("entropy", stats.entropy),
+            ("grad_norm", stats.grad_norm),
+            ("completion_length", stats.completion_length),
+            ("zero_variance_fraction", stats.zero_variance_fraction),
+            ("prompts_drawn", drawn.prompts as f64),
+            ("batch_filled", f64::from(u8::from(drawn.filled))),
+            ("lr", lr),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v))
+        .collect();
+        let components = stats.component_means.iter().zip(&stats.component_stds);
+        for (name, (mean, std)) in self.source.rewards.names().into_iter().zip(components) {
+            metrics.push((format!("rewards/{name}/mean"), *mean));
+            metrics.push((format!("rewards/{name}/std"), *std));
         }
-        for (name, (mean, std)) in
-            rewards.names().into_iter().zip(stats.component_means.iter().zip(&stats.component_stds))
-        {
-            ctx.metric(&format!("grpo/rewards/{name}/mean"), *mean, step)?;
-            ctx.metric(&format!("grpo/rewards/{name}/std"), *std, step)?;
-        }
-        summary.rewards.push(stats.reward_mean);
-        summary.zero_variance.push(stats.zero_variance_fraction);
-        summary.prompts_drawn.push(drawn.prompts);
-        summary.batch_filled.push(drawn.filled);
-        summary.losses.push(stats.loss);
-        summary.kl.push(stats.kl);
-        summary.updates.push(stats.updates);
-        summary.step_seconds.push(step_started.elapsed().as_secs_f64());
-        if let Some(eval) = opts.eval.as_ref().filter(|e| e.due(step + 1, opts.steps)) {
-            let timer = Instant::now();
-            summary.eval.push(eval.run(&policy, task, step + 1, ctx)?);
-            eval_seconds += timer.elapsed().as_secs_f64();
-        }
-        if opts.save_every.is_some_and(|n| n > 0 && (step + 1) % n == 0) {
-            summary.last_checkpoint = save(step + 1, &order, &optimizer, &guard)?;
-        }
-        bar.inc(1);
-        bar.set_message(format!("reward {:.3}", stats.reward_mean));
+        let curves = &mut self.curves;
+        curves.rewards.push(stats.reward_mean);
+        curves.zero_variance.push(stats.zero_variance_fraction);
+        curves.prompts_drawn.push(drawn.prompts);
+        curves.batch_filled.push(drawn.filled);
+        curves.losses.push(stats.loss);
+        curves.kl.push(stats.kl);
+        curves.updates.push(stats.updates);
+        Ok(StepReport {
+            loss: stats.loss,
+            grad_norm: stats.grad_norm,
+            metrics,
+            message: format!("reward {:.3}", stats.reward_mean),
+        })
     }
-    bar.finish_and_clear();
-    let done = opts.steps.saturating_sub(first).max(1);
-    summary.seconds_per_step = (started.elapsed().as_secs_f64() - eval_seconds) / done as f64;
-    summary.last_checkpoint =
-        save(opts.steps.max(first), &order, &optimizer, &guard)?.or(summary.last_checkpoint);
-    Ok((vlm.with_model(model), summary))
 }
 
 #[cfg(test)]
@@ -248,6 +262,7 @@ mod tests {
 
     use super::*;
     use crate::run::{CancelFlag, ProgressMode, RunDir};
+    use crate::train::data_order::DataOrder;
     use crate::train::rewards::RewardKind;
     use crate::train::sft::tests::{synthetic_task, tiny_vlm};
 

@@ -13,7 +13,7 @@ use crate::eval::{evaluate, EvalOptions};
 use crate::models::Vlm;
 use crate::task::McqTask;
 
-use super::sft::TrainContext;
+use super::context::TrainContext;
 
 /// When and how to evaluate during training.
 #[derive(Debug, Clone)]

@@ -6,24 +6,22 @@
 //! tokens are masked. The loss of a step is the mean over every scored token of its
 //! `batch × grad_accum` examples, so splitting a batch into micro-batches does not change it.
 //! The input model is left untouched: training happens on a copy with fresh LoRA adapters (or
-//! copied weights for full fine-tuning) over the shared frozen base.
+//! copied weights for full fine-tuning) over the shared frozen base. This file is SFT's step;
+//! resume, checkpoints, evaluation and the rest are [`super::train_loop`]'s.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
-use serde_json::json;
-
-use super::checkpoint;
-use super::data_order::DataOrder;
-use super::grad::{GradAccumulator, NonFiniteGuard};
-use super::optim::{AdamW, AdamWConfig};
+use super::context::TrainContext;
+use super::grad::GradAccumulator;
+use super::optim::AdamWConfig;
 use super::periodic_eval::{EvalPoint, PeriodicEval};
 use super::schedule::Schedule;
 use super::token_logprobs::{score_tokens_for_training, Sequence};
-use crate::error::{Context, Error, Result};
+use super::train_loop::{self, LoopSettings, StepReport, TrainState, Trainer};
+use super::trainable_copy::trainable_copy;
+use crate::error::{Context, Result};
 use crate::models::qwen2_5_vl::{EncodedConversation, LoraConfig, Qwen25VL};
 use crate::models::vlm::Vlm;
-use crate::run::{CancelFlag, ProgressMode, RunDir};
 use crate::task::mcq::McqTask;
 
 /// `sft(model, task, #{...})`'s options. Defaults follow TRL's `SFTConfig` where it has one.
@@ -81,38 +79,6 @@ impl Default for SftOptions {
     }
 }
 
-/// Where a training primitive reports and how it stops.
-#[derive(Debug, Clone)]
-pub struct TrainContext<'a> {
-    /// Per-step metrics go to this run's `metrics.jsonl`.
-    pub run: Option<&'a RunDir>,
-    pub cancel: CancelFlag,
-    pub progress: ProgressMode,
-    /// Checkpoints go here; without it, under the run directory's `checkpoints/`, else nowhere.
-    pub out_dir: Option<PathBuf>,
-}
-
-impl TrainContext<'_> {
-    pub(crate) fn checkpoint_dir(&self) -> Option<PathBuf> {
-        self.out_dir.clone().or_else(|| self.run.map(|r| r.path().join("checkpoints")))
-    }
-
-    pub(crate) fn metric(&self, name: &str, value: f64, step: u64) -> Result<()> {
-        match self.run {
-            Some(run) => run.log_metric(name, json!(value), Some(step)),
-            None => Ok(()),
-        }
-    }
-
-    fn warn(&self, message: &str) -> Result<()> {
-        eprintln!("warning: {message}");
-        match self.run {
-            Some(run) => run.log_output(&format!("warning: {message}")),
-            None => Ok(()),
-        }
-    }
-}
-
 /// What a finished SFT run reports.
 #[derive(Debug, Clone)]
 pub struct SftSummary {
@@ -160,20 +126,6 @@ fn check(opts: &SftOptions, task: &McqTask) -> Result<()> {
     Ok(())
 }
 
-/// A trainable copy of `model`: adapters already on it are merged into the base first, so
-/// training from an SFT'd model adds a new adapter on top of it.
-pub(crate) fn trainable_copy(model: &Qwen25VL, opts: &SftOptions) -> Result<Qwen25VL> {
-    let base = if model.lora.is_some() { model.merge()? } else { model.clone() };
-    if opts.full {
-        return base.full_finetune();
-    }
-    let default = LoraConfig { seed: opts.seed, ..LoraConfig::new(8, 16.0) };
-    let lora = opts.lora.as_ref().unwrap_or(&default);
-    let model = base.with_lora(lora)?;
-    super::adapters::check_targets(&model, lora)?;
-    Ok(model)
-}
-
 /// [`sft`] with a hook that poisons the loss of chosen steps, for testing the non-finite guard.
 pub(crate) fn run_sft(
     vlm: &Vlm,
@@ -183,113 +135,103 @@ pub(crate) fn run_sft(
     poison: &dyn Fn(u64) -> bool,
 ) -> Result<(Vlm, SftSummary)> {
     check(opts, task)?;
-    let model = trainable_copy(&vlm.model, opts)?;
-    let examples = encode_task(vlm, task)?;
+    let policy = vlm.with_model(trainable_copy(&vlm.model, opts.lora.as_ref(), opts.full, opts.seed)?);
     let per_step = opts.batch * opts.grad_accum;
-    let total = opts.steps.unwrap_or_else(|| (opts.epochs * task.len()).div_ceil(per_step) as u64);
-    let adamw = AdamWConfig { weight_decay: opts.weight_decay, ..AdamWConfig::default() };
-    let mut optimizer = AdamW::new(model.trainable(), adamw)?;
-    let mut order = DataOrder::new(task.len(), opts.seed)?;
-    let mut guard = NonFiniteGuard::new(opts.max_bad_steps);
-    let mut step = 0;
-    if let Some(path) = &opts.resume {
-        let state = checkpoint::load(path, "sft", &mut optimizer, model.device())?;
-        order = DataOrder::restore(&state.data_order, task.len())?;
-        guard.skipped = state.skipped_steps;
-        step = state.step;
-    }
-    let out = ctx.checkpoint_dir();
-    let save = |step: u64, order: &DataOrder, optimizer: &AdamW, guard: &NonFiniteGuard| {
-        checkpoint::save_progress(out.as_deref(), "sft", model.trainable(), step, order, optimizer, guard)
+    let settings = LoopSettings {
+        total: opts.steps.unwrap_or_else(|| (opts.epochs * task.len()).div_ceil(per_step) as u64),
+        lr: opts.lr,
+        schedule: opts.schedule,
+        warmup: opts.warmup,
+        adamw: AdamWConfig { weight_decay: opts.weight_decay, ..AdamWConfig::default() },
+        seed: opts.seed,
+        max_bad_steps: opts.max_bad_steps,
+        save_every: opts.save_every,
+        resume: opts.resume.as_deref(),
+        eval: opts.eval.as_ref(),
     };
+    let mut trainer = SftStep {
+        model: &policy.model,
+        examples: encode_task(vlm, task)?,
+        opts,
+        pad: vlm.processor.endoftext_id(),
+        poison,
+        curves: Curves::default(),
+    };
+    let run = train_loop::run(&mut trainer, &policy, task, &settings, ctx)?;
+    let Curves { losses, token_accuracy, grad_norms } = trainer.curves;
+    let summary = SftSummary {
+        first_step: run.first_step,
+        losses,
+        token_accuracy,
+        grad_norms,
+        skipped_steps: run.skipped_steps,
+        eval: run.eval,
+        last_checkpoint: run.last_checkpoint,
+        seconds_per_step: run.seconds_per_step,
+        step_seconds: run.step_seconds,
+    };
+    Ok((policy, summary))
+}
 
-    let pad = vlm.processor.endoftext_id();
-    let bar = ctx.progress.bar(total, "sft");
-    bar.set_position(step);
-    let mut summary = SftSummary {
-        first_step: step,
-        losses: Vec::new(),
-        token_accuracy: Vec::new(),
-        grad_norms: Vec::new(),
-        skipped_steps: Vec::new(),
-        eval: Vec::new(),
-        last_checkpoint: None,
-        seconds_per_step: 0.0,
-        step_seconds: Vec::new(),
-    };
-    let started = Instant::now();
-    let mut eval_seconds = 0.0;
-    while step < total {
+/// SFT's per-step curves.
+#[derive(Default)]
+struct Curves {
+    losses: Vec<f64>,
+    token_accuracy: Vec<f64>,
+    grad_norms: Vec<f64>,
+}
+
+/// One SFT step: `batch × grad_accum` examples in `grad_accum` micro-batches, their gradients
+/// summed and clipped, one update.
+struct SftStep<'a> {
+    model: &'a Qwen25VL,
+    examples: Vec<EncodedConversation>,
+    opts: &'a SftOptions,
+    pad: u32,
+    poison: &'a dyn Fn(u64) -> bool,
+    curves: Curves,
+}
+
+impl Trainer for SftStep<'_> {
+    const NAME: &'static str = "sft";
+
+    fn step(&mut self, state: &mut TrainState, step: u64, lr: f64) -> Result<StepReport> {
+        let (model, examples, optimizer) = (self.model, &self.examples, &mut state.optimizer);
+        // Periodic evaluation switches adapter dropout off; the step switches it back on.
         model.set_training(true);
-        if ctx.cancel.is_cancelled() {
-            model.set_training(false);
-            let saved = save(step, &order, &optimizer, &guard)?;
-            let where_ = saved.map_or("no output directory, nothing saved".to_string(), |p| {
-                format!("checkpoint saved to {}", p.display())
-            });
-            return Err(Error::Cancelled(format!("sft at step {step} of {total}; {where_}")));
-        }
-        let step_started = Instant::now();
-        let indices = order.next_batch(per_step);
+        let indices = state.order.next_batch(self.opts.batch * self.opts.grad_accum);
         let scored_total: usize =
             indices.iter().map(|&i| examples[i].completion_mask.iter().skip(1).filter(|&&m| m).count()).sum();
         let mut acc = GradAccumulator::new(optimizer.vars().map(|(_, v)| v))?;
         let (mut loss_sum, mut hits) = (0.0f64, 0usize);
-        for micro in indices.chunks(opts.batch) {
+        for micro in indices.chunks(self.opts.batch) {
             let seqs: Vec<Sequence> = micro.iter().map(|&i| sequence(&examples[i])).collect();
-            let scores = score_tokens_for_training(&model, &seqs, pad, 1.0)?;
+            let scores = score_tokens_for_training(model, &seqs, self.pad, 1.0)?;
             let mut loss = (scores.logprobs.sum_all()?.neg()? / scored_total as f64)?;
-            if poison(step) {
+            if (self.poison)(step) {
                 loss = (loss * f64::NAN)?;
             }
             loss_sum += loss.to_scalar::<f32>()? as f64;
             hits += scores.argmax_hits;
             acc.add(&scores.backward(&loss)?, optimizer.vars().map(|(_, v)| v), 1.0)?;
         }
-        let (grads, norm) = acc.finish(opts.max_grad_norm)?;
-        let lr = opts.schedule.lr_at(opts.lr, step, total, opts.warmup);
-        if guard.admit(step, loss_sum, norm)? {
+        let (grads, norm) = acc.finish(self.opts.max_grad_norm)?;
+        if state.guard.admit(step, loss_sum, norm)? {
             optimizer.step(&grads, lr)?;
-        } else {
-            ctx.warn(&format!(
-                "sft step {step}: loss {loss_sum} / grad norm {norm} not finite, update skipped"
-            ))?;
-            ctx.metric("sft/skipped_nonfinite", 1.0, step)?;
-            summary.skipped_steps.push(step);
         }
         let token_accuracy = hits as f64 / scored_total.max(1) as f64;
-        for (name, value) in [
-            ("sft/loss", loss_sum),
-            ("sft/token_accuracy", token_accuracy),
-            ("sft/lr", lr),
-            ("sft/grad_norm", norm),
-        ] {
-            ctx.metric(name, value, step)?;
-        }
-        summary.losses.push(loss_sum);
-        summary.token_accuracy.push(token_accuracy);
-        summary.grad_norms.push(norm);
-        summary.step_seconds.push(step_started.elapsed().as_secs_f64());
-        step += 1;
-        bar.inc(1);
-        bar.set_message(format!("loss {loss_sum:.4}"));
-        if let Some(eval) = opts.eval.as_ref().filter(|e| e.due(step, total)) {
-            let timer = Instant::now();
-            summary.eval.push(eval.run(&vlm.with_model(model.clone()), task, step, ctx)?);
-            eval_seconds += timer.elapsed().as_secs_f64();
-        }
-        if opts.save_every.is_some_and(|n| n > 0 && step % n == 0) && step < total {
-            summary.last_checkpoint = save(step, &order, &optimizer, &guard)?;
-        }
+        self.curves.losses.push(loss_sum);
+        self.curves.token_accuracy.push(token_accuracy);
+        self.curves.grad_norms.push(norm);
+        let metrics =
+            [("loss", loss_sum), ("token_accuracy", token_accuracy), ("lr", lr), ("grad_norm", norm)];
+        Ok(StepReport {
+            loss: loss_sum,
+            grad_norm: norm,
+            metrics: metrics.into_iter().map(|(n, v)| (n.to_string(), v)).collect(),
+            message: format!("loss {loss_sum:.4}"),
+        })
     }
-    bar.finish_and_clear();
-    model.set_training(false);
-    let done = (step - summary.first_step).max(1);
-    summary.seconds_per_step = (started.elapsed().as_secs_f64() - eval_seconds) / done as f64;
-    if let Some(p) = save(step, &order, &optimizer, &guard)? {
-        summary.last_checkpoint = Some(p);
-    }
-    Ok((vlm.with_model(model), summary))
 }
 
 /// Every item as prompt + target ids with its completion mask, pixels on the model's device.
@@ -322,6 +264,7 @@ fn sequence(enc: &EncodedConversation) -> Sequence<'_> {
 pub(crate) mod tests {
     use super::*;
     use crate::image::Image;
+    use crate::run::{CancelFlag, ProgressMode, RunDir};
     use crate::task::mcq::{AnswerFormat, McqItem};
     use candle_core::Device;
     use rand::{Rng, SeedableRng};
