@@ -8,6 +8,7 @@
 
 pub mod adapters;
 pub mod advantages;
+pub mod care;
 pub mod checkpoint;
 pub mod data_order;
 pub mod grad;
@@ -23,6 +24,7 @@ pub mod sft;
 pub mod token_logprobs;
 
 pub use advantages::{group_advantages, Advantages, ScaleRewards};
+pub use care::{answer_confidence, CareBonus};
 pub use grad::{global_norm, GradAccumulator, NonFiniteGuard};
 pub use grpo::{grpo, grpo_with_rewards, GrpoOptions, GrpoSummary};
 pub use grpo_loss::{grpo_loss, GrpoLoss, GrpoLossConfig, GrpoLossInputs, LossAggregation};
