@@ -7,11 +7,13 @@
 //! | `mcq.rs` | `McqItem`/`McqTask`: prompt template, SFT target, extraction, rewards |
 //! | `to_mcq.rs` | `Dataset::to_mcq`: class labels to lettered questions (yes/no per chest finding) |
 //! | `extract.rs` | the configurable answer extractor shared by evaluation and GRPO |
+//! | `medbridgerl.rs` | the paper's released answer parsers and GRPO-CARE rewards, to the character |
 //! | `balanced.rs` | `McqTask::balanced`: stratified question samples (by modality, dataset, answer, class) |
 
 pub mod balanced;
 pub mod extract;
 pub mod mcq;
+pub mod medbridgerl;
 pub mod to_mcq;
 
 pub use balanced::TaskStratum;

@@ -6,12 +6,13 @@
 //! timing, periodic evaluation, checkpoints); `sft` and `grpo` each supply only its step.
 //! `context` (where a call reports, its checkpoint folder), `trainable_copy` (the model a trainer
 //! trains), `optim`, `schedule`, `grad`, `data_order`, `checkpoint`, `periodic_eval` and
-//! `adapters` (what a model's adapters are) are the common parts; `rewards`, `advantages` and
-//! `grpo_loss` are the pure pieces of GRPO that `grpo_step` assembles into an update over
+//! `adapters` (what a model's adapters are) are the common parts; `rewards`, `advantages`, `care`
+//! (GRPO-CARE's consistency bonus) and `grpo_loss` are the pure pieces of GRPO that `grpo_step` assembles into an update over
 //! rollouts that `rollouts` draws (with dynamic sampling).
 
 pub mod adapters;
 pub mod advantages;
+pub mod care;
 pub mod checkpoint;
 pub mod context;
 pub mod data_order;
@@ -30,6 +31,7 @@ mod train_loop;
 mod trainable_copy;
 
 pub use advantages::{group_advantages, Advantages, ScaleRewards};
+pub use care::{answer_confidence, CareBonus};
 pub use context::TrainContext;
 pub use grad::{global_norm, GradAccumulator, NonFiniteGuard};
 pub use grpo::{grpo, grpo_with_rewards, GrpoOptions, GrpoSummary};
