@@ -14,7 +14,8 @@ use crate::data::medmnist_info::flag_info;
 use crate::error::{Context, Result};
 use crate::image::Image;
 use crate::probe::cache::{CacheKey, FeatureCache};
-use crate::probe::logistic::{linear_probe, ProbeOptions, ProbeReport};
+use crate::probe::logistic::{linear_probe, ProbeOptions};
+use crate::probe::report::ProbeReport;
 
 /// Something that turns images into one feature row each.
 pub trait FeatureSource {

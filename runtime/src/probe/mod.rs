@@ -3,7 +3,8 @@
 //!
 //! | file | job |
 //! | --- | --- |
-//! | `head.rs` | label targets, loss and MedMNIST score columns shared by probe and baselines |
+//! | `head.rs` | label targets, loss, input checks, top-5 and MedMNIST score columns shared by probes and baselines |
+//! | `report.rs` | `ProbeReport`: ACC/AUC and method-specific extras, one type for every probe method |
 //! | `logistic.rs` | `linear_probe`: logistic regression on `[N, D]` features, L2 chosen on a val split |
 //! | `features.rs` | `FeatureSource`, dataset features (cached), `probe_datasets` |
 //! | `cache.rs` | the on-disk feature cache (`.safetensors` per source × dataset) |
@@ -18,11 +19,13 @@ pub mod features;
 mod head;
 pub mod logistic;
 mod nets;
+pub mod report;
 mod seeded_init;
 pub mod vlm_features;
 
 pub use baseline::{vision_baseline, Arch, BaselineOptions, BaselineReport};
 pub use cache::{CacheKey, FeatureCache};
 pub use features::{dataset_features, probe_datasets, DatasetProbeOptions, FeatureSource, FnFeatures};
-pub use logistic::{linear_probe, L2Score, ProbeOptions, ProbeReport};
+pub use logistic::{linear_probe, ProbeOptions};
+pub use report::{L2Score, ProbeReport};
 pub use vlm_features::{Pool, VlmFeatures};
