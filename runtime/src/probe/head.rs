@@ -47,6 +47,16 @@ pub(crate) fn targets(task: TaskType, labels: &[Vec<i64>], width: usize, device:
     Ok(Targets::Classes(Tensor::from_vec(ids, labels.len(), device)?))
 }
 
+impl Targets {
+    /// The targets of rows `index` (`u32` of shape `[B]`), for a mini-batch.
+    pub(crate) fn rows(&self, index: &Tensor) -> Result<Targets> {
+        Ok(match self {
+            Targets::Classes(ids) => Targets::Classes(ids.index_select(index, 0)?),
+            Targets::MultiHot(y) => Targets::MultiHot(y.index_select(index, 0)?),
+        })
+    }
+}
+
 /// Check train and test features against their label rows and each other; returns the feature
 /// width. `probe` names the caller in the messages.
 pub(crate) fn check_features(
