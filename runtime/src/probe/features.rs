@@ -1,20 +1,22 @@
 //! Probing datasets: frozen features from any `FeatureSource` (a vision tower, a random
-//! projection, ...), cached on disk, then the linear probe on MedMNIST labels.
+//! projection, ...), cached on disk, then a probe (`method.rs`) on MedMNIST labels.
 //!
 //! The probe depends on no model: a model becomes a `FeatureSource` by naming itself (weights hash
 //! and pooling) and mapping images to a `[N, D]` tensor, so the same code probes Qwen2.5-VL's
 //! vision tower, a random-init control and a pixel baseline.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
 use crate::data::dataset::Dataset;
-use crate::data::medmnist_info::flag_info;
+use crate::data::medmnist_info::{flag_info, TaskType};
 use crate::error::{Context, Result};
 use crate::image::Image;
 use crate::probe::cache::{CacheKey, FeatureCache};
-use crate::probe::logistic::{linear_probe, ProbeOptions, ProbeReport};
+use crate::probe::logistic::ProbeOptions;
+use crate::probe::method::ProbeMethod;
+use crate::probe::report::ProbeReport;
 
 /// Something that turns images into one feature row each.
 pub trait FeatureSource {
@@ -110,24 +112,59 @@ pub fn dataset_features(
     }
 }
 
-/// The linear probe of `source`'s features on one MedMNIST flag: fit on `train`, report on `test`.
+/// What every probe method fits and scores: one MedMNIST flag's train and test features with
+/// their raw label rows.
+#[derive(Clone, Debug)]
+pub struct ProbeInputs {
+    pub flag: String,
+    pub task: TaskType,
+    /// Classes, or findings for multi-label tasks; binary tasks have 2.
+    pub n_classes: usize,
+    pub train: Tensor,
+    pub train_labels: Vec<Vec<i64>>,
+    pub test: Tensor,
+    pub test_labels: Vec<Vec<i64>>,
+}
+
+/// `source`'s features of `train` and `test` (one flag), extracted `batch` images at a time and
+/// cached under `cache_dir`, on `device`.
+pub fn probe_inputs(
+    source: &dyn FeatureSource,
+    train: &Dataset,
+    test: &Dataset,
+    batch: usize,
+    cache_dir: Option<&Path>,
+    device: &Device,
+) -> Result<ProbeInputs> {
+    let flag = single_flag(train, "train")?;
+    if single_flag(test, "test")? != flag {
+        crate::bail!("linear_probe: train is {flag} but test is {}", single_flag(test, "test")?);
+    }
+    let info = flag_info(&flag)?;
+    let cache = cache_dir.map(FeatureCache::new);
+    let (train_x, _) = dataset_features(source, train, batch, cache.as_ref(), device)?;
+    let (test_x, _) = dataset_features(source, test, batch, cache.as_ref(), device)?;
+    let labels = |ds: &Dataset| -> Vec<Vec<i64>> { ds.iter().map(|i| i.labels.clone()).collect() };
+    Ok(ProbeInputs {
+        task: info.task,
+        n_classes: info.n_classes(),
+        train: train_x,
+        train_labels: labels(train),
+        test: test_x,
+        test_labels: labels(test),
+        flag,
+    })
+}
+
+/// The logistic probe of `source`'s features on one MedMNIST flag: fit on `train`, report on `test`.
 pub fn probe_datasets(
     source: &dyn FeatureSource,
     train: &Dataset,
     test: &Dataset,
     opts: &DatasetProbeOptions,
 ) -> Result<ProbeReport> {
-    let flag = single_flag(train, "train")?;
-    if single_flag(test, "test")? != flag {
-        crate::bail!("linear_probe: train is {flag} but test is {}", single_flag(test, "test")?);
-    }
-    let info = flag_info(&flag)?;
-    let cache = opts.cache_dir.as_ref().map(FeatureCache::new);
-    let (train_x, _) = dataset_features(source, train, opts.batch, cache.as_ref(), &opts.device)?;
-    let (test_x, _) = dataset_features(source, test, opts.batch, cache.as_ref(), &opts.device)?;
-    let labels = |ds: &Dataset| -> Vec<Vec<i64>> { ds.iter().map(|i| i.labels.clone()).collect() };
-    linear_probe(&train_x, &labels(train), &test_x, &labels(test), info.task, info.n_classes(), &opts.probe)
-        .with_context(|| format!("linear_probe on {flag}"))
+    let inputs = probe_inputs(source, train, test, opts.batch, opts.cache_dir.as_deref(), &opts.device)?;
+    ProbeMethod::Logistic(opts.probe.clone()).run(&inputs)
 }
 
 pub(crate) fn single_flag(ds: &Dataset, which: &str) -> Result<String> {

@@ -18,7 +18,8 @@ use rand_chacha::ChaCha8Rng;
 use crate::data::medmnist_eval::medmnist_evaluate;
 use crate::data::medmnist_info::TaskType;
 use crate::error::{Context, Result};
-use crate::probe::head::{loss, scores, targets};
+use crate::probe::head::{check_features, loss, scores, targets, top5_accuracy};
+use crate::probe::report::{L2Score, ProbeReport};
 
 /// How the probe is trained.
 #[derive(Clone, Debug, PartialEq)]
@@ -45,29 +46,6 @@ impl Default for ProbeOptions {
     }
 }
 
-/// Validation result of one L2 value.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct L2Score {
-    pub l2: f64,
-    pub val_loss: f64,
-    pub val_acc: f64,
-}
-
-/// What the probe reports.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ProbeReport {
-    pub task: TaskType,
-    /// Test ACC and AUC as MedMNIST's evaluator computes them.
-    pub acc: f64,
-    pub auc: f64,
-    pub l2_chosen: f64,
-    /// One entry per L2 tried (empty when a single value was given).
-    pub val_scores: Vec<L2Score>,
-    pub n_train: usize,
-    pub n_test: usize,
-    pub dim: usize,
-}
-
 /// Train on `train` (`[N, D]` features with their raw label rows) and evaluate on `test`.
 /// `n_classes` is the number of classes (findings for multi-label tasks); binary tasks have 2.
 pub fn linear_probe(
@@ -80,13 +58,7 @@ pub fn linear_probe(
     opts: &ProbeOptions,
 ) -> Result<ProbeReport> {
     check_options(opts)?;
-    let dim = check_features("train", train, train_labels.len())?;
-    if check_features("test", test, test_labels.len())? != dim {
-        crate::bail!("linear_probe: train features have {dim} columns but test features {}", test.dim(1)?);
-    }
-    if n_classes < 1 {
-        crate::bail!("linear_probe: the task needs at least one class");
-    }
+    let dim = check_features("linear_probe", train, train_labels, test, test_labels, n_classes)?;
     let train = train.to_dtype(DType::F32)?;
     let test = test.to_dtype(DType::F32)?;
 
@@ -118,11 +90,14 @@ pub fn linear_probe(
     let test_scores = scores(task, &model.logits(&test)?)?;
     let score = medmnist_evaluate(task, test_labels, &test_scores).context("linear_probe: test metrics")?;
     Ok(ProbeReport {
+        method: "logistic",
         task,
         acc: score.acc,
         auc: score.auc,
+        top5: top5_accuracy(task, test_labels, &test_scores),
         l2_chosen,
         val_scores,
+        train_loss: Vec::new(),
         n_train: train_labels.len(),
         n_test: test_labels.len(),
         dim,
@@ -203,15 +178,6 @@ fn check_options(opts: &ProbeOptions) -> Result<()> {
         crate::bail!("linear_probe: val must be a fraction in (0, 1), got {}", opts.val_fraction);
     }
     Ok(())
-}
-
-fn check_features(which: &str, x: &Tensor, n_labels: usize) -> Result<usize> {
-    match x.dims() {
-        [n, d] if *n == n_labels && *n > 0 && *d > 0 => Ok(*d),
-        dims => crate::bail!(
-            "linear_probe: {which} features have shape {dims:?}, expected [{n_labels}, D] (one row per label row)"
-        ),
-    }
 }
 
 /// Argmax class per row, for tests and callers that want hard predictions.
