@@ -161,6 +161,26 @@ fn deprecated_log_still_records_and_warns_once() {
     assert_eq!(says_use_log_metric(&std::fs::read_to_string(run.join("output.log")).unwrap()), 1);
 }
 
+/// The stdlib modules read `eval_options` (as `sft` and `grpo` do) or its alias `evaluate`; both
+/// at once is an error rather than a silent choice.
+#[test]
+fn stdlib_eval_options_and_their_alias_are_not_both_given() {
+    for (module, call) in [
+        ("recipe", "recipe::run(0, #{measure: 1"),
+        ("sweep", "sweep::transfer(0, #{sources: #{}, targets: #{}"),
+    ] {
+        let source =
+            format!("import \"{module}\" as {module}; {call}, eval_options: #{{}}, evaluate: #{{}}}});");
+        let (out, _dir) = run_source(&source, &[]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("give `eval_options` or its alias `evaluate`, not both"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
+
 #[test]
 fn sandbox_escapes_are_refused() {
     let outside = tempfile::tempdir().unwrap();
