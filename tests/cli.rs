@@ -120,13 +120,13 @@ fn set_arguments_reach_the_script_typed() {
 
 #[test]
 fn the_run_directory_records_script_args_metrics_and_output() {
-    let (out, dir) = run_source("log(\"x\", 1.5); print(\"hello\");", &["--set", "k=2"]);
+    let (out, dir) = run_source("log_metric(\"x\", 1.5); print(\"hello\");", &["--set", "k=2"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let run = dir.path().join("run");
     assert!(stderr(&out).contains(&format!("run directory: {}", run.canonicalize().unwrap().display())));
     assert_eq!(
         std::fs::read_to_string(run.join("script.rhai")).unwrap(),
-        "log(\"x\", 1.5); print(\"hello\");"
+        "log_metric(\"x\", 1.5); print(\"hello\");"
     );
     assert!(std::fs::read_to_string(run.join("script.sha256")).unwrap().len() > 64);
     let info: serde_json::Value =
@@ -140,6 +140,45 @@ fn the_run_directory_records_script_args_metrics_and_output() {
         (Some("x"), Some(1.5), Some(0))
     );
     assert_eq!(std::fs::read_to_string(run.join("output.log")).unwrap(), "hello\n");
+}
+
+/// `log` was renamed `log_metric`; for one release the old name still records, warning once per run.
+#[test]
+fn deprecated_log_still_records_and_warns_once() {
+    let (out, dir) = run_source("log(\"x\", 1.5); log(\"x\", 2.5, 7); log_metric(\"x\", 3.5);", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = dir.path().join("run");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let recorded: Vec<(f64, u64)> =
+        lines.iter().map(|m| (m["value"].as_f64().unwrap(), m["step"].as_u64().unwrap())).collect();
+    assert_eq!(recorded, [(1.5, 0), (2.5, 7), (3.5, 8)]);
+    let says_use_log_metric = |text: &str| text.matches("use `log_metric(name, value)`").count();
+    assert_eq!(says_use_log_metric(&stderr(&out)), 1, "{}", stderr(&out));
+    assert_eq!(says_use_log_metric(&std::fs::read_to_string(run.join("output.log")).unwrap()), 1);
+}
+
+/// The stdlib modules read `eval_options` (as `sft` and `grpo` do) or its alias `evaluate`; both
+/// at once is an error rather than a silent choice.
+#[test]
+fn stdlib_eval_options_and_their_alias_are_not_both_given() {
+    for (module, call) in [
+        ("recipe", "recipe::run(0, #{measure: 1"),
+        ("sweep", "sweep::transfer(0, #{sources: #{}, targets: #{}"),
+    ] {
+        let source =
+            format!("import \"{module}\" as {module}; {call}, eval_options: #{{}}, evaluate: #{{}}}});");
+        let (out, _dir) = run_source(&source, &[]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("give `eval_options` or its alias `evaluate`, not both"),
+            "{}",
+            stderr(&out)
+        );
+    }
 }
 
 #[test]

@@ -4,11 +4,12 @@
 use rhai::{Array, Dynamic, Map};
 
 use crate::error::{script_msg, ScriptResult};
+use crate::script_types::{type_of, type_of_name};
 
 /// Script data (maps, arrays, numbers, strings, bools, unit) as JSON.
 pub fn to_json(value: &Dynamic) -> ScriptResult<serde_json::Value> {
     rhai::serde::from_dynamic(value)
-        .map_err(|e| script_msg(format!("cannot convert {} to JSON: {e}", value.type_name())))
+        .map_err(|e| script_msg(format!("cannot convert {} to JSON: {e}", type_of(value))))
 }
 
 /// JSON as script data.
@@ -39,7 +40,7 @@ fn walk(array: &Array, out: &mut Vec<f64>, depth: usize) -> ScriptResult<Vec<usi
         } else {
             return Err(script_msg(format!(
                 "tensor data must be numbers or arrays of numbers, found {} at depth {depth}, index {i}",
-                item.type_name()
+                type_of(item)
             )));
         };
         match &inner_shape {
@@ -65,7 +66,7 @@ pub fn shape_of(array: &Array) -> ScriptResult<Vec<usize>> {
             Ok(n) if n >= 0 => Ok(n as usize),
             _ => Err(script_msg(format!(
                 "a shape is an array of non-negative ints, found {d} ({})",
-                d.type_name()
+                type_of(d)
             ))),
         })
         .collect()
@@ -93,8 +94,13 @@ impl<'a> Options<'a> {
         self.map
             .get(key)
             .map(|v| {
-                v.as_int()
-                    .map_err(|t| script_msg(format!("{}: option `{key}` must be an int, got {t}", self.what)))
+                v.as_int().map_err(|t| {
+                    script_msg(format!(
+                        "{}: option `{key}` must be an int, got {}",
+                        self.what,
+                        type_of_name(t)
+                    ))
+                })
             })
             .transpose()
     }
@@ -115,11 +121,7 @@ impl<'a> Options<'a> {
             .get(key)
             .map(|v| {
                 as_f64(v).ok_or_else(|| {
-                    script_msg(format!(
-                        "{}: option `{key}` must be a number, got {}",
-                        self.what,
-                        v.type_name()
-                    ))
+                    script_msg(format!("{}: option `{key}` must be a number, got {}", self.what, type_of(v)))
                 })
             })
             .transpose()
@@ -130,7 +132,11 @@ impl<'a> Options<'a> {
             .get(key)
             .map(|v| {
                 v.clone().into_string().map_err(|t| {
-                    script_msg(format!("{}: option `{key}` must be a string, got {t}", self.what))
+                    script_msg(format!(
+                        "{}: option `{key}` must be a string, got {}",
+                        self.what,
+                        type_of_name(t)
+                    ))
                 })
             })
             .transpose()
@@ -141,7 +147,11 @@ impl<'a> Options<'a> {
             .get(key)
             .map(|v| {
                 v.as_bool().map_err(|t| {
-                    script_msg(format!("{}: option `{key}` must be true or false, got {t}", self.what))
+                    script_msg(format!(
+                        "{}: option `{key}` must be true or false, got {}",
+                        self.what,
+                        type_of_name(t)
+                    ))
                 })
             })
             .transpose()

@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::families::families;
+use crate::script_types;
 
 #[derive(Serialize)]
 pub struct FunctionDoc {
@@ -98,13 +99,17 @@ fn list(params: &[(String, String, bool)]) -> String {
     params.iter().map(|(n, t, _)| format!("{n}: {t}")).collect::<Vec<_>>().join(", ")
 }
 
-/// Rust parameter types as Rhai names them.
-fn script_type(rust: &str) -> String {
+/// Rust parameter types as scripts name them: host types by their one script name (`Vlm` and the
+/// family alias `Model` both read `Model`), Rhai's own types as `int`, `float`, `string`, ...
+pub(crate) fn script_type(rust: &str) -> String {
     let t = rust.trim().trim_start_matches("&mut ").trim_start_matches('&').trim();
     if let Some(inner) = t.strip_prefix("Result<").and_then(|r| r.rsplit_once(',')).map(|(ok, _)| ok) {
         return script_type(inner);
     }
     let t = t.rsplit("::").next().unwrap_or(t);
+    if let Some(name) = script_types::script_name(t) {
+        return name.to_string();
+    }
     match t {
         "i64" | "INT" => "int",
         "f64" | "FLOAT" => "float",
@@ -112,7 +117,7 @@ fn script_type(rust: &str) -> String {
         "Array" => "array",
         "Map" => "map",
         "Dynamic" => "any",
-        "FnPtr" => "function",
+        "FnPtr" | "Fn" => "function",
         other => other,
     }
     .to_string()

@@ -1,5 +1,5 @@
-//! Building the engine a script runs in: the families, the `Tensor` type name, the session tag,
-//! stdlib/file imports, printing into the run log, and Ctrl-C cancellation.
+//! Building the engine a script runs in: the families, the script names of host types, the session
+//! tag, stdlib/file imports, printing into the run log, and Ctrl-C cancellation.
 
 use std::sync::Arc;
 
@@ -9,6 +9,7 @@ use rhai::{Dynamic, Engine};
 use crate::context::SessionHandle;
 use crate::families::families;
 use crate::resolver::Resolver;
+use crate::script_types;
 
 /// Where `print` and `debug` output goes besides the run's `output.log`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,7 +26,7 @@ pub fn new_engine(session: Arc<Session>, echo: Echo) -> Engine {
     for family in families() {
         engine.register_global_module(family.module.into());
     }
-    engine.register_type_with_name::<candle_core::Tensor>("Tensor");
+    script_types::register(&mut engine);
     engine.set_default_tag(SessionHandle(session.clone()).into_tag());
     engine.set_module_resolver(Resolver::new(session.sandbox.clone()));
     engine.set_max_expr_depths(256, 256);

@@ -100,9 +100,11 @@ pub fn diagnose(err: &EvalAltResult, file: &str) -> Diagnostic {
     Diagnostic { file, line: pos.line(), column: pos.position(), message }
 }
 
-/// Rhai names the missing signature; list the ones that exist under that name.
+/// Rhai names the missing signature; list the ones that exist under that name, both in the
+/// type names of `medbridge doc`.
 fn function_not_found(signature: &str) -> String {
     let name = signature.split([' ', '(']).next().unwrap_or(signature);
+    let signature = script_signature(signature);
     match crate::docs::help(name) {
         Some(known) => {
             let sigs: Vec<&str> = known
@@ -114,6 +116,23 @@ fn function_not_found(signature: &str) -> String {
         }
         None => format!("Function not found: {signature}"),
     }
+}
+
+/// `zeros (&str | ImmutableString | String, i64)` as `zeros (string, int)`.
+fn script_signature(signature: &str) -> String {
+    let Some((name, args)) = signature.split_once(" (").and_then(|(n, a)| Some((n, a.strip_suffix(')')?)))
+    else {
+        return signature.to_string();
+    };
+    let args: Vec<String> = args
+        .split(", ")
+        .map(|arg| {
+            let mut names: Vec<String> = arg.split(" | ").map(crate::docs::script_type).collect();
+            names.dedup();
+            names.join(" | ")
+        })
+        .collect();
+    format!("{name} ({})", args.join(", "))
 }
 
 fn strip_position(text: &str, pos: Position) -> String {

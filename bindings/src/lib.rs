@@ -19,6 +19,7 @@ pub mod resolver;
 pub mod run;
 pub mod sample;
 pub mod script;
+pub mod script_types;
 pub mod tensor;
 pub mod train;
 

@@ -17,6 +17,7 @@ use rhai::{Array, Map};
 use crate::context::{seed_or_next, session};
 use crate::convert::{to_json, Options};
 use crate::error::{script_error, script_msg, IntoScript, ScriptResult};
+use crate::script_types::{type_of, type_of_name};
 
 /// An `image` argument: an `Image` value, a path to read through the sandbox, or `()` for none.
 pub fn image_arg(
@@ -32,7 +33,7 @@ pub fn image_arg(
             Image::open(&path).script().map(Some)
         }
         Some(v) => v.clone().try_cast::<Image>().map(Some).ok_or_else(|| {
-            script_msg(format!("{what}: `image` must be an Image or a file path, got {}", v.type_name()))
+            script_msg(format!("{what}: `image` must be an Image or a file path, got {}", type_of(v)))
         }),
     }
 }
@@ -170,9 +171,9 @@ pub mod model_api {
         if let Some(map) = preset.read_lock::<Map>() {
             return Vlm::new_custom(config_from_map(&map)?, seed, &device).script();
         }
-        let name = preset
-            .into_string()
-            .map_err(|t| script_msg(format!("new_model: expected a preset name or a config map, got {t}")))?;
+        let name = preset.into_string().map_err(|t| {
+            script_msg(format!("new_model: expected a preset name or a config map, got {}", type_of_name(t)))
+        })?;
         Vlm::new_preset(&name, seed, &device).script()
     }
 

@@ -11,22 +11,23 @@ use rhai::{Array, Map};
 use crate::context::session;
 use crate::convert::{as_f64, Options};
 use crate::error::{script_msg, IntoScript, ScriptResult};
+use crate::script_types::{type_of, type_of_name};
 
 fn paths(files: Vec<std::path::PathBuf>) -> Array {
     files.into_iter().map(|p| Dynamic::from(p.display().to_string())).collect()
 }
 
 fn strings(value: Option<&Dynamic>, what: &str) -> ScriptResult<Vec<String>> {
-    let array = value
-        .ok_or_else(|| script_msg(format!("{what} is required")))?
-        .clone()
-        .into_array()
-        .map_err(|t| script_msg(format!("{what} must be an array of strings, got {t}")))?;
+    let array =
+        value.ok_or_else(|| script_msg(format!("{what} is required")))?.clone().into_array().map_err(
+            |t| script_msg(format!("{what} must be an array of strings, got {}", type_of_name(t))),
+        )?;
     array
         .into_iter()
         .enumerate()
         .map(|(i, v)| {
-            v.into_string().map_err(|t| script_msg(format!("{what}[{i}] must be a string, got {t}")))
+            v.into_string()
+                .map_err(|t| script_msg(format!("{what}[{i}] must be a string, got {}", type_of_name(t))))
         })
         .collect()
 }
@@ -36,7 +37,7 @@ fn numbers(value: &Dynamic, what: &str) -> ScriptResult<Vec<f64>> {
     let array = value
         .clone()
         .into_array()
-        .map_err(|t| script_msg(format!("{what} must be an array of numbers, got {t}")))?;
+        .map_err(|t| script_msg(format!("{what} must be an array of numbers, got {}", type_of_name(t))))?;
     array
         .iter()
         .enumerate()
@@ -44,9 +45,8 @@ fn numbers(value: &Dynamic, what: &str) -> ScriptResult<Vec<f64>> {
             if v.is_unit() {
                 return Ok(f64::NAN);
             }
-            as_f64(v).ok_or_else(|| {
-                script_msg(format!("{what}[{i}] must be a number or (), got {}", v.type_name()))
-            })
+            as_f64(v)
+                .ok_or_else(|| script_msg(format!("{what}[{i}] must be a number or (), got {}", type_of(v))))
         })
         .collect()
 }
@@ -87,7 +87,7 @@ fn bar_series(series: &Dynamic, errors: Option<&Dynamic>) -> ScriptResult<Vec<Ba
     } else {
         return Err(script_msg(format!(
             "plot_bars: `series` must be a map #{{name: [values]}} or an array of #{{name, values}}, got {}",
-            series.type_name()
+            type_of(series)
         )));
     };
     if let Some(errors) = errors {
@@ -127,7 +127,12 @@ pub mod report_api {
             .ok_or_else(|| script_msg("plot_heatmap: `values` is required"))?
             .clone()
             .into_array()
-            .map_err(|t| script_msg(format!("plot_heatmap: `values` must be an array of rows, got {t}")))?;
+            .map_err(|t| {
+                script_msg(format!(
+                    "plot_heatmap: `values` must be an array of rows, got {}",
+                    type_of_name(t)
+                ))
+            })?;
         let values = matrix
             .iter()
             .enumerate()

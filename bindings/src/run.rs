@@ -13,29 +13,66 @@ fn io_error(path: &std::path::Path, e: std::io::Error) -> Box<rhai::EvalAltResul
     script_msg(format!("{}: {e}", path.display()))
 }
 
+/// `log(name, value)` read as the natural log of tensors and Rhai's log10 of floats, so the metric
+/// is now `log_metric`; the old name still records, with one warning per run on stderr and in
+/// `output.log`.
+fn warn_log_deprecated(ctx: &NativeCallContext) -> Result<(), Box<EvalAltResult>> {
+    let s = session(ctx)?;
+    if s.run.first_time("deprecated:log") {
+        let warning = "warning: `log(name, value)` is deprecated and will be removed in the next release; \
+                       use `log_metric(name, value)`";
+        eprintln!("{warning}");
+        s.run.log_output(warning).script()?;
+    }
+    Ok(())
+}
+
 #[export_module]
 pub mod run_api {
     use super::*;
 
     /// Record a metric in the run's `metrics.jsonl`, stamped with time and a per-name step:
-    /// `log("loss", 0.25)`. Values may be numbers, strings, bools, arrays or maps.
-    #[rhai_fn(name = "log", return_raw)]
-    pub fn log(ctx: NativeCallContext, name: &str, value: Dynamic) -> Result<(), Box<EvalAltResult>> {
+    /// `log_metric("loss", 0.25)`. Values may be numbers, strings, bools, arrays or maps.
+    #[rhai_fn(name = "log_metric", return_raw)]
+    pub fn log_metric(ctx: NativeCallContext, name: &str, value: Dynamic) -> Result<(), Box<EvalAltResult>> {
         session(&ctx)?.run.log_metric(name, to_json(&value)?, None).script()
     }
 
-    /// Record a metric at an explicit step: `log("loss", 0.25, 10)`.
-    #[rhai_fn(name = "log", return_raw)]
-    pub fn log_at(
+    /// Record a metric at an explicit step: `log_metric("loss", 0.25, 10)`.
+    #[rhai_fn(name = "log_metric", return_raw)]
+    pub fn log_metric_at(
         ctx: NativeCallContext,
         name: &str,
         value: Dynamic,
         step: i64,
     ) -> Result<(), Box<EvalAltResult>> {
         if step < 0 {
-            return Err(script_msg(format!("log: step must be non-negative, got {step}")));
+            return Err(script_msg(format!("log_metric: step must be non-negative, got {step}")));
         }
         session(&ctx)?.run.log_metric(name, to_json(&value)?, Some(step as u64)).script()
+    }
+
+    /// Deprecated: use `log_metric(name, value)`. Kept for one release; warns once per run.
+    #[rhai_fn(name = "log", return_raw)]
+    pub fn log_deprecated(
+        ctx: NativeCallContext,
+        name: &str,
+        value: Dynamic,
+    ) -> Result<(), Box<EvalAltResult>> {
+        warn_log_deprecated(&ctx)?;
+        log_metric(ctx, name, value)
+    }
+
+    /// Deprecated: use `log_metric(name, value, step)`. Kept for one release; warns once per run.
+    #[rhai_fn(name = "log", return_raw)]
+    pub fn log_at_deprecated(
+        ctx: NativeCallContext,
+        name: &str,
+        value: Dynamic,
+        step: i64,
+    ) -> Result<(), Box<EvalAltResult>> {
+        warn_log_deprecated(&ctx)?;
+        log_metric_at(ctx, name, value, step)
     }
 
     /// Set the global seed. Every stochastic primitive called without its own `seed` option

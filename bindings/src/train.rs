@@ -20,6 +20,7 @@ use crate::data::question_fields;
 use crate::error::{script_msg, IntoScript, ScriptResult};
 use crate::model::lora_config;
 use crate::sample::sampler_options;
+use crate::script_types::type_of;
 
 /// `eval_every` and `eval_options: #{task, n, k, temperature, top_p, max_new_tokens, limit,
 /// seed}` of `sft` and `grpo`; `None` when neither is given. The name `eval` is a Rhai
@@ -54,7 +55,7 @@ fn periodic_eval(ctx: &NativeCallContext, o: &Options, what: &str) -> ScriptResu
     eval.k = e.count("k")?.unwrap_or(eval.options.sampler.n);
     if let Some(task) = e.get("task") {
         let task = task.clone().try_cast::<McqTask>().ok_or_else(|| {
-            script_msg(format!("{eval_what}: `task` must be a Task, got {}", task.type_name()))
+            script_msg(format!("{eval_what}: `task` must be a Task, got {}", type_of(task)))
         })?;
         eval.task = Some(task);
     }
@@ -128,7 +129,7 @@ fn parse_rewards<'a>(
             let spec = value.read_lock::<Map>().ok_or_else(|| {
                 script_msg(format!(
                     "{what}: give a weight, a closure |completion, example| or #{{score: closure, weight: 1.0}}, got {}",
-                    value.type_name()
+                    type_of(value)
                 ))
             })?;
             let o = Options::new(&spec, &what, &["score", "weight"])?;
@@ -143,7 +144,7 @@ fn parse_rewards<'a>(
                 .call_within_context(ctx, (completion.to_string(), example))
                 .map_err(|e| Error::msg(format!("the closure failed: {e}")))?;
             as_f64(&value).ok_or_else(|| {
-                Error::msg(format!("the closure must return a number, got {} ({value})", value.type_name()))
+                Error::msg(format!("the closure must return a number, got {} ({value})", type_of(&value)))
             })
         };
         custom.push(name, weight, RewardKind::Custom(Box::new(call))).script()?;

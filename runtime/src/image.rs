@@ -92,13 +92,6 @@ impl Image {
         Image { width: self.width, height: self.height, channels: 3, pixels: pixels.into() }
     }
 
-    /// Convert to the `image` crate's RGB buffer (for resizing and saving).
-    pub fn to_rgb_buffer(&self) -> image::RgbImage {
-        let rgb = self.to_rgb();
-        image::RgbImage::from_raw(rgb.width, rgb.height, rgb.pixels.to_vec())
-            .expect("size checked at construction")
-    }
-
     /// Encode as PNG bytes.
     pub fn to_png(&self) -> Result<Vec<u8>> {
         let mut out = std::io::Cursor::new(Vec::new());

@@ -4,7 +4,7 @@
 //! `metrics.jsonl` (every logged value, stamped with time and step) and `output.log` (what the
 //! script printed). A run can be re-checked and compared without the terminal it ran in.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -22,6 +22,7 @@ pub struct RunDir {
     metrics: Mutex<BufWriter<File>>,
     output: Mutex<BufWriter<File>>,
     steps: Mutex<HashMap<String, u64>>,
+    said_once: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for RunDir {
@@ -49,6 +50,7 @@ impl RunDir {
             path,
             started: Instant::now(),
             steps: Mutex::new(HashMap::new()),
+            said_once: Mutex::new(HashSet::new()),
         })
     }
 
@@ -91,6 +93,12 @@ impl RunDir {
         writeln!(w, "{line}")
             .and_then(|_| w.flush())
             .map_err(|e| Error::io(self.path.join("metrics.jsonl"), e))
+    }
+
+    /// Whether this run meets `key` for the first time, so a warning (a deprecation, say) is
+    /// given once per run rather than once per call.
+    pub fn first_time(&self, key: &str) -> bool {
+        self.said_once.lock().unwrap_or_else(|p| p.into_inner()).insert(key.to_string())
     }
 
     /// Append a line of script output to `output.log`.

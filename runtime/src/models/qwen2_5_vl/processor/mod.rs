@@ -287,10 +287,6 @@ impl Processor {
         self.special.vision_end
     }
 
-    pub fn im_end_id(&self) -> u32 {
-        self.special.im_end
-    }
-
     pub fn endoftext_id(&self) -> u32 {
         self.special.endoftext
     }
