@@ -36,7 +36,7 @@ fn py_word(c: char) -> bool {
     c == '_' || py_alnum(c)
 }
 
-fn py_strip(s: &str) -> &str {
+pub(crate) fn py_strip(s: &str) -> &str {
     s.trim_matches(py_space)
 }
 
@@ -155,7 +155,7 @@ pub fn parse_freeform(text: &str) -> (String, bool) {
     if let Some(tagged) = extract_answer_tag(text).filter(|t| !t.is_empty()) {
         return (normalize_text(py_strip(strip_answer_prefix(&tagged))), true);
     }
-    let last = py_splitlines(text).into_iter().map(py_strip).filter(|l| !l.is_empty()).next_back();
+    let last = py_splitlines(text).into_iter().map(py_strip).rfind(|l| !l.is_empty());
     match last {
         Some(line) => (normalize_text(py_strip(strip_answer_prefix(line))), false),
         None => (String::new(), false),
