@@ -308,8 +308,12 @@ impl McqTask {
     }
 
     /// 1.0 when the completion picks the right option (or, for free text, says the reference
-    /// answer, compared case-insensitively), else 0.0.
+    /// answer, compared case-insensitively), else 0.0. Under `medbridgerl` it is the evaluator's
+    /// verdict ([`McqTask::judge`]); GRPO-CARE's own reward is `reward_medbridgerl_accuracy`.
     pub fn reward_accuracy(&self, i: usize, completion: &str) -> Result<f64> {
+        if self.preset == TaskPreset::MedbridgeRl {
+            return Ok(f64::from(u8::from(self.judge(i, completion)?.correct)));
+        }
         let item = self.item(i)?;
         if item.is_free_text() {
             let said = crate::task::extract::answer_text(completion);

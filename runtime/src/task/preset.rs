@@ -187,6 +187,13 @@ mod tests {
                 (case["parse_freeform"][0].as_str().unwrap(), case["parse_freeform"][1].as_bool());
             assert_eq!((v.pred.as_str(), Some(v.format_ok)), (pred, tagged), "{text:?}");
             assert_eq!(v.correct, pred == normalize_text(solution), "{text:?}");
+            assert_eq!(free.reward_accuracy(0, text).unwrap(), f64::from(u8::from(v.correct)));
+            let released_reward = case["accuracy_reward"].as_f64().unwrap();
+            assert_eq!(free.reward_medbridgerl_accuracy(0, text).unwrap(), released_reward, "{text:?}");
+            assert_eq!(
+                free.reward_medbridgerl_format(0, text).unwrap(),
+                case["format_reward"].as_f64().unwrap()
+            );
             assert_eq!(free.extract(0, text).unwrap().choice, None);
         }
     }
