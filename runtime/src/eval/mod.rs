@@ -3,6 +3,13 @@
 //! evaluator and GRPO's reward can never disagree about what an answer is.
 //!
 //! The greedy row and the n sampled rows of a question decode from one shared prefill.
+//!
+//! `EvalOptions::preset(TaskPreset::MedbridgeRl)` is the released `inference.py`'s sampling:
+//! K = 16, temperature 0.7, top-p 0.9, top-k off, 2,048 new tokens, seed 123. Deviations: the
+//! release reseeds torch with `seed + 1000 * row + i` before sample i of row `row`, while our
+//! sampler draws each sample from its own stream keyed by (seed, question id, sample index), so
+//! the same seed gives other (equally distributed) samples; and we also decode one greedy answer
+//! per question (for Acc@1), which the release does not, and which leaves its three numbers alone.
 
 use crate::bail;
 use crate::error::{Context, Result};
@@ -10,7 +17,7 @@ use crate::metrics::{BootstrapOptions, QuestionRecord, SupportReport};
 use crate::models::vlm::Vlm;
 use crate::run::{CancelFlag, ProgressMode};
 use crate::sample::{generate, Job, LogitsOptions, RowSpec, Sample, SampleRequest, SamplerOptions};
-use crate::task::McqTask;
+use crate::task::{McqTask, TaskPreset};
 
 mod modality;
 pub use modality::{label_modality, DEFAULT_LABELS, MODALITY_QUESTION};
@@ -42,6 +49,34 @@ impl Default for EvalOptions {
             limit: None,
             bootstrap: BootstrapOptions::default(),
         }
+    }
+}
+
+/// The released `inference.py`'s defaults (`--k`, `--temperature`, `--top_p`, `--top_k`,
+/// `--max_new_tokens`, `--seed`).
+pub const MEDBRIDGERL_K: usize = 16;
+pub const MEDBRIDGERL_TEMPERATURE: f32 = 0.7;
+pub const MEDBRIDGERL_TOP_P: f32 = 0.9;
+pub const MEDBRIDGERL_TOP_K: usize = 0;
+pub const MEDBRIDGERL_MAX_NEW_TOKENS: usize = 2048;
+pub const MEDBRIDGERL_SEED: u64 = 123;
+
+impl EvalOptions {
+    /// The evaluation settings a task preset comes with: ours, or the release's (module header).
+    pub fn preset(preset: TaskPreset) -> EvalOptions {
+        let mut opts = EvalOptions::default();
+        if preset == TaskPreset::MedbridgeRl {
+            opts.sampler.n = MEDBRIDGERL_K;
+            opts.sampler.max_new_tokens = MEDBRIDGERL_MAX_NEW_TOKENS;
+            opts.sampler.seed = MEDBRIDGERL_SEED;
+            opts.sampler.logits = LogitsOptions {
+                temperature: MEDBRIDGERL_TEMPERATURE,
+                top_p: MEDBRIDGERL_TOP_P,
+                top_k: MEDBRIDGERL_TOP_K,
+                ..LogitsOptions::default()
+            };
+        }
+        opts
     }
 }
 
@@ -109,6 +144,7 @@ pub fn evaluate(
         let samples = rows.split_off(1);
         let greedy = rows.pop().context("evaluate: the greedy row is missing")?;
         let answer = |s: &Sample| task.extract(i, &s.text).map(|e| e.choice);
+        let read: Vec<_> = samples.iter().map(|s| task.extract(i, &s.text)).collect::<Result<_>>()?;
         records.push(QuestionRecord {
             id: item.id.clone(),
             task: item.task.clone(),
@@ -116,8 +152,9 @@ pub fn evaluate(
             class: item.class_name.clone().unwrap_or_else(|| "unknown".to_string()),
             gold: item.answer,
             greedy: answer(&greedy)?,
-            samples: samples.iter().map(answer).collect::<Result<_>>()?,
+            samples: read.iter().map(|e| e.choice).collect(),
             n_options: item.options.len(),
+            format_ok: read.iter().map(|e| e.format_ok).collect(),
         });
         completions.push(Completions { id: item.id.clone(), greedy, samples });
     }
@@ -177,6 +214,9 @@ mod tests {
             let read = |s: &Sample| task.extract(i, &s.text).unwrap().choice;
             assert_eq!(record.greedy, read(&done.greedy));
             assert_eq!(record.samples, done.samples.iter().map(read).collect::<Vec<_>>());
+            let formatted: Vec<bool> =
+                done.samples.iter().map(|s| task.extract(i, &s.text).unwrap().format_ok).collect();
+            assert_eq!(record.format_ok, formatted);
             let correct = done.samples.iter().filter(|s| read(s) == Some(i % 3)).count();
             assert_eq!(record.correct_count(), correct);
             greedy_correct += usize::from(read(&done.greedy) == Some(i % 3));
@@ -206,6 +246,18 @@ mod tests {
             assert_eq!(tokens(&done.samples), tokens(s));
             assert_eq!(done.greedy.token_ids, g[0].token_ids);
         }
+    }
+
+    #[test]
+    fn the_medbridgerl_preset_samples_as_the_release() {
+        assert_eq!(EvalOptions::preset(TaskPreset::Default), EvalOptions::default());
+        let s = EvalOptions::preset(TaskPreset::MedbridgeRl).sampler;
+        assert_eq!((s.n, s.max_new_tokens, s.seed), (16, 2048, 123));
+        assert_eq!(
+            (s.logits.temperature, s.logits.top_p, s.logits.top_k, s.logits.min_p),
+            (0.7, 0.9, 0, 0.0)
+        );
+        s.validate().unwrap();
     }
 
     #[test]

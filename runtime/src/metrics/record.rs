@@ -25,6 +25,11 @@ pub struct QuestionRecord {
     /// The sampled answers, in sample-index order.
     pub samples: Vec<Option<usize>>,
     pub n_options: usize,
+    /// Each sample's format flag from the task (under the `medbridgerl` preset: an `<answer>` tag
+    /// was found, whatever it held). Empty in records written before it was kept: then a sample
+    /// follows the format when it has an answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub format_ok: Vec<bool>,
 }
 
 /// The letter of option `index`: 0 -> "A", 25 -> "Z", 26 -> "AA".
@@ -54,6 +59,24 @@ impl QuestionRecord {
             }
         }
         counts
+    }
+
+    /// How many distinct answers the samples gave, format failures excluded (`inference.py`'s
+    /// per-question `len(set(non-empty preds))`).
+    pub fn unique_answers(&self) -> usize {
+        let mut seen: Vec<usize> = self.samples.iter().flatten().copied().collect();
+        seen.sort_unstable();
+        seen.dedup();
+        seen.len()
+    }
+
+    /// How many samples followed the format (see `format_ok`).
+    pub fn formatted_samples(&self) -> usize {
+        if self.format_ok.is_empty() {
+            self.samples.iter().filter(|s| s.is_some()).count()
+        } else {
+            self.format_ok.iter().filter(|&&ok| ok).count()
+        }
     }
 
     /// How many samples had no extractable answer.
@@ -122,6 +145,9 @@ impl QuestionRecord {
         if self.gold >= self.n_options {
             bail!("question {id}: gold option {} but only {} options", self.gold, self.n_options);
         }
+        if !self.format_ok.is_empty() && self.format_ok.len() != self.samples.len() {
+            bail!("question {id}: {} format flags for {} samples", self.format_ok.len(), self.samples.len());
+        }
         let answers = self.greedy.iter().chain(self.samples.iter().flatten());
         if let Some(bad) = answers.into_iter().find(|&&a| a >= self.n_options) {
             bail!("question {id}: answer option {bad} but only {} options", self.n_options);
@@ -144,6 +170,7 @@ mod tests {
             greedy: Some(gold),
             samples: samples.to_vec(),
             n_options: 4,
+            format_ok: Vec::new(),
         }
     }
 
@@ -174,6 +201,11 @@ mod tests {
         assert!((r.answer_entropy().unwrap() - want).abs() < 1e-12);
         assert_eq!(record(0, &[None]).answer_entropy(), None);
         assert_eq!(record(0, &[Some(3), Some(3)]).answer_entropy(), Some(0.0));
+        assert_eq!((r.unique_answers(), r.formatted_samples()), (2, 3));
+        let tagged = QuestionRecord { format_ok: vec![true, false, true, false], ..r };
+        assert_eq!(tagged.formatted_samples(), 2);
+        let short = QuestionRecord { format_ok: vec![true], ..tagged };
+        assert!(short.validate().unwrap_err().to_string().contains("1 format flags for 4 samples"));
     }
 
     #[test]

@@ -69,14 +69,15 @@ impl SupportReport {
     }
 
     /// One row per question: id, task, modality, class, gold letter, greedy letter (empty on a
-    /// format failure), how many samples chose each letter, format failures, correct samples.
+    /// format failure), how many samples chose each letter, format failures, correct samples,
+    /// samples that followed the format.
     pub fn to_csv(&self) -> String {
         let options = self.records().iter().map(|r| r.n_options).max().unwrap_or(0);
         let mut out = String::from("id,task,modality,class,gold,greedy");
         for i in 0..options {
             let _ = write!(out, ",count_{}", option_letter(i));
         }
-        out.push_str(",failures,correct\n");
+        out.push_str(",failures,correct,formatted\n");
         for r in self.records() {
             let greedy = r.greedy.map(option_letter).unwrap_or_default();
             let fields = [&r.id, &r.task, &r.modality, &r.class, &option_letter(r.gold), &greedy];
@@ -85,7 +86,7 @@ impl SupportReport {
             for i in 0..options {
                 let _ = write!(out, ",{}", counts.get(i).copied().unwrap_or(0));
             }
-            let _ = writeln!(out, ",{},{}", r.sample_failures(), r.correct_count());
+            let _ = writeln!(out, ",{},{},{}", r.sample_failures(), r.correct_count(), r.formatted_samples());
         }
         out
     }
@@ -138,10 +139,10 @@ mod tests {
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(
             lines[0],
-            "id,task,modality,class,gold,greedy,count_A,count_B,count_C,count_D,failures,correct"
+            "id,task,modality,class,gold,greedy,count_A,count_B,count_C,count_D,failures,correct,formatted"
         );
-        assert_eq!(lines[1], "1,path,path-modality,class0,A,A,2,1,0,0,0,2");
-        assert_eq!(lines[2], "\"say \"\"hi\"\", twice\",derma,derma-modality,class1,B,,0,1,0,1,1,1");
+        assert_eq!(lines[1], "1,path,path-modality,class0,A,A,2,1,0,0,0,2,3");
+        assert_eq!(lines[2], "\"say \"\"hi\"\", twice\",derma,derma-modality,class1,B,,0,1,0,1,1,1,2");
         assert_eq!(lines.len(), 3);
     }
 
@@ -157,6 +158,8 @@ mod tests {
         assert_eq!(json["k"], 3);
         assert_eq!(json["curve"].as_array().unwrap().len(), 3);
         assert_eq!(json["acc1"]["value"], 0.5);
+        assert_eq!(json["format_failures"]["questions"], 0.0);
+        assert_eq!(json["entropy"]["unique_answers"], 2.0);
         assert!(json["pass_at_k"]["lo"].is_number());
         assert_eq!(json["groups"]["task"]["derma"]["questions"], 1);
         assert!(json["groups"]["task"]["derma"].get("groups").is_none());

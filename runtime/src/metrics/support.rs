@@ -8,7 +8,14 @@
 //! - maj@k: the majority vote of the *first* k samples is correct (not the average over all
 //!   k-subsets: first-k is what a user drawing k samples gets); ties go to the answer seen first.
 //! - gap(k): Pass@k - Acc@1, what sampling reaches that the default answer misses.
-//! - format failures: the share of greedy answers, and of samples, with no extractable answer.
+//! - format failures: the share of greedy answers, and of samples, with no extractable answer;
+//!   and the share of questions none of whose samples follows the format (the released
+//!   `inference.py`'s `format_failure_rate`, "no usable <answer> tag in any of K samples" under
+//!   the `medbridgerl` preset, whose format flag is the tag).
+//! - unique answers: the distinct answers among a question's samples, failures excluded,
+//!   averaged over all questions (`inference.py`'s `avg_unique_answers@K`).
+//! - The release's `pass@K` (any of the K samples right) is Pass@n here: the estimator at k = n
+//!   is exactly that.
 //! - entropy: of each question's sampled-answer distribution (failures excluded), in nats and
 //!   divided by ln(n_options) so 1 means uniform over the options; averaged over the questions that
 //!   have at least one answer.
@@ -44,6 +51,8 @@ pub struct FormatFailures {
     pub greedy: f64,
     /// Share of all samples whose answer could not be extracted.
     pub samples: f64,
+    /// Share of questions with samples none of which follows the format.
+    pub questions: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -54,6 +63,8 @@ pub struct AnswerEntropy {
     pub normalised: f64,
     /// Questions with at least one extracted sample, the ones averaged.
     pub questions: usize,
+    /// Mean over all questions of the number of distinct extracted answers among the samples.
+    pub unique_answers: f64,
 }
 
 /// Metrics of a set of questions; build with [`SupportReport::new`].
@@ -132,6 +143,9 @@ impl SupportReport {
         let format_failures = FormatFailures {
             greedy: records.iter().filter(|r| r.greedy.is_none()).count() as f64 / q,
             samples: if samples_total == 0 { 0.0 } else { sample_failures as f64 / samples_total as f64 },
+            questions: records.iter().filter(|r| !r.samples.is_empty() && r.formatted_samples() == 0).count()
+                as f64
+                / q,
         };
         let entropy = mean_entropy(&records);
         Ok(SupportReport {
@@ -200,6 +214,18 @@ impl SupportReport {
         self.entropy
     }
 
+    /// The released `format_failure_rate`: share of questions none of whose samples follows the
+    /// format.
+    pub fn format_failure_rate(&self) -> f64 {
+        self.format_failures.questions
+    }
+
+    /// The released `avg_unique_answers@K`: mean number of distinct answers among a question's
+    /// samples, failures excluded.
+    pub fn avg_unique_answers(&self) -> f64 {
+        self.entropy.unique_answers
+    }
+
     /// One report per value of `key` ("class", "task" or "modality"), scored with the same bootstrap
     /// options.
     pub fn by(&self, key: &str) -> Result<BTreeMap<String, SupportReport>> {
@@ -245,7 +271,9 @@ fn mean_entropy(records: &[QuestionRecord]) -> AnswerEntropy {
         }
     }
     let div = questions.max(1) as f64;
-    AnswerEntropy { nats: nats / div, normalised: normalised / div, questions }
+    let unique =
+        records.iter().map(|r| r.unique_answers()).sum::<usize>() as f64 / records.len().max(1) as f64;
+    AnswerEntropy { nats: nats / div, normalised: normalised / div, questions, unique_answers: unique }
 }
 
 #[cfg(test)]
@@ -271,6 +299,7 @@ pub(crate) mod tests {
             greedy,
             samples: samples.to_vec(),
             n_options: 4,
+            format_ok: Vec::new(),
         }
     }
 
@@ -307,6 +336,30 @@ pub(crate) mod tests {
         for p in r.curve() {
             assert!(p.pass.lo <= p.pass.value && p.pass.value <= p.pass.hi, "{p:?}");
         }
+    }
+
+    /// `inference.py`'s three numbers on a hand-made set: q1 right in one sample; q2 never right,
+    /// two distinct letters, no tag anywhere though it answered; q3 untagged and unanswered.
+    #[test]
+    fn released_metrics_of_a_hand_checked_set() {
+        let mut q1 = record("1", "pmc", 0, Some(1), &[Some(1), Some(0), None, Some(1)]);
+        q1.format_ok = vec![true, true, true, false];
+        let mut q2 = record("2", "pmc", 2, Some(1), &[Some(1), Some(3), Some(1), Some(1)]);
+        q2.format_ok = vec![false; 4];
+        let mut q3 = record("3", "slake", 1, None, &[None, None, None, None]);
+        q3.format_ok = vec![false; 4];
+        let r =
+            SupportReport::new(vec![q1, q2, q3], BootstrapOptions { resamples: 50, ..Default::default() })
+                .unwrap();
+        assert!((r.pass_at(4).unwrap().value - 1.0 / 3.0).abs() < 1e-12);
+        assert!((r.format_failure_rate() - 2.0 / 3.0).abs() < 1e-12);
+        assert!((r.avg_unique_answers() - 4.0 / 3.0).abs() < 1e-12);
+        let by = r.by("task").unwrap();
+        assert_eq!((by["pmc"].pass_at(4).unwrap().value, by["pmc"].format_failure_rate()), (0.5, 0.5));
+        assert_eq!((by["slake"].avg_unique_answers(), by["slake"].format_failure_rate()), (0.0, 1.0));
+        // Without recorded flags, a sample follows the format when it has an answer.
+        assert!((small().format_failure_rate()).abs() < 1e-12);
+        assert!((small().avg_unique_answers() - 5.0 / 3.0).abs() < 1e-12);
     }
 
     #[test]

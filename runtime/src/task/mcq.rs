@@ -3,6 +3,9 @@
 //! never disagree about what a prompt says or what counts as correct.
 //!
 //! Free-text VQA pairs (for SFT) fit the same type: an item with no options and an `answer_text`.
+//!
+//! A [`TaskPreset`] swaps the whole protocol at once: under `medbridgerl` the prompts, the answer
+//! reading and the two `medbridgerl_*` rewards are the paper's released ones (`preset.rs`).
 
 use std::sync::Arc;
 
@@ -10,6 +13,8 @@ use crate::data::medmnist_info::Modality;
 use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::task::extract::{option_letter, Extraction, Extractor};
+use crate::task::medbridgerl;
+use crate::task::preset::{medbridgerl_eval_prompt, medbridgerl_train_prompt, TaskPreset};
 
 /// One question.
 #[derive(Clone, Debug, PartialEq)]
@@ -107,6 +112,16 @@ pub const DEFAULT_TEMPLATE: &str = "This is a {modality} image.\n{question}\n{op
 
 const PLACEHOLDERS: [&str; 4] = ["{modality}", "{question}", "{options}", "{instruction}"];
 
+/// One completion judged against its item, as both evaluation protocols define it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// What was read: the option letter, or a free-text item's answer text; empty when nothing was.
+    pub pred: String,
+    /// The task's format flag (under `medbridgerl`: an answer tag was found).
+    pub format_ok: bool,
+    pub correct: bool,
+}
+
 /// A list of questions with its prompt template, answer format and extractor.
 #[derive(Clone, Debug)]
 pub struct McqTask {
@@ -115,6 +130,7 @@ pub struct McqTask {
     template: Arc<str>,
     format: AnswerFormat,
     extractor: Extractor,
+    preset: TaskPreset,
 }
 
 impl McqTask {
@@ -133,7 +149,24 @@ impl McqTask {
         }
         let extractor =
             Extractor { require_think: format == AnswerFormat::ThinkAnswer, ..Default::default() };
-        Ok(McqTask { name: name.into(), items: items.into(), template: template.into(), format, extractor })
+        Ok(McqTask {
+            name: name.into(),
+            items: items.into(),
+            template: template.into(),
+            format,
+            extractor,
+            preset: TaskPreset::Default,
+        })
+    }
+
+    /// Follow `preset`'s protocol; under `medbridgerl` the template and extractor are not used.
+    pub fn with_preset(mut self, preset: TaskPreset) -> Self {
+        self.preset = preset;
+        self
+    }
+
+    pub fn preset(&self) -> TaskPreset {
+        self.preset
     }
 
     /// Replace the extraction rules (e.g. letters only).
@@ -184,6 +217,9 @@ impl McqTask {
     /// The user prompt of item `i` (the image is passed beside it, not in it).
     pub fn prompt(&self, i: usize) -> Result<String> {
         let item = self.item(i)?;
+        if self.preset == TaskPreset::MedbridgeRl {
+            return Ok(medbridgerl_eval_prompt(&item.question, &item.options));
+        }
         let options: Vec<String> =
             item.options.iter().enumerate().map(|(k, o)| format!("{}. {o}", option_letter(k))).collect();
         let modality = item.modality.map_or("medical", Modality::describe);
@@ -192,6 +228,18 @@ impl McqTask {
         prompt = prompt.replace("{options}", &options.join("\n"));
         prompt = prompt.replace("{instruction}", self.format.instruction(item.is_free_text()));
         Ok(prompt.replace("\n\n\n", "\n\n"))
+    }
+
+    /// The GRPO prompt of item `i`: the preset's training template where it has one (GRPO-CARE's
+    /// under `medbridgerl`), else the evaluation prompt.
+    pub fn training_prompt(&self, i: usize) -> Result<String> {
+        match self.preset {
+            TaskPreset::MedbridgeRl => {
+                let item = self.item(i)?;
+                Ok(medbridgerl_train_prompt(&item.question, &item.options))
+            }
+            TaskPreset::Default => self.prompt(i),
+        }
     }
 
     /// The SFT target of item `i` in the task's answer format.
@@ -210,14 +258,62 @@ impl McqTask {
         })
     }
 
-    /// Read the chosen option out of a completion for item `i`.
+    /// Read the chosen option out of a completion for item `i`. Under `medbridgerl` the choice is
+    /// `parse_mcq_letter`'s, `format_ok` is whether `extract_answer_tag` found a tag (for a
+    /// free-text item, whether `parse_freeform` read a tag) and `rule` is `None`.
     pub fn extract(&self, i: usize, completion: &str) -> Result<Extraction> {
-        Ok(self.extractor.extract(completion, &self.item(i)?.options))
+        let item = self.item(i)?;
+        match self.preset {
+            TaskPreset::Default => Ok(self.extractor.extract(completion, &item.options)),
+            TaskPreset::MedbridgeRl => {
+                let letter = medbridgerl::parse_mcq_letter(completion, item.options.len());
+                let format_ok = if item.is_free_text() {
+                    medbridgerl::parse_freeform(completion).1
+                } else {
+                    medbridgerl::extract_answer_tag(completion).is_some()
+                };
+                let choice = letter.map(|c| (c as u8 - b'A') as usize).filter(|_| !item.is_free_text());
+                Ok(Extraction { choice, format_ok, rule: None })
+            }
+        }
+    }
+
+    /// Judge the completion of item `i`: what it answered, its format flag and whether it is right.
+    /// Under `medbridgerl` this is `inference.py`'s per-sample result: the letter against the gold
+    /// label, or `parse_freeform` against `normalize_text` of the reference (never right when
+    /// that is empty).
+    pub fn judge(&self, i: usize, completion: &str) -> Result<Verdict> {
+        let item = self.item(i)?;
+        if item.is_free_text() {
+            let gold = item.answer_text.as_deref().unwrap_or_default();
+            return Ok(match self.preset {
+                TaskPreset::MedbridgeRl => {
+                    let (pred, format_ok) = medbridgerl::parse_freeform(completion);
+                    let gold = medbridgerl::normalize_text(gold);
+                    Verdict { correct: !gold.is_empty() && pred == gold, pred, format_ok }
+                }
+                TaskPreset::Default => {
+                    let pred = crate::task::extract::answer_text(completion);
+                    let correct = self.reward_accuracy(i, completion)? == 1.0;
+                    Verdict { format_ok: !pred.is_empty(), pred, correct }
+                }
+            });
+        }
+        let e = self.extract(i, completion)?;
+        Ok(Verdict {
+            pred: e.choice.map(|c| option_letter(c).to_string()).unwrap_or_default(),
+            format_ok: e.format_ok,
+            correct: e.choice == Some(item.answer),
+        })
     }
 
     /// 1.0 when the completion picks the right option (or, for free text, says the reference
-    /// answer, compared case-insensitively), else 0.0.
+    /// answer, compared case-insensitively), else 0.0. Under `medbridgerl` it is the evaluator's
+    /// verdict ([`McqTask::judge`]); GRPO-CARE's own reward is `reward_medbridgerl_accuracy`.
     pub fn reward_accuracy(&self, i: usize, completion: &str) -> Result<f64> {
+        if self.preset == TaskPreset::MedbridgeRl {
+            return Ok(f64::from(u8::from(self.judge(i, completion)?.correct)));
+        }
         let item = self.item(i)?;
         if item.is_free_text() {
             let said = crate::task::extract::answer_text(completion);
@@ -230,6 +326,22 @@ impl McqTask {
     /// 1.0 when the completion follows the answer format, else 0.0 (a GRPO shaping term).
     pub fn reward_format(&self, i: usize, completion: &str) -> Result<f64> {
         Ok(f64::from(u8::from(self.extract(i, completion)?.format_ok)))
+    }
+
+    /// GRPO-CARE's accuracy reward against item `i`'s solution: its gold letter, or the reference
+    /// text of a free-text item.
+    pub fn reward_medbridgerl_accuracy(&self, i: usize, completion: &str) -> Result<f64> {
+        let item = self.item(i)?;
+        let solution = match item.answer_letter() {
+            Some(letter) => letter.to_string(),
+            None => item.answer_text.clone().unwrap_or_default(),
+        };
+        Ok(medbridgerl::accuracy_reward(completion, &solution))
+    }
+
+    /// GRPO-CARE's format reward: the whole completion is `<think>…</think>` then `<answer>…</answer>`.
+    pub fn reward_medbridgerl_format(&self, _i: usize, completion: &str) -> Result<f64> {
+        Ok(medbridgerl::format_reward(completion))
     }
 }
 

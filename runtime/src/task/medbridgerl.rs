@@ -36,7 +36,7 @@ fn py_word(c: char) -> bool {
     c == '_' || py_alnum(c)
 }
 
-fn py_strip(s: &str) -> &str {
+pub(crate) fn py_strip(s: &str) -> &str {
     s.trim_matches(py_space)
 }
 

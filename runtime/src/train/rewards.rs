@@ -12,6 +12,8 @@
 //!   reward is 1 when that letter is the one the extractor reads from the `<answer>`, else 0
 //!   (also 0 when no letter is named or no answer is extracted). Bare capitals are ignored,
 //!   since `A` is also an article.
+//! - `medbridgerl_accuracy`, `medbridgerl_format`: GRPO-CARE's released rewards
+//!   (`task.reward_medbridgerl_*`), for reproducing the paper's run; see `task/preset.rs`.
 //! - custom closures `|completion, example| -> f64` ([`RewardKind::Custom`]): the bindings wrap
 //!   a script closure in one. It may borrow (the script engine), so a reward set has a lifetime
 //!   and need not be `Send`: GRPO scores synchronously on the calling thread.
@@ -27,6 +29,8 @@ pub enum RewardKind<'a> {
     Accuracy,
     Format,
     Consistency,
+    MedbridgeRlAccuracy,
+    MedbridgeRlFormat,
     Custom(CustomReward<'a>),
 }
 
@@ -36,13 +40,16 @@ impl std::fmt::Debug for RewardKind<'_> {
             RewardKind::Accuracy => f.write_str("Accuracy"),
             RewardKind::Format => f.write_str("Format"),
             RewardKind::Consistency => f.write_str("Consistency"),
+            RewardKind::MedbridgeRlAccuracy => f.write_str("MedbridgeRlAccuracy"),
+            RewardKind::MedbridgeRlFormat => f.write_str("MedbridgeRlFormat"),
             RewardKind::Custom(_) => f.write_str("Custom"),
         }
     }
 }
 
 /// The built-in reward names.
-pub const BUILTIN_REWARDS: [&str; 3] = ["accuracy", "format", "consistency"];
+pub const BUILTIN_REWARDS: [&str; 5] =
+    ["accuracy", "format", "consistency", "medbridgerl_accuracy", "medbridgerl_format"];
 
 #[derive(Debug)]
 pub struct Reward<'a> {
@@ -75,6 +82,8 @@ impl<'a> Rewards<'a> {
                 "accuracy" => RewardKind::Accuracy,
                 "format" => RewardKind::Format,
                 "consistency" => RewardKind::Consistency,
+                "medbridgerl_accuracy" => RewardKind::MedbridgeRlAccuracy,
+                "medbridgerl_format" => RewardKind::MedbridgeRlFormat,
                 other => crate::bail!(
                     "unknown reward `{other}`: built-in rewards are {}, or pass a closure |completion, example|",
                     BUILTIN_REWARDS.join(", ")
@@ -112,6 +121,8 @@ impl<'a> Rewards<'a> {
                 RewardKind::Accuracy => task.reward_accuracy(i, completion)?,
                 RewardKind::Format => task.reward_format(i, completion)?,
                 RewardKind::Consistency => consistency(task, i, completion)?,
+                RewardKind::MedbridgeRlAccuracy => task.reward_medbridgerl_accuracy(i, completion)?,
+                RewardKind::MedbridgeRlFormat => task.reward_medbridgerl_format(i, completion)?,
                 RewardKind::Custom(f) => f(completion, i).with_context(|| format!("reward `{}`", r.name))?,
             };
             if !value.is_finite() {
@@ -191,6 +202,10 @@ mod tests {
         assert_eq!(rewards.score(&task, 0, "no tags at all").unwrap().total, 0.0);
         let err = Rewards::builtin(&[("acuracy", 1.0)]).unwrap_err().to_string();
         assert!(err.contains("unknown reward `acuracy`") && err.contains("consistency"), "{err}");
+        let released =
+            Rewards::builtin(&[("medbridgerl_accuracy", 1.0), ("medbridgerl_format", 1.0)]).unwrap();
+        let lower = format!("<think>x</think> <answer> {} </answer>", gold.to_ascii_lowercase());
+        assert_eq!(released.score(&task, 0, &lower).unwrap().components, vec![1.0, 1.0]);
         let mut custom = Rewards::default();
         custom.push("length", 2.0, RewardKind::Custom(Box::new(|c, _| Ok(c.len() as f64)))).unwrap();
         assert_eq!(custom.score(&task, 0, "abc").unwrap().total, 6.0);

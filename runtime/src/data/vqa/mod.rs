@@ -8,15 +8,17 @@
 //! | `slake.rs` | SLAKE JSON list plus `imgs/` (English questions only) |
 //! | `hf_yes_no.rs` | VQA-RAD and PathVQA as parquet on the hub: closed = yes/no answers |
 //! | `jsonl.rs` | generic JSONL `{image, question, options, answer}` |
+//! | `medbridgerl_jsonl.rs` | the paper's released eval export: `data.jsonl` + `images/`, MCQ and free-form rows |
 //! | `parquet_rows.rs` | row-by-row parquet reading with file/row/column errors |
 //! | `question.rs` | answer labels, yes/no questions, free-text items, benchmark modalities |
 //!
 //! A path is either one file or a folder, in which the split's file is looked up by its published
 //! name (`test.json`, `test_2.csv`, `test-00000-of-00001.parquet`, ...; every parquet shard of the
-//! split is read, in name order).
+//! split is read, in name order; the release's export is `data.jsonl` whatever the split).
 
 mod hf_yes_no;
 mod jsonl;
+mod medbridgerl_jsonl;
 mod medvlthinker;
 mod parquet_rows;
 mod pmc_vqa;
@@ -27,7 +29,9 @@ use std::path::{Path, PathBuf};
 
 use crate::data::dataset::Split;
 use crate::error::{Context, Error, Result};
+use crate::sandbox::Sandbox;
 use crate::task::mcq::{AnswerFormat, McqItem, McqTask};
+use crate::task::preset::TaskPreset;
 
 /// The file layouts `load_vqa` reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,16 +42,18 @@ pub enum VqaKind {
     VqaRad,
     PathVqa,
     Jsonl,
+    MedbridgeRlJsonl,
 }
 
 impl VqaKind {
-    pub const ALL: [VqaKind; 6] = [
+    pub const ALL: [VqaKind; 7] = [
         VqaKind::MedVlThinker,
         VqaKind::PmcVqa,
         VqaKind::Slake,
         VqaKind::VqaRad,
         VqaKind::PathVqa,
         VqaKind::Jsonl,
+        VqaKind::MedbridgeRlJsonl,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +64,7 @@ impl VqaKind {
             VqaKind::VqaRad => "vqa_rad",
             VqaKind::PathVqa => "path_vqa",
             VqaKind::Jsonl => "jsonl",
+            VqaKind::MedbridgeRlJsonl => "medbridgerl_jsonl",
         }
     }
 
@@ -85,6 +92,11 @@ pub struct VqaOptions {
     pub limit: Option<usize>,
     pub template: Option<String>,
     pub answer_format: AnswerFormat,
+    /// The protocol the task follows (`task/preset.rs`).
+    pub preset: TaskPreset,
+    /// Image paths read out of a file must lie under its read roots (`medbridgerl_jsonl`, whose
+    /// rows may hold absolute paths); `None` reads them unchecked.
+    pub sandbox: Option<Sandbox>,
 }
 
 impl Default for VqaOptions {
@@ -95,6 +107,8 @@ impl Default for VqaOptions {
             limit: None,
             template: None,
             answer_format: AnswerFormat::Letter,
+            preset: TaskPreset::Default,
+            sandbox: None,
         }
     }
 }
@@ -119,6 +133,7 @@ pub fn load_vqa(kind: VqaKind, path: &Path, opts: &VqaOptions) -> Result<McqTask
                 VqaKind::PmcVqa => (pmc_vqa::load(&shard)?, 0),
                 VqaKind::Slake => (slake::load(&shard, opts.closed_only)?, 0),
                 VqaKind::Jsonl => (jsonl::load(&shard)?, 0),
+                VqaKind::MedbridgeRlJsonl => (medbridgerl_jsonl::load(&shard, opts.sandbox.as_ref())?, 0),
             };
             items.append(&mut part);
             first_row += rows;
@@ -126,7 +141,8 @@ pub fn load_vqa(kind: VqaKind, path: &Path, opts: &VqaOptions) -> Result<McqTask
         if items.is_empty() {
             crate::bail!("no questions left (split {}, closed_only {})", opts.split, opts.closed_only);
         }
-        McqTask::new(kind.as_str(), items, opts.template.as_deref(), opts.answer_format)
+        Ok(McqTask::new(kind.as_str(), items, opts.template.as_deref(), opts.answer_format)?
+            .with_preset(opts.preset))
     };
     load().with_context(|| format!("load_vqa {} {}", kind.as_str(), path.display()))
 }
@@ -183,6 +199,12 @@ fn split_files(kind: VqaKind, path: &Path, split: Split) -> Result<Vec<PathBuf>>
         VqaKind::Jsonl => {
             names.iter().map(|s| path.join(format!("{s}.jsonl"))).filter(|p| p.is_file()).take(1).collect()
         }
+        VqaKind::MedbridgeRlJsonl => std::iter::once("data")
+            .chain(names.iter().copied())
+            .map(|s| path.join(format!("{s}.jsonl")))
+            .filter(|p| p.is_file())
+            .take(1)
+            .collect(),
     };
     if found.is_empty() {
         crate::bail!("is a folder with no {} file for split {split}; pass the file itself", kind.as_str());
