@@ -191,13 +191,12 @@ impl Opts<'_> {
     }
 
     fn wrong(&self, spec: &OptionSpec, value: &Dynamic) -> Box<rhai::EvalAltResult> {
-        let shown = if value.is_string() { format!("{value:?}") } else { value.to_string() };
         script_msg(format!(
-            "{}: option `{}` must be {}, got {shown} ({})",
+            "{}: option `{}` must be {}, got {}",
             self.what,
             spec.key,
             expected(&spec.kind),
-            value.type_name()
+            shown(value)
         ))
     }
 
@@ -303,13 +302,12 @@ impl Opts<'_> {
     }
 
     fn element(&self, spec: &OptionSpec, i: usize, x: &Dynamic) -> Box<rhai::EvalAltResult> {
-        let shown = if x.is_string() { format!("{x:?}") } else { x.to_string() };
         script_msg(format!(
-            "{}: option `{}` must be {}, got {shown} ({}) at index {i}",
+            "{}: option `{}` must be {}, got {} at index {i}",
             self.what,
             spec.key,
             expected(&spec.kind),
-            x.type_name()
+            shown(x)
         ))
     }
 
@@ -389,6 +387,17 @@ impl Opts<'_> {
             },
         })
     }
+}
+
+/// A value as a message shows it, with its type as scripts name it: `"x" (string)`, `3 (int)`.
+fn shown(value: &Dynamic) -> String {
+    let text = if value.is_string() { format!("{value:?}") } else { value.to_string() };
+    let type_name = match value.type_name() {
+        "i64" => "int",
+        "f64" => "float",
+        other => other.rsplit("::").next().unwrap_or(other),
+    };
+    format!("{text} ({type_name})")
 }
 
 /// A positional int argument checked like an `Int` option: `pass_at: `k` must be an int >= 1, got 0`.
