@@ -293,3 +293,36 @@ pub mod sample_api {
         Ok(report)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn number(keys: &[OptionSpec], key: &str) -> f64 {
+        match keys.iter().find(|s| s.key == key).unwrap().absent {
+            Absent::Int(n) => n as f64,
+            Absent::Float(x) => x,
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+
+    /// What `medbridge doc` says an absent sampler key means is what sampling does without it.
+    #[test]
+    fn declared_defaults_are_the_runtime_defaults() {
+        for (keys, base) in
+            [(&SAMPLER_KEYS, SamplerOptions::default()), (&EVAL_SAMPLER_KEYS, EvalOptions::default().sampler)]
+        {
+            assert_eq!(number(keys, "temperature"), f64::from(base.logits.temperature));
+            assert_eq!(number(keys, "top_p"), f64::from(base.logits.top_p));
+            assert_eq!(number(keys, "top_k"), base.logits.top_k as f64);
+            assert_eq!(number(keys, "min_p"), f64::from(base.logits.min_p));
+            assert_eq!(number(keys, "n"), base.n as f64);
+            assert_eq!(number(keys, "max_new_tokens"), base.max_new_tokens as f64);
+            assert_eq!(number(keys, "max_batch_tokens"), base.max_batch_tokens as f64);
+        }
+        let resamples = EVALUATE.specs().find(|s| s.key == "resamples").unwrap().absent;
+        assert!(
+            matches!(resamples, Absent::Int(n) if n as usize == EvalOptions::default().bootstrap.resamples)
+        );
+    }
+}

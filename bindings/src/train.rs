@@ -435,3 +435,58 @@ pub mod train_api {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::Absent;
+
+    /// A declared default as a number, for comparing with the runtime's own.
+    fn number(set: &OptionSet, key: &str) -> f64 {
+        match set.specs().find(|s| s.key == key).unwrap().absent {
+            Absent::Int(n) => n as f64,
+            Absent::Float(x) => x,
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+
+    fn text(set: &OptionSet, key: &str) -> &'static str {
+        match set.specs().find(|s| s.key == key).unwrap().absent {
+            Absent::Str(s) => s,
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+
+    /// What `medbridge doc` says an absent key means is what training does without it.
+    #[test]
+    fn declared_defaults_are_the_runtime_defaults() {
+        let sft = SftOptions::default();
+        assert_eq!(number(&SFT, "epochs"), sft.epochs as f64);
+        assert_eq!(number(&SFT, "lr"), sft.lr);
+        assert_eq!(number(&SFT, "batch"), sft.batch as f64);
+        assert_eq!(number(&SFT, "grad_accum"), sft.grad_accum as f64);
+        assert_eq!(number(&SFT, "weight_decay"), sft.weight_decay);
+        assert_eq!(Some(number(&SFT, "max_grad_norm")), sft.max_grad_norm);
+        assert_eq!(Schedule::parse(text(&SFT, "schedule")).unwrap(), sft.schedule);
+        assert_eq!(number(&SFT, "warmup"), sft.warmup as f64);
+        assert_eq!(number(&SFT, "max_bad_steps"), sft.max_bad_steps as f64);
+
+        let grpo = GrpoOptions::default();
+        assert_eq!(number(&GRPO, "steps"), grpo.steps as f64);
+        assert_eq!(number(&GRPO, "batch"), grpo.batch as f64);
+        assert_eq!(number(&GRPO, "group"), grpo.step.group as f64);
+        assert_eq!(number(&GRPO, "mu"), grpo.step.mu as f64);
+        assert_eq!(number(&GRPO, "lr"), grpo.lr);
+        assert_eq!(number(&GRPO, "beta"), grpo.step.loss.beta);
+        assert_eq!(number(&GRPO, "epsilon_low"), grpo.step.loss.epsilon_low);
+        assert_eq!(number(&GRPO, "epsilon_high"), grpo.step.loss.epsilon_high);
+        assert_eq!(number(&GRPO, "max_new_tokens"), grpo.max_new_tokens as f64);
+        assert_eq!(number(&GRPO, "temperature"), grpo.step.temperature);
+        assert_eq!(number(&GRPO, "top_p"), grpo.top_p);
+        assert_eq!(number(&GRPO, "warmup"), grpo.warmup as f64);
+        assert_eq!(number(&GRPO, "max_bad_steps"), grpo.max_bad_steps as f64);
+        assert_eq!(Schedule::parse(text(&GRPO, "schedule")).unwrap(), grpo.schedule);
+        assert_eq!(LossAggregation::parse(text(&GRPO, "loss")).unwrap(), grpo.step.loss.aggregation);
+        assert_eq!(ScaleRewards::parse(text(&GRPO, "scale_rewards")).unwrap(), grpo.step.scale_rewards);
+    }
+}
