@@ -185,8 +185,7 @@ pub mod sample_api {
     pub type Sampler = SamplerOptions;
 
     /// Sampling options to reuse across `sample`, `evaluate` and `grpo`:
-    /// `sampler(#{temperature: 1.0, top_p: 1.0, top_k: 0, min_p: 0.0, n: 16, max_new_tokens: 32,
-    /// stop_strings: ["</answer>"], seed: 0, batch: 8, max_batch_tokens: 8192})`.
+    /// `sampler(#{temperature: 1.0, n: 16, max_new_tokens: 32, stop_strings: ["</answer>"]})`.
     #[rhai_fn(return_raw)]
     pub fn sampler(ctx: NativeCallContext, options: Map) -> Result<Sampler, Box<EvalAltResult>> {
         let o = SAMPLER.parse(&options)?;

@@ -101,7 +101,7 @@ const fn training_keys(schedule: &'static str) -> [OptionSpec; 10] {
             "eval_options",
             Kind::Map(Some(&PERIODIC_EVAL)),
             Absent::Means("evaluation's defaults"),
-            "how to evaluate; `eval` (a Rhai keyword, so quoted) is an alias",
+            "how to evaluate (the alias `eval` is a Rhai keyword, so write it quoted)",
         )
         .aliases(&["eval"]),
         SEED,
