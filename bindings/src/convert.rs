@@ -1,10 +1,10 @@
-//! Conversions between script values and runtime values: JSON-like data, nested numeric arrays,
-//! option maps.
+//! Conversions between script values and runtime values: JSON-like data, nested numeric arrays.
+//! Option maps have their own module, `options.rs`.
 
-use rhai::{Array, Dynamic, Map};
+use rhai::{Array, Dynamic};
 
 use crate::error::{script_msg, ScriptResult};
-use crate::script_types::{type_of, type_of_name};
+use crate::script_types::type_of;
 
 /// Script data (maps, arrays, numbers, strings, bools, unit) as JSON.
 pub fn to_json(value: &Dynamic) -> ScriptResult<serde_json::Value> {
@@ -70,94 +70,4 @@ pub fn shape_of(array: &Array) -> ScriptResult<Vec<usize>> {
             ))),
         })
         .collect()
-}
-
-/// Typed access to an options map (`#{seed: 1, limit: 100}`), naming the option on errors.
-pub struct Options<'a> {
-    map: &'a Map,
-    what: &'a str,
-}
-
-impl<'a> Options<'a> {
-    /// `what` names the primitive in messages; unknown keys are rejected against `known`.
-    pub fn new(map: &'a Map, what: &'a str, known: &[&str]) -> ScriptResult<Self> {
-        if let Some(bad) = map.keys().find(|k| !known.contains(&k.as_str())) {
-            return Err(script_msg(format!(
-                "{what}: unknown option `{bad}`; known options: {}",
-                known.join(", ")
-            )));
-        }
-        Ok(Options { map, what })
-    }
-
-    pub fn int(&self, key: &str) -> ScriptResult<Option<i64>> {
-        self.map
-            .get(key)
-            .map(|v| {
-                v.as_int().map_err(|t| {
-                    script_msg(format!(
-                        "{}: option `{key}` must be an int, got {}",
-                        self.what,
-                        type_of_name(t)
-                    ))
-                })
-            })
-            .transpose()
-    }
-
-    /// A non-negative int (a count, a size, a step number).
-    pub fn count(&self, key: &str) -> ScriptResult<Option<usize>> {
-        self.int(key)?
-            .map(|v| {
-                usize::try_from(v).map_err(|_| {
-                    script_msg(format!("{}: option `{key}` must be non-negative, got {v}", self.what))
-                })
-            })
-            .transpose()
-    }
-
-    pub fn float(&self, key: &str) -> ScriptResult<Option<f64>> {
-        self.map
-            .get(key)
-            .map(|v| {
-                as_f64(v).ok_or_else(|| {
-                    script_msg(format!("{}: option `{key}` must be a number, got {}", self.what, type_of(v)))
-                })
-            })
-            .transpose()
-    }
-
-    pub fn string(&self, key: &str) -> ScriptResult<Option<String>> {
-        self.map
-            .get(key)
-            .map(|v| {
-                v.clone().into_string().map_err(|t| {
-                    script_msg(format!(
-                        "{}: option `{key}` must be a string, got {}",
-                        self.what,
-                        type_of_name(t)
-                    ))
-                })
-            })
-            .transpose()
-    }
-
-    pub fn bool(&self, key: &str) -> ScriptResult<Option<bool>> {
-        self.map
-            .get(key)
-            .map(|v| {
-                v.as_bool().map_err(|t| {
-                    script_msg(format!(
-                        "{}: option `{key}` must be true or false, got {}",
-                        self.what,
-                        type_of_name(t)
-                    ))
-                })
-            })
-            .transpose()
-    }
-
-    pub fn get(&self, key: &str) -> Option<&Dynamic> {
-        self.map.get(key)
-    }
 }

@@ -13,8 +13,155 @@ use rhai::plugin::*;
 use rhai::{Array, FnPtr, Map};
 
 use crate::context::{seed_or_next, session};
-use crate::convert::{as_f64, Options};
+use crate::convert::as_f64;
 use crate::error::{script_msg, IntoScript, ScriptResult};
+use crate::options::{opt, Absent, Kind, OptionSet, OptionSpec, COUNT, FLOAT, FRACTION, POSITIVE, SEED, STR};
+
+const SPLITS: Kind = Kind::Str(&["train", "val", "valid", "validation", "test"]);
+const ANSWER_FORMATS: Kind = Kind::Str(&["letter", "think_answer", "think-answer"]);
+const TEMPLATE: OptionSpec =
+    opt("template", STR, Absent::Means("the built-in template"), "prompt template ({question}, {options})");
+
+static MEDMNIST: OptionSet = OptionSet::new(
+    "medmnist",
+    &[&[
+        opt("split", SPLITS, Absent::Str("test"), "which split"),
+        opt("size", POSITIVE, Absent::Int(28), "image size in pixels (28, 64, 128 or 224)"),
+        opt("limit", COUNT, Absent::Means("every item"), "keep the first (or a stratified) `limit` items"),
+        opt("stratified", Kind::Bool, Absent::Bool(false), "take `limit` items balanced across labels"),
+        SEED,
+        opt("root", STR, Absent::Means("MEDMNIST_ROOT, else ~/.medmnist"), "folder holding the .npz files"),
+    ]],
+);
+
+static SYNTH_MEDMNIST: OptionSet = OptionSet::new(
+    "synth_medmnist",
+    &[&[
+        opt("tasks", Kind::Strs, Absent::Means("every MedMNIST flag"), "flags to write"),
+        opt("size", COUNT, Absent::Int(28), "image size in pixels"),
+        opt("n_train", COUNT, Absent::Int(500), "train items per flag"),
+        opt("n_val", COUNT, Absent::Int(100), "val items per flag"),
+        opt("n_test", COUNT, Absent::Int(200), "test items per flag"),
+        opt("difficulty", FLOAT, Absent::Float(0.3), "how much classes overlap"),
+        opt(
+            "task_difficulty",
+            Kind::Map(None),
+            Absent::Means("none"),
+            "per-flag difficulty: #{flag: number}",
+        ),
+        SEED,
+        opt("out", STR, Absent::Str("synthetic"), "folder inside the run directory"),
+    ]],
+);
+
+static DATASET_BALANCED: OptionSet = OptionSet::new(
+    "balanced",
+    &[&[
+        opt(
+            "by",
+            Kind::Str(&["label", "class", "modality", "flag", "task"]),
+            Absent::Str("label"),
+            "the groups",
+        ),
+        opt("n", COUNT, Absent::Required, "items in the sample"),
+        SEED,
+    ]],
+)
+.on("Dataset");
+
+static DATASET_SPLIT: OptionSet = OptionSet::new(
+    "split",
+    &[&[opt("val", FRACTION, Absent::Float(0.1), "fraction split off for validation"), SEED]],
+);
+
+static TO_MCQ: OptionSet = OptionSet::new(
+    "to_mcq",
+    &[&[
+        opt("options", Kind::Value("\"all\" or an int >= 2"), Absent::Str("all"), "options per question"),
+        opt("shuffle", Kind::Bool, Absent::Bool(true), "shuffle the options"),
+        SEED,
+        TEMPLATE,
+        opt("answer_format", ANSWER_FORMATS, Absent::Str("letter"), "what a completion must write"),
+        opt("name", STR, Absent::Means("the dataset's flags"), "the task's name"),
+    ]],
+);
+
+static MCQ_TASK: OptionSet = OptionSet::new(
+    "mcq_task",
+    &[&[
+        opt("name", STR, Absent::Str("task"), "the task's name"),
+        opt("answer_format", ANSWER_FORMATS, Absent::Str("letter"), "what a completion must write"),
+        TEMPLATE,
+    ]],
+);
+
+/// One question of `mcq_task`'s list.
+static MCQ_ITEM: OptionSet = OptionSet::new(
+    "mcq_task item",
+    &[&[
+        opt("id", STR, Absent::Means("<name>/<index>"), "question id"),
+        opt("image", Kind::Value("an Image"), Absent::Means("no image"), "the picture"),
+        opt("question", STR, Absent::Required, "the question text"),
+        opt("options", Kind::Strs, Absent::Required, "the option texts"),
+        opt(
+            "answer",
+            Kind::Value("an index, a letter or an option's text"),
+            Absent::Required,
+            "the right option",
+        ),
+        opt("task", STR, Absent::Means("the task's name"), "source dataset"),
+        opt("modality", STR, Absent::Means("unknown"), "radiology, microscopy or visible_light"),
+    ]],
+);
+
+static LOAD_VQA: OptionSet = OptionSet::new(
+    "load_vqa",
+    &[&[
+        opt("split", SPLITS, Absent::Str("test"), "which split"),
+        opt("closed_only", Kind::Bool, Absent::Bool(true), "keep closed (yes/no, choice) questions only"),
+        opt("limit", COUNT, Absent::Means("every question"), "keep the first `limit` questions"),
+        TEMPLATE,
+        opt("answer_format", ANSWER_FORMATS, Absent::Str("letter"), "what a completion must write"),
+    ]],
+);
+
+static TASK_BALANCED: OptionSet = OptionSet::new(
+    "balanced",
+    &[&[
+        opt(
+            "by",
+            Kind::Str(&[
+                "modality",
+                "dataset",
+                "task",
+                "dataset_name",
+                "answer",
+                "letter",
+                "answer_label",
+                "class",
+                "label",
+                "class_name",
+            ]),
+            Absent::Str("modality"),
+            "the strata",
+        ),
+        opt("n", COUNT, Absent::Required, "questions in the sample"),
+        SEED,
+    ]],
+)
+.on("Task");
+
+/// The data family's declared options.
+pub static OPTIONS: [&OptionSet; 8] = [
+    &MEDMNIST,
+    &SYNTH_MEDMNIST,
+    &DATASET_BALANCED,
+    &DATASET_SPLIT,
+    &TO_MCQ,
+    &MCQ_TASK,
+    &LOAD_VQA,
+    &TASK_BALANCED,
+];
 
 fn item_map(item: &Item) -> Dynamic {
     let mut m = Map::new();
@@ -76,21 +223,11 @@ fn warn_all(ctx: &NativeCallContext, warnings: &[String]) -> ScriptResult<()> {
 /// One item of an in-memory question list `#{image, question, options, answer}`; `answer` is an
 /// index, a letter, or the text of an option.
 fn item_from_map(i: usize, map: &Map, name: &str) -> ScriptResult<McqItem> {
-    let what = format!("{name} item {i}");
-    let opts =
-        Options::new(map, &what, &["id", "image", "question", "options", "answer", "task", "modality"])?;
-    let question =
-        opts.string("question")?.ok_or_else(|| script_msg(format!("{what}: `question` is required")))?;
-    let options: Vec<String> = match opts.get("options") {
-        Some(v) => v
-            .read_lock::<Array>()
-            .ok_or_else(|| script_msg(format!("{what}: `options` must be an array of strings")))?
-            .iter()
-            .map(|o| o.to_string())
-            .collect(),
-        None => return Err(script_msg(format!("{what}: `options` is required"))),
-    };
-    let answer = opts.get("answer").ok_or_else(|| script_msg(format!("{what}: `answer` is required")))?;
+    let opts = MCQ_ITEM.parse_as(map, format!("mcq_task: item {i}"))?;
+    let what = opts.what();
+    let question = opts.string("question")?.ok_or_else(|| opts.missing("question"))?;
+    let options = opts.strings("options")?.ok_or_else(|| opts.missing("options"))?;
+    let answer = opts.value("answer").ok_or_else(|| opts.missing("answer"))?;
     let answer = if let Ok(n) = answer.as_int() {
         usize::try_from(n).map_err(|_| script_msg(format!("{what}: answer {n} is negative")))?
     } else {
@@ -104,12 +241,10 @@ fn item_from_map(i: usize, map: &Map, name: &str) -> ScriptResult<McqItem> {
                 script_msg(format!("{what}: answer {text:?} is neither a letter, an index nor an option"))
             })?
     };
-    let image = match opts.get("image") {
+    let image = match opts.value("image") {
         None => None,
         Some(v) if v.is_unit() => None,
-        Some(v) => Some(v.clone().try_cast::<Image>().ok_or_else(|| {
-            script_msg(format!("{what}: `image` must be an Image (use load_image(path) or a dataset item)"))
-        })?),
+        Some(v) => Some(v.clone().try_cast::<Image>().ok_or_else(|| opts.bad_value("image", v))?),
     };
     let modality = opts.string("modality")?.map(|m| Modality::parse(&m)).transpose().script()?;
     Ok(McqItem {
@@ -149,21 +284,21 @@ pub mod data_api {
     /// warning, not an error.
     #[rhai_fn(name = "medmnist", return_raw)]
     pub fn medmnist(ctx: NativeCallContext, flag: &str, options: Map) -> Result<Dataset, Box<EvalAltResult>> {
-        let o =
-            Options::new(&options, "medmnist", &["split", "size", "limit", "stratified", "seed", "root"])?;
-        let mut opts = MedmnistOptions::default();
-        if let Some(s) = o.string("split")? {
-            opts.split = Split::parse(&s).script()?;
-        }
-        if let Some(size) = o.int("size")? {
-            opts.size = u32::try_from(size).map_err(|_| script_msg(format!("medmnist: bad size {size}")))?;
-        }
-        opts.limit = o.int("limit")?.map(|n| n.max(0) as usize);
-        opts.stratified = o.bool("stratified")?.unwrap_or(false);
-        opts.seed = seed_or_next(&ctx, o.int("seed")?)?;
-        if let Some(root) = o.string("root")? {
-            opts.root = Some(session(&ctx)?.sandbox.resolve_read(&root).script()?);
-        }
+        let o = MEDMNIST.parse(&options)?;
+        let size = o.count_or_default("size")?;
+        let root = match o.string("root")? {
+            Some(root) => Some(session(&ctx)?.sandbox.resolve_read(&root).script()?),
+            None => None,
+        };
+        let opts = MedmnistOptions {
+            split: Split::parse(&o.string_or_default("split")?).script()?,
+            size: u32::try_from(size).map_err(|_| script_msg(format!("medmnist: bad size {size}")))?,
+            limit: o.count("limit")?,
+            stratified: o.bool_or_default("stratified")?,
+            seed: seed_or_next(&ctx, o.int("seed")?)?,
+            root,
+            ..MedmnistOptions::default()
+        };
         let ds = load_medmnist(flag, &opts).script()?;
         warn_all(&ctx, ds.warnings())?;
         Ok(ds)
@@ -175,28 +310,18 @@ pub mod data_api {
     /// difficulty: 0.3, task_difficulty: #{pathmnist: 0.6}, seed: 0, out: "synthetic"})`.
     #[rhai_fn(return_raw)]
     pub fn synth_medmnist(ctx: NativeCallContext, options: Map) -> Result<String, Box<EvalAltResult>> {
-        let known =
-            ["tasks", "size", "n_train", "n_val", "n_test", "difficulty", "task_difficulty", "seed", "out"];
-        let o = Options::new(&options, "synth_medmnist", &known)?;
+        let o = SYNTH_MEDMNIST.parse(&options)?;
         let mut opts = SynthOptions::default();
-        if let Some(tasks) = o.get("tasks") {
-            let list = tasks
-                .read_lock::<Array>()
-                .ok_or_else(|| script_msg("synth_medmnist: `tasks` must be an array of flags"))?;
-            opts.tasks = list.iter().map(|t| t.to_string()).collect();
+        if let Some(tasks) = o.strings("tasks")? {
+            opts.tasks = tasks;
         }
-        let count = |key: &str, default: usize| -> ScriptResult<usize> {
-            Ok(o.int(key)?.map_or(default, |n| n.max(0) as usize))
-        };
-        opts.size = count("size", 28)? as u32;
-        opts.n_train = count("n_train", opts.n_train)?;
-        opts.n_val = count("n_val", opts.n_val)?;
-        opts.n_test = count("n_test", opts.n_test)?;
-        opts.difficulty = o.float("difficulty")?.unwrap_or(opts.difficulty);
-        if let Some(per_task) = o.get("task_difficulty") {
-            let map = per_task
-                .read_lock::<Map>()
-                .ok_or_else(|| script_msg("synth_medmnist: `task_difficulty` must be a map"))?;
+        opts.size = u32::try_from(o.count_or_default("size")?)
+            .map_err(|_| script_msg("synth_medmnist: option `size` is too large"))?;
+        opts.n_train = o.count_or_default("n_train")?;
+        opts.n_val = o.count_or_default("n_val")?;
+        opts.n_test = o.count_or_default("n_test")?;
+        opts.difficulty = o.float_or_default("difficulty")?;
+        if let Some(map) = o.map("task_difficulty")? {
             for (flag, d) in map.iter() {
                 let d = as_f64(d).ok_or_else(|| {
                     script_msg(format!("synth_medmnist: difficulty of {flag} must be a number"))
@@ -205,7 +330,7 @@ pub mod data_api {
             }
         }
         opts.seed = seed_or_next(&ctx, o.int("seed")?)?;
-        let out = o.string("out")?.unwrap_or_else(|| "synthetic".to_string());
+        let out = o.string_or_default("out")?;
         opts.out_dir = session(&ctx)?.sandbox.resolve_write(&out).script()?;
         medbridge_runtime::data::synth_medmnist(&opts).script()?;
         Ok(opts.out_dir.display().to_string())
@@ -258,9 +383,9 @@ pub mod data_api {
         ds: &mut Dataset,
         options: Map,
     ) -> Result<Dataset, Box<EvalAltResult>> {
-        let o = Options::new(&options, "balanced", &["by", "n", "seed"])?;
-        let by = BalanceBy::parse(&o.string("by")?.unwrap_or_else(|| "label".into())).script()?;
-        let n = o.count("n")?.ok_or_else(|| script_msg("balanced: option `n` is required"))?;
+        let o = DATASET_BALANCED.parse(&options)?;
+        let by = BalanceBy::parse(&o.string_or_default("by")?).script()?;
+        let n = o.count("n")?.ok_or_else(|| o.missing("n"))?;
         let (sample, strata) = ds.balanced_sample(by, n, seed_or_next(&ctx, o.int("seed")?)?);
         warn_all(&ctx, &strata.warnings(&format!("balanced by {by:?}").to_lowercase()))?;
         Ok(sample)
@@ -273,8 +398,8 @@ pub mod data_api {
         ds: &mut Dataset,
         options: Map,
     ) -> Result<Map, Box<EvalAltResult>> {
-        let o = Options::new(&options, "split", &["val", "seed"])?;
-        let val = o.float("val")?.unwrap_or(0.1);
+        let o = DATASET_SPLIT.parse(&options)?;
+        let val = o.float_or_default("val")?;
         let (train, val) = ds.split(val, seed_or_next(&ctx, o.int("seed")?)?).script()?;
         Ok(Map::from_iter([("train".into(), Dynamic::from(train)), ("val".into(), Dynamic::from(val))]))
     }
@@ -334,30 +459,19 @@ pub mod data_api {
         ds: &mut Dataset,
         options: Map,
     ) -> Result<Task, Box<EvalAltResult>> {
-        let o = Options::new(
-            &options,
-            "to_mcq",
-            &["options", "shuffle", "seed", "template", "answer_format", "name"],
-        )?;
-        let options = match o.get("options") {
+        let o = TO_MCQ.parse(&options)?;
+        let options = match o.value("options") {
             None => OptionCount::All,
             Some(v) if v.to_string() == "all" => OptionCount::All,
             Some(v) => match v.as_int() {
                 Ok(n) if n >= 2 => OptionCount::N(n as usize),
-                _ => {
-                    return Err(script_msg(format!(
-                        "to_mcq: `options` must be \"all\" or an int ≥ 2, got {v}"
-                    )))
-                }
+                _ => return Err(o.bad_value("options", v)),
             },
         };
-        let answer_format = match o.string("answer_format")? {
-            Some(f) => AnswerFormat::parse(&f).script()?,
-            None => AnswerFormat::Letter,
-        };
+        let answer_format = AnswerFormat::parse(&o.string_or_default("answer_format")?).script()?;
         let opts = McqOptions {
             options,
-            shuffle: o.bool("shuffle")?.unwrap_or(true),
+            shuffle: o.bool_or_default("shuffle")?,
             seed: seed_or_next(&ctx, o.int("seed")?)?,
             template: o.string("template")?,
             answer_format,
@@ -370,10 +484,9 @@ pub mod data_api {
     /// index, letter or option text): `mcq_task(list, #{name: "demo", answer_format: "letter"})`.
     #[rhai_fn(return_raw)]
     pub fn mcq_task(items: Array, options: Map) -> Result<Task, Box<EvalAltResult>> {
-        let o = Options::new(&options, "mcq_task", &["name", "answer_format", "template"])?;
-        let name = o.string("name")?.unwrap_or_else(|| "task".to_string());
-        let format =
-            AnswerFormat::parse(&o.string("answer_format")?.unwrap_or_else(|| "letter".into())).script()?;
+        let o = MCQ_TASK.parse(&options)?;
+        let name = o.string_or_default("name")?;
+        let format = AnswerFormat::parse(&o.string_or_default("answer_format")?).script()?;
         let parsed = items
             .iter()
             .enumerate()
@@ -398,21 +511,16 @@ pub mod data_api {
         options: Map,
     ) -> Result<Task, Box<EvalAltResult>> {
         use medbridge_runtime::data::vqa::{VqaKind, VqaOptions};
-        let o = Options::new(
-            &options,
-            "load_vqa",
-            &["split", "closed_only", "limit", "template", "answer_format"],
-        )?;
-        let mut opts = VqaOptions::default();
-        if let Some(s) = o.string("split")? {
-            opts.split = Split::parse(&s).script()?;
-        }
-        opts.closed_only = o.bool("closed_only")?.unwrap_or(opts.closed_only);
-        opts.limit = o.int("limit")?.map(|n| n.max(0) as usize);
-        opts.template = o.string("template")?;
-        if let Some(f) = o.string("answer_format")? {
-            opts.answer_format = AnswerFormat::parse(&f).script()?;
-        }
+        let o = LOAD_VQA.parse(&options)?;
+        let opts = VqaOptions {
+            split: Split::parse(&o.string_or_default("split")?).script()?,
+            closed_only: o.bool_or_default("closed_only")?,
+            limit: o.count("limit")?,
+            template: o.string("template")?,
+            answer_format: AnswerFormat::parse(&o.string_or_default("answer_format")?).script()?,
+            preset: Default::default(),
+            sandbox: Some(session(&ctx)?.sandbox.clone()),
+        };
         let source = session(&ctx)?.sandbox.resolve_read(path).script()?;
         medbridge_runtime::data::vqa::load_vqa(VqaKind::parse(kind).script()?, &source, &opts).script()
     }
@@ -430,9 +538,11 @@ pub mod data_api {
     }
 
     /// The first `n` questions.
-    #[rhai_fn(name = "limit")]
-    pub fn task_limit(task: &mut Task, n: i64) -> Task {
-        task.limit(n.max(0) as usize)
+    #[rhai_fn(name = "limit", return_raw)]
+    pub fn task_limit(task: &mut Task, n: i64) -> Result<Task, Box<EvalAltResult>> {
+        let n =
+            usize::try_from(n).map_err(|_| script_msg(format!("limit: n must be an int >= 0, got {n}")))?;
+        Ok(task.limit(n))
     }
 
     /// A stratified sample of `n` questions, as equal as possible across the strata of `by`
@@ -446,9 +556,9 @@ pub mod data_api {
         task: &mut Task,
         options: Map,
     ) -> Result<Task, Box<EvalAltResult>> {
-        let o = Options::new(&options, "balanced", &["by", "n", "seed"])?;
-        let by = TaskStratum::parse(&o.string("by")?.unwrap_or_else(|| "modality".into())).script()?;
-        let n = o.count("n")?.ok_or_else(|| script_msg("balanced: option `n` is required"))?;
+        let o = TASK_BALANCED.parse(&options)?;
+        let by = TaskStratum::parse(&o.string_or_default("by")?).script()?;
+        let n = o.count("n")?.ok_or_else(|| o.missing("n"))?;
         let (sample, strata) = task.balanced(by, n, seed_or_next(&ctx, o.int("seed")?)?).script()?;
         warn_all(&ctx, &strata.warnings(&format!("{}.balanced by {}", task.name(), by.as_str())))?;
         Ok(sample)

@@ -1,11 +1,13 @@
 //! `medbridge doc`: the script surface, generated from the engine's own metadata (names,
-//! signatures and `///` comments of registered functions), never from a hand-kept list.
+//! signatures and `///` comments of registered functions), never from a hand-kept list, and,
+//! for a function taking an options map, from its declared `OptionSet` (see `options.rs`).
 
 use rhai::Engine;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::families::families;
+use crate::options::{self, OptionDoc, OptionSet};
 use crate::script_types;
 
 #[derive(Serialize)]
@@ -13,6 +15,9 @@ pub struct FunctionDoc {
     pub name: String,
     pub signature: String,
     pub doc: String,
+    /// Every key its options map accepts; absent for a function without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub options: Option<Vec<OptionDoc>>,
 }
 
 #[derive(Serialize)]
@@ -44,13 +49,31 @@ pub fn family_docs() -> Vec<FamilyDoc> {
                     .flatten()
                     .filter_map(|t| t["displayName"].as_str().map(str::to_string))
                     .collect(),
-                functions: functions(&meta),
+                functions: functions(&meta, family.options),
             }
         })
         .collect()
 }
 
-fn functions(meta: &Value) -> Vec<FunctionDoc> {
+/// The declared options of a registered function: the set with its name (and, where two types
+/// register the name, its receiver's type), for a function with a `map` parameter.
+pub fn option_set(f: &Value, sets: &[&'static OptionSet]) -> Option<&'static OptionSet> {
+    let name = f["name"].as_str().unwrap_or_default();
+    let types: Vec<String> = f["params"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| script_type(p["type"].as_str().unwrap_or("?")))
+        .collect();
+    if !types.iter().any(|t| t == "map") {
+        return None;
+    }
+    sets.iter()
+        .copied()
+        .find(|s| s.function == name && s.receiver.is_none_or(|r| types.first().is_some_and(|t| t == r)))
+}
+
+fn functions(meta: &Value, sets: &[&'static OptionSet]) -> Vec<FunctionDoc> {
     let mut out: Vec<FunctionDoc> = meta["functions"]
         .as_array()
         .into_iter()
@@ -58,6 +81,7 @@ fn functions(meta: &Value) -> Vec<FunctionDoc> {
         .map(|f| FunctionDoc {
             name: f["name"].as_str().unwrap_or_default().to_string(),
             signature: signature(f),
+            options: option_set(f, sets).map(options::docs),
             doc: f["docComments"]
                 .as_array()
                 .into_iter()
@@ -101,7 +125,7 @@ fn list(params: &[(String, String, bool)]) -> String {
 
 /// Rust parameter types as scripts name them: host types by their one script name (`Vlm` and the
 /// family alias `Model` both read `Model`), Rhai's own types as `int`, `float`, `string`, ...
-pub(crate) fn script_type(rust: &str) -> String {
+pub fn script_type(rust: &str) -> String {
     let t = rust.trim().trim_start_matches("&mut ").trim_start_matches('&').trim();
     if let Some(inner) = t.strip_prefix("Result<").and_then(|r| r.rsplit_once(',')).map(|(ok, _)| ok) {
         return script_type(inner);
@@ -154,9 +178,29 @@ pub fn markdown() -> String {
                 out += &format!(" — {}", f.doc);
             }
             out += "\n";
+            option_lines(&mut out, f.options.as_deref().unwrap_or_default(), 1);
         }
     }
     out
+}
+
+/// One indented line per option: `` `key` (type, range; default: x) — doc``, nested maps below.
+fn option_lines(out: &mut String, options: &[OptionDoc], depth: usize) {
+    for o in options {
+        let mut head = format!("`{}`", o.key);
+        for a in &o.aliases {
+            head += &format!(" (alias `{a}`)");
+        }
+        let range = o.range.as_ref().map(|r| format!(", {r}")).unwrap_or_default();
+        *out += &format!(
+            "{}- {head} ({}{range}; default: {}) — {}\n",
+            "  ".repeat(depth),
+            o.type_name,
+            o.default,
+            o.doc
+        );
+        option_lines(out, &o.options, depth + 1);
+    }
 }
 
 /// Signatures and docs of every function called `name` (for the REPL's `help`).

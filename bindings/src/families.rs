@@ -3,10 +3,14 @@
 
 use rhai::{exported_module, Module};
 
+use crate::options::OptionSet;
+
 pub struct Family {
     pub name: &'static str,
     pub doc: &'static str,
     pub module: Module,
+    /// The declared options of its functions that take an options map.
+    pub options: &'static [&'static OptionSet],
 }
 
 /// Every family, in the order a reader meets them.
@@ -16,11 +20,13 @@ pub fn families() -> Vec<Family> {
             name: "tensor",
             doc: "candle tensors: construction, inspection, arithmetic, reductions, .npy/.safetensors files",
             module: exported_module!(crate::tensor::tensor_api),
+            options: &[],
         },
         Family {
             name: "model",
             doc: "Qwen2.5-VL models: load or build, encode, logits, generate, vision features, LoRA, save",
             module: exported_module!(crate::model::model_api),
+            options: &crate::model::OPTIONS,
         },
         Family {
             name: "data",
@@ -30,37 +36,44 @@ pub fn families() -> Vec<Family> {
                 crate::data::register_iterators(&mut m);
                 m
             },
+            options: &crate::data::OPTIONS,
         },
         Family {
             name: "sample",
             doc:
                 "sampling answers (shared prefills, reproducible per question) and evaluate: Acc@1 vs Pass@k",
             module: exported_module!(crate::sample::sample_api),
+            options: &crate::sample::OPTIONS,
         },
         Family {
             name: "metrics",
             doc: "support statistics: Pass@k, support reports with CIs, comparison, the boundary rule",
             module: exported_module!(crate::metrics::metrics_api),
+            options: &crate::metrics::OPTIONS,
         },
         Family {
             name: "probe",
             doc: "linear probes of frozen vision towers and vision-only baselines, beside published numbers",
             module: exported_module!(crate::probe::probe_api),
+            options: &crate::probe::OPTIONS,
         },
         Family {
             name: "report",
             doc: "report figures as PNG and SVG: transfer heatmaps and grouped bar charts",
             module: exported_module!(crate::report::report_api),
+            options: &crate::report::OPTIONS,
         },
         Family {
             name: "train",
             doc: "SFT that bridges support and GRPO that sharpens it (LoRA or full), logged per step",
             module: exported_module!(crate::train::train_api),
+            options: &crate::train::OPTIONS,
         },
         Family {
             name: "run",
             doc: "the run directory, metrics, seeds and sandboxed file access",
             module: exported_module!(crate::run::run_api),
+            options: &[],
         },
     ]
 }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod families;
 pub mod metrics;
 pub mod model;
+pub mod options;
 pub mod probe;
 pub mod repl;
 pub mod report;

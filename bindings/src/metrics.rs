@@ -8,15 +8,33 @@ use rhai::plugin::*;
 use rhai::{Array, Map};
 
 use crate::context::session;
-use crate::convert::{from_json, Options};
+use crate::convert::from_json;
 use crate::error::{script_msg, IntoScript, ScriptResult};
+use crate::options::{int_arg, opt, Absent, Kind, OptionSet, FRACTION, POSITIVE, STR};
 
 /// What `evaluate` returns.
 pub type Report = SupportReport;
 
-fn k_arg(k: i64) -> ScriptResult<usize> {
-    usize::try_from(k).map_err(|_| script_msg(format!("k must be positive, got {k}")))
-}
+static COMPARE: OptionSet = OptionSet::new(
+    "compare",
+    &[&[
+        opt("labels", Kind::Strs, Absent::Means("model 1, model 2, ..."), "one label per report"),
+        opt("plot", STR, Absent::Means("no plot"), "write the overlaid Pass@k curves here (.png and .svg)"),
+        opt("title", STR, Absent::Means("none"), "the plot's title"),
+    ]],
+);
+
+static BOUNDARY: OptionSet = OptionSet::new(
+    "boundary",
+    &[&[
+        opt("k", POSITIVE, Absent::Means("the report's n"), "the k of Pass@k"),
+        opt("support_threshold", FRACTION, Absent::Float(0.5), "Pass@k below this is `bridge`"),
+        opt("gap_threshold", FRACTION, Absent::Float(0.1), "a gap above this is `sharpen`"),
+    ]],
+);
+
+/// The metrics family's declared options.
+pub static OPTIONS: [&OptionSet; 2] = [&COMPARE, &BOUNDARY];
 
 fn json_of<T: serde::Serialize>(value: &T) -> ScriptResult<Dynamic> {
     from_json(&serde_json::to_value(value).map_err(|e| script_msg(e.to_string()))?)
@@ -37,10 +55,7 @@ pub mod metrics_api {
     /// stable product form: `pass_at_k(16, 3, 4)`.
     #[rhai_fn(return_raw)]
     pub fn pass_at_k(n: i64, c: i64, k: i64) -> Result<f64, Box<EvalAltResult>> {
-        let count = |x: i64, name: &str| {
-            usize::try_from(x)
-                .map_err(|_| script_msg(format!("pass_at_k: {name} must be non-negative, got {x}")))
-        };
+        let count = |x: i64, name: &str| int_arg("pass_at_k", name, x, 0);
         medbridge_runtime::metrics::pass_at_k::pass_at_k(count(n, "n")?, count(c, "c")?, count(k, "k")?)
             .script()
     }
@@ -66,19 +81,19 @@ pub mod metrics_api {
     /// Unbiased Pass@k (mean over questions), 1 ≤ k ≤ n.
     #[rhai_fn(name = "pass_at", return_raw)]
     pub fn pass_at(r: &mut Report, k: i64) -> Result<f64, Box<EvalAltResult>> {
-        Ok(r.pass_at(k_arg(k)?).script()?.value)
+        Ok(r.pass_at(int_arg("pass_at", "k", k, 1)?).script()?.value)
     }
 
     /// Majority vote over the first k samples.
     #[rhai_fn(name = "maj_at", return_raw)]
     pub fn maj_at(r: &mut Report, k: i64) -> Result<f64, Box<EvalAltResult>> {
-        r.maj_at(k_arg(k)?).script()
+        r.maj_at(int_arg("maj_at", "k", k, 1)?).script()
     }
 
     /// The support gap Pass@k − Acc@1.
     #[rhai_fn(name = "gap", return_raw)]
     pub fn gap(r: &mut Report, k: i64) -> Result<f64, Box<EvalAltResult>> {
-        Ok(r.gap(k_arg(k)?).script()?.value)
+        Ok(r.gap(int_arg("gap", "k", k, 1)?).script()?.value)
     }
 
     /// A statistic with its 95% bootstrap interval: `r.ci("acc1" | "mean" | "pass@k" | "gap@k")`
@@ -160,7 +175,7 @@ pub mod metrics_api {
         reports: Array,
         options: Map,
     ) -> Result<Map, Box<EvalAltResult>> {
-        let o = Options::new(&options, "compare", &["labels", "plot", "title"])?;
+        let o = COMPARE.parse(&options)?;
         let list: Vec<Report> = reports
             .iter()
             .enumerate()
@@ -170,13 +185,8 @@ pub mod metrics_api {
                     .ok_or_else(|| script_msg(format!("compare: item {i} is not a Report")))
             })
             .collect::<ScriptResult<_>>()?;
-        let labels: Vec<String> = match o.get("labels") {
-            Some(l) => l
-                .read_lock::<Array>()
-                .ok_or_else(|| script_msg("compare: `labels` must be an array"))?
-                .iter()
-                .map(|x| x.to_string())
-                .collect(),
+        let labels = match o.strings("labels")? {
+            Some(l) => l,
             None => (1..=list.len()).map(|i| format!("model {i}")).collect(),
         };
         let refs: Vec<&Report> = list.iter().collect();
@@ -198,15 +208,12 @@ pub mod metrics_api {
     /// "sharpen" | "saturated"), acc1, pass_at_k, gap, chance_pass_at_k, reason, ...}`.
     #[rhai_fn(name = "boundary", return_raw)]
     pub fn boundary_rows(r: Report, options: Map) -> Result<Dynamic, Box<EvalAltResult>> {
-        let o = Options::new(&options, "boundary", &["k", "support_threshold", "gap_threshold"])?;
-        let mut opts =
-            BoundaryOptions { k: o.int("k")?.map(k_arg).transpose()?, ..BoundaryOptions::default() };
-        if let Some(t) = o.float("support_threshold")? {
-            opts.support_threshold = t;
-        }
-        if let Some(t) = o.float("gap_threshold")? {
-            opts.gap_threshold = t;
-        }
+        let o = BOUNDARY.parse(&options)?;
+        let opts = BoundaryOptions {
+            k: o.count("k")?,
+            support_threshold: o.float_or_default("support_threshold")?,
+            gap_threshold: o.float_or_default("gap_threshold")?,
+        };
         json_of(&boundary(&r, &opts).script()?)
     }
 }

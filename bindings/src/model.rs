@@ -5,7 +5,7 @@
 //! A `Model` is a [`Vlm`]: weights plus the processor that turns `(image, prompt)` into tokens.
 //! `image` arguments take a file path or an `Image` (e.g. `ds[0].image`).
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use medbridge_runtime::image::Image;
 use medbridge_runtime::models::qwen2_5_vl::{load::parse_dtype, Config, LoraConfig, LoraInit};
 use medbridge_runtime::models::Vlm;
@@ -15,9 +15,14 @@ use rhai::plugin::*;
 use rhai::{Array, Map};
 
 use crate::context::{seed_or_next, session};
-use crate::convert::{to_json, Options};
+use crate::convert::to_json;
 use crate::error::{script_error, script_msg, IntoScript, ScriptResult};
-use crate::script_types::{type_of, type_of_name};
+use crate::options::{
+    opt, Absent, Bound, Kind, OptionSet, OptionSpec, Opts, COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_FLOAT,
+    SEED, STR,
+};
+use crate::sample::TOP_P;
+use crate::script_types::type_of;
 
 /// An `image` argument: an `Image` value, a path to read through the sandbox, or `()` for none.
 pub fn image_arg(
@@ -38,33 +43,84 @@ pub fn image_arg(
     }
 }
 
-/// A LoRA map `#{rank, alpha, targets, dropout, init, seed, vision}` (rank 8, alpha 2·rank,
-/// the seven LM projections, PEFT init), as `with_lora` and `sft` take it.
+const LORA_KEYS: [OptionSpec; 7] = [
+    opt("rank", POSITIVE, Absent::Int(8), "adapter rank r"),
+    opt("alpha", POSITIVE_FLOAT, Absent::Means("2 × rank"), "scale alpha (updates are alpha / r · B A)"),
+    opt("targets", Kind::Strs, Absent::Means("the seven LM projections"), "module names to adapt"),
+    opt(
+        "dropout",
+        Kind::Float { min: Bound::Incl(0.0), max: Bound::Excl(1.0) },
+        Absent::Float(0.0),
+        "dropout on the adapter input",
+    ),
+    opt("init", Kind::Str(&["peft", "random"]), Absent::Str("peft"), "PEFT's init (B = 0) or random B"),
+    SEED,
+    opt("vision", Kind::Bool, Absent::Bool(false), "adapt the vision tower too"),
+];
+
+/// A LoRA map, as `sft` and `grpo` take it under `lora`.
+pub static LORA: OptionSet = OptionSet::new("lora", &[&LORA_KEYS]);
+
+static WITH_LORA: OptionSet = OptionSet::new("with_lora", &[&LORA_KEYS]);
+
+/// A LoRA map `#{rank, alpha, targets, dropout, init, seed, vision}` as `with_lora`, `sft` and
+/// `grpo` take it; `what` names the caller in messages.
 pub fn lora_config(ctx: &NativeCallContext, options: &Map, what: &str) -> ScriptResult<LoraConfig> {
-    let o = Options::new(options, what, &["rank", "alpha", "targets", "dropout", "init", "seed", "vision"])?;
-    let rank = o.int("rank")?.unwrap_or(8);
-    if rank <= 0 {
-        return Err(script_msg(format!("{what}: rank must be positive, got {rank}")));
+    let o = LORA.parse_as(options, what)?;
+    let rank = o.count_or_default("rank")?;
+    let alpha = o.float("alpha")?.unwrap_or(2.0 * rank as f64);
+    let mut cfg = LoraConfig::new(rank, alpha);
+    if let Some(targets) = o.strings("targets")? {
+        cfg.targets = targets;
     }
-    let mut cfg = LoraConfig::new(rank as usize, o.float("alpha")?.unwrap_or(2.0 * rank as f64));
-    if let Some(targets) = o.get("targets") {
-        let list = targets
-            .read_lock::<Array>()
-            .ok_or_else(|| script_msg(format!("{what}: `targets` must be an array of module names")))?;
-        cfg.targets = list.iter().map(|t| t.to_string()).collect();
-    }
-    cfg.dropout = o.float("dropout")?.unwrap_or(0.0);
-    cfg.init = match o.string("init")?.as_deref() {
-        None | Some("peft") => LoraInit::Peft,
-        Some("random") => LoraInit::Random,
-        Some(other) => {
-            return Err(script_msg(format!("{what}: init must be \"peft\" or \"random\", got {other:?}")))
-        }
+    cfg.dropout = o.float_or_default("dropout")?;
+    cfg.init = match o.string_or_default("init")?.as_str() {
+        "random" => LoraInit::Random,
+        _ => LoraInit::Peft,
     };
     cfg.seed = seed_or_next(ctx, o.int("seed")?)?;
-    cfg.vision = o.bool("vision")?.unwrap_or(false);
+    cfg.vision = o.bool_or_default("vision")?;
     Ok(cfg)
 }
+
+/// `image` and `prompt`, as `encode`, `logits` and `generate` take them.
+const IMAGE_PROMPT: [OptionSpec; 2] = [
+    opt("image", Kind::Value("an Image or a file path"), Absent::Means("no image"), "the picture"),
+    opt("prompt", STR, Absent::Required, "the user turn's text"),
+];
+
+static LOAD_MODEL: OptionSet = OptionSet::new(
+    "load_model",
+    &[&[
+        opt("device", STR, Absent::Means("the run's device"), "\"cpu\", \"cuda\" or \"cuda:N\""),
+        opt(
+            "dtype",
+            Kind::Str(&["f32", "float32", "bf16", "bfloat16", "f16", "float16", "f64", "float64"]),
+            Absent::Str("f32"),
+            "weight dtype",
+        ),
+        opt("adapter", STR, Absent::Means("none"), "a PEFT adapter directory to apply"),
+    ]],
+);
+
+static NEW_MODEL: OptionSet = OptionSet::new("new_model", &[&[SEED]]);
+static ENCODE: OptionSet = OptionSet::new("encode", &[&IMAGE_PROMPT]);
+static LOGITS: OptionSet = OptionSet::new("logits", &[&IMAGE_PROMPT]);
+static GENERATE: OptionSet = OptionSet::new(
+    "generate",
+    &[
+        &IMAGE_PROMPT,
+        &[
+            opt("max_new_tokens", COUNT, Absent::Int(64), "tokens generated at most"),
+            opt("temperature", NON_NEGATIVE, Absent::Float(0.0), "0 is greedy; above 0 samples"),
+            opt("top_p", TOP_P, Absent::Float(1.0), "nucleus mass kept when sampling"),
+            SEED,
+        ],
+    ],
+);
+
+/// The model family's declared options.
+pub static OPTIONS: [&OptionSet; 6] = [&LOAD_MODEL, &NEW_MODEL, &ENCODE, &LOGITS, &GENERATE, &WITH_LORA];
 
 /// The `base_model_name_or_path` an adapter directory records, when it is readable.
 fn adapter_base(dir: &std::path::Path) -> Option<String> {
@@ -74,14 +130,9 @@ fn adapter_base(dir: &std::path::Path) -> Option<String> {
 }
 
 /// `#{image, prompt}` of `encode`, `logits` and `generate`.
-fn image_and_prompt(
-    ctx: &NativeCallContext,
-    o: &Options,
-    what: &str,
-) -> ScriptResult<(Option<Image>, String)> {
-    let prompt =
-        o.string("prompt")?.ok_or_else(|| script_msg(format!("{what}: option `prompt` is required")))?;
-    Ok((image_arg(ctx, o.get("image"), what)?, prompt))
+fn image_and_prompt(ctx: &NativeCallContext, o: &Opts) -> ScriptResult<(Option<Image>, String)> {
+    let prompt = o.string("prompt")?.ok_or_else(|| o.missing("prompt"))?;
+    Ok((image_arg(ctx, o.value("image"), o.what())?, prompt))
 }
 
 /// A config map: the tiny preset's hub-layout `config.json` with the given keys replaced
@@ -128,13 +179,13 @@ pub mod model_api {
         path_or_id: &str,
         options: Map,
     ) -> Result<Model, Box<EvalAltResult>> {
-        let o = Options::new(&options, "load_model", &["device", "dtype", "adapter"])?;
+        let o = LOAD_MODEL.parse(&options)?;
         let s = session(&ctx)?;
         let device = match o.string("device")? {
             Some(d) => medbridge_runtime::device::parse_device(&d).script()?,
             None => s.device.clone(),
         };
-        let dtype = o.string("dtype")?.map(|d| parse_dtype(&d)).transpose().script()?.unwrap_or(DType::F32);
+        let dtype = parse_dtype(&o.string_or_default("dtype")?).script()?;
         // A local directory goes through the sandbox; anything else is a hub id for the cache.
         let source = match s.sandbox.locate_read(path_or_id).script()? {
             Some(dir) => dir.display().to_string(),
@@ -165,15 +216,15 @@ pub mod model_api {
         preset: Dynamic,
         options: Map,
     ) -> Result<Model, Box<EvalAltResult>> {
-        let o = Options::new(&options, "new_model", &["seed"])?;
+        let o = NEW_MODEL.parse(&options)?;
         let seed = seed_or_next(&ctx, o.int("seed")?)?;
         let device = session(&ctx)?.device.clone();
         if let Some(map) = preset.read_lock::<Map>() {
             return Vlm::new_custom(config_from_map(&map)?, seed, &device).script();
         }
-        let name = preset.into_string().map_err(|t| {
-            script_msg(format!("new_model: expected a preset name or a config map, got {}", type_of_name(t)))
-        })?;
+        let name = preset
+            .into_string()
+            .map_err(|t| script_msg(format!("new_model: expected a preset name or a config map, got {t}")))?;
         Vlm::new_preset(&name, seed, &device).script()
     }
 
@@ -187,8 +238,8 @@ pub mod model_api {
     /// generation prompt, image pads expanded: `m.encode(#{image: img, prompt: "Which organ?"})`.
     #[rhai_fn(name = "encode", return_raw)]
     pub fn encode(ctx: NativeCallContext, m: &mut Model, options: Map) -> Result<Array, Box<EvalAltResult>> {
-        let o = Options::new(&options, "encode", &["image", "prompt"])?;
-        let (image, prompt) = image_and_prompt(&ctx, &o, "encode")?;
+        let o = ENCODE.parse(&options)?;
+        let (image, prompt) = image_and_prompt(&ctx, &o)?;
         let enc = m.processor.encode(image.as_ref(), &prompt).script()?;
         Ok(enc.input_ids.into_iter().map(|id| Dynamic::from_int(id as i64)).collect())
     }
@@ -196,8 +247,8 @@ pub mod model_api {
     /// Logits `[seq, vocab]` (f32) over exactly the ids `encode` gives.
     #[rhai_fn(name = "logits", return_raw)]
     pub fn logits(ctx: NativeCallContext, m: &mut Model, options: Map) -> Result<Tensor, Box<EvalAltResult>> {
-        let o = Options::new(&options, "logits", &["image", "prompt"])?;
-        let (image, prompt) = image_and_prompt(&ctx, &o, "logits")?;
+        let o = LOGITS.parse(&options)?;
+        let (image, prompt) = image_and_prompt(&ctx, &o)?;
         m.logits(image.as_ref(), &prompt).script()
     }
 
@@ -209,20 +260,17 @@ pub mod model_api {
         m: &mut Model,
         options: Map,
     ) -> Result<String, Box<EvalAltResult>> {
-        let o = Options::new(
-            &options,
-            "generate",
-            &["image", "prompt", "max_new_tokens", "temperature", "top_p", "seed"],
-        )?;
-        let (image, prompt) = image_and_prompt(&ctx, &o, "generate")?;
-        let max_new = o.int("max_new_tokens")?.unwrap_or(64).max(0) as usize;
-        let temperature = o.float("temperature")?.unwrap_or(0.0);
-        if temperature <= 0.0 {
+        let o = GENERATE.parse(&options)?;
+        let (image, prompt) = image_and_prompt(&ctx, &o)?;
+        let max_new = o.count_or_default("max_new_tokens")?;
+        let temperature = o.float_or_default("temperature")?;
+        let top_p = o.float_or_default("top_p")?;
+        if temperature == 0.0 {
             return m.generate_greedy(image.as_ref(), &prompt, max_new).script();
         }
         let mut opts = SamplerOptions { n: 1, max_new_tokens: max_new.max(1), ..SamplerOptions::default() };
         opts.logits.temperature = temperature as f32;
-        opts.logits.top_p = o.float("top_p")?.unwrap_or(1.0) as f32;
+        opts.logits.top_p = top_p as f32;
         opts.seed = seed_or_next(&ctx, o.int("seed")?)?;
         let request = SampleRequest { question_id: "generate".into(), image, prompt };
         let s = session(&ctx)?;
@@ -247,14 +295,14 @@ pub mod model_api {
     }
 
     /// A new model with LoRA adapters, sharing this one's frozen base:
-    /// `m.with_lora(#{rank: 8, alpha: 16, targets: ["q_proj", "v_proj"], dropout: 0.0, init: "peft", seed: 0, vision: false})`.
+    /// `m.with_lora(#{rank: 8, alpha: 16, targets: ["q_proj", "v_proj"]})`.
     #[rhai_fn(name = "with_lora", return_raw)]
     pub fn with_lora(
         ctx: NativeCallContext,
         m: &mut Model,
         options: Map,
     ) -> Result<Model, Box<EvalAltResult>> {
-        let cfg = lora_config(&ctx, &options, "with_lora")?;
+        let cfg = lora_config(&ctx, &options, WITH_LORA.function)?;
         let adapted = m.with_lora(&cfg).script()?;
         check_targets(&adapted.model, &cfg).script()?;
         Ok(adapted)

@@ -11,8 +11,51 @@ use rhai::plugin::*;
 use rhai::{Array, Map};
 
 use crate::context::{seed_or_next, session};
-use crate::convert::{as_f64, Options};
-use crate::error::{script_msg, IntoScript};
+use crate::convert::as_f64;
+use crate::error::IntoScript;
+use crate::options::{opt, Absent, Kind, OptionSet, FRACTION, POSITIVE, POSITIVE_FLOAT, SEED};
+
+static LINEAR_PROBE: OptionSet = OptionSet::new(
+    "linear_probe",
+    &[&[
+        opt(
+            "pool",
+            Kind::Str(&["merger", "mean", "merger-mean", "pre_merger", "pre-merger"]),
+            Absent::Str("merger"),
+            "which vision features are mean-pooled",
+        ),
+        opt(
+            "l2",
+            Kind::Value("a number or an array of numbers"),
+            Absent::Means("[1e-4, 1e-3, 1e-2, 0.1, 1, 10]"),
+            "L2 strengths tried; the best on the validation part wins",
+        ),
+        opt("epochs", POSITIVE, Absent::Int(300), "full-batch optimizer steps"),
+        opt("val", FRACTION, Absent::Float(0.2), "fraction of train held out to pick l2"),
+        SEED,
+        opt("batch", POSITIVE, Absent::Int(32), "images per feature-extraction pass"),
+        opt("lr", POSITIVE_FLOAT, Absent::Float(0.05), "learning rate"),
+    ]],
+);
+
+static VISION_BASELINE: OptionSet = OptionSet::new(
+    "vision_baseline",
+    &[&[
+        opt(
+            "arch",
+            Kind::Str(&["small_cnn", "small-cnn", "smallcnn", "cnn", "resnet18", "resnet_18", "resnet-18"]),
+            Absent::Str("small_cnn"),
+            "the classifier",
+        ),
+        opt("epochs", POSITIVE, Absent::Int(10), "passes over train"),
+        opt("lr", POSITIVE_FLOAT, Absent::Float(1e-3), "learning rate"),
+        opt("batch", POSITIVE, Absent::Int(128), "images per step"),
+        SEED,
+    ]],
+);
+
+/// The probe family's declared options.
+pub static OPTIONS: [&OptionSet; 2] = [&LINEAR_PROBE, &VISION_BASELINE];
 
 /// Features are cached across runs here (`MEDBRIDGE_CACHE`, default `~/.cache/medbridge`).
 fn cache_dir() -> std::path::PathBuf {
@@ -60,33 +103,26 @@ pub mod probe_api {
         test: Dataset,
         options: Map,
     ) -> Result<Map, Box<EvalAltResult>> {
-        let o =
-            Options::new(&options, "linear_probe", &["pool", "l2", "epochs", "val", "seed", "batch", "lr"])?;
-        let pool = Pool::parse(&o.string("pool")?.unwrap_or_else(|| "merger".into())).script()?;
+        let o = LINEAR_PROBE.parse(&options)?;
+        let pool = Pool::parse(&o.string_or_default("pool")?).script()?;
         let mut probe = ProbeOptions::default();
-        match o.get("l2") {
-            None => {}
-            Some(v) => {
-                probe.l2 = match v.read_lock::<Array>() {
-                    Some(list) => list.iter().filter_map(as_f64).collect(),
-                    None => vec![as_f64(v)
-                        .ok_or_else(|| script_msg("linear_probe: `l2` must be a number or an array"))?],
-                }
+        if let Some(v) = o.value("l2") {
+            let finite = |x: &Dynamic| as_f64(x).filter(|x| x.is_finite());
+            probe.l2 = match v.read_lock::<Array>() {
+                Some(list) => list
+                    .iter()
+                    .map(|x| finite(x).ok_or_else(|| o.bad_value("l2", x)))
+                    .collect::<Result<_, _>>()?,
+                None => vec![finite(v).ok_or_else(|| o.bad_value("l2", v))?],
             }
         }
-        if let Some(e) = o.int("epochs")? {
-            probe.epochs = e.max(1) as usize;
-        }
-        if let Some(lr) = o.float("lr")? {
-            probe.lr = lr;
-        }
-        if let Some(v) = o.float("val")? {
-            probe.val_fraction = v;
-        }
+        probe.epochs = o.count_or_default("epochs")?;
+        probe.lr = o.float_or_default("lr")?;
+        probe.val_fraction = o.float_or_default("val")?;
         probe.seed = seed_or_next(&ctx, o.int("seed")?)?;
         let opts = DatasetProbeOptions {
             probe,
-            batch: o.int("batch")?.unwrap_or(32).max(1) as usize,
+            batch: o.count_or_default("batch")?,
             cache_dir: Some(cache_dir()),
             device: session(&ctx)?.device.clone(),
         };
@@ -126,21 +162,15 @@ pub mod probe_api {
         test: Dataset,
         options: Map,
     ) -> Result<Map, Box<EvalAltResult>> {
-        let o = Options::new(&options, "vision_baseline", &["arch", "epochs", "lr", "batch", "seed"])?;
-        let mut opts = BaselineOptions { device: session(&ctx)?.device.clone(), ..Default::default() };
-        if let Some(a) = o.string("arch")? {
-            opts.arch = Arch::parse(&a).script()?;
-        }
-        if let Some(e) = o.int("epochs")? {
-            opts.epochs = e.max(1) as usize;
-        }
-        if let Some(lr) = o.float("lr")? {
-            opts.lr = lr;
-        }
-        if let Some(b) = o.int("batch")? {
-            opts.batch = b.max(1) as usize;
-        }
-        opts.seed = seed_or_next(&ctx, o.int("seed")?)?;
+        let o = VISION_BASELINE.parse(&options)?;
+        let opts = BaselineOptions {
+            arch: Arch::parse(&o.string_or_default("arch")?).script()?,
+            epochs: o.count_or_default("epochs")?,
+            lr: o.float_or_default("lr")?,
+            batch: o.count_or_default("batch")?,
+            seed: seed_or_next(&ctx, o.int("seed")?)?,
+            device: session(&ctx)?.device.clone(),
+        };
         let r = vision_baseline(&train, &test, &opts).script()?;
         let mut m = Map::new();
         m.insert("arch".into(), r.arch.as_str().into());

@@ -9,35 +9,78 @@ use rhai::plugin::*;
 use rhai::{Array, Map};
 
 use crate::context::session;
-use crate::convert::{as_f64, Options};
+use crate::convert::as_f64;
 use crate::error::{script_msg, IntoScript, ScriptResult};
-use crate::script_types::{type_of, type_of_name};
+use crate::options::{opt, Absent, Kind, OptionSet, COUNT, POSITIVE_FLOAT, STR};
+use crate::script_types::type_of;
 
 fn paths(files: Vec<std::path::PathBuf>) -> Array {
     files.into_iter().map(|p| Dynamic::from(p.display().to_string())).collect()
 }
 
-fn strings(value: Option<&Dynamic>, what: &str) -> ScriptResult<Vec<String>> {
-    let array =
-        value.ok_or_else(|| script_msg(format!("{what} is required")))?.clone().into_array().map_err(
-            |t| script_msg(format!("{what} must be an array of strings, got {}", type_of_name(t))),
-        )?;
-    array
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| {
-            v.into_string()
-                .map_err(|t| script_msg(format!("{what}[{i}] must be a string, got {}", type_of_name(t))))
-        })
-        .collect()
-}
+const NUMBERS: Kind = Kind::Value("an array of numbers or ()");
+
+static PLOT_HEATMAP: OptionSet = OptionSet::new(
+    "plot_heatmap",
+    &[&[
+        opt("rows", Kind::Strs, Absent::Required, "row labels"),
+        opt("cols", Kind::Strs, Absent::Required, "column labels"),
+        opt(
+            "values",
+            Kind::Value("an array of rows of numbers or ()"),
+            Absent::Required,
+            "the matrix; () marks a missing cell",
+        ),
+        opt("title", STR, Absent::Means("none"), "figure title"),
+        opt("label", STR, Absent::Means("none"), "colour bar label"),
+        opt("row_title", STR, Absent::Means("none"), "what the rows are"),
+        opt("col_title", STR, Absent::Means("none"), "what the columns are"),
+        opt("scale", POSITIVE_FLOAT, Absent::Means("the largest |value|"), "the colour range ±scale"),
+        opt("decimals", COUNT, Absent::Int(3), "digits shown in each cell"),
+    ]],
+);
+
+static PLOT_BARS: OptionSet = OptionSet::new(
+    "plot_bars",
+    &[&[
+        opt("groups", Kind::Strs, Absent::Required, "one group of bars per entry"),
+        opt(
+            "series",
+            Kind::Value("a map #{name: [values]} or an array of #{name, values, errors}"),
+            Absent::Required,
+            "one bar per series in each group; a map draws in name order",
+        ),
+        opt(
+            "errors",
+            Kind::Map(None),
+            Absent::Means("none"),
+            "± half-widths by series name: #{name: [values]}",
+        ),
+        opt("title", STR, Absent::Means("none"), "figure title"),
+        opt("y_label", STR, Absent::Means("none"), "y axis label"),
+        opt("y_range", Kind::Value("[low, high]"), Absent::Means("fitted to the data"), "the y axis range"),
+    ]],
+);
+
+/// One entry of `plot_bars`' `series` array.
+static BAR_SERIES: OptionSet = OptionSet::new(
+    "series",
+    &[&[
+        opt("name", STR, Absent::Required, "the series' name"),
+        opt("values", NUMBERS, Absent::Required, "one value per group"),
+        opt("errors", NUMBERS, Absent::Means("none"), "± half-widths per group"),
+    ]],
+);
+
+/// The report family's declared options.
+pub static OPTIONS: [&OptionSet; 2] = [&PLOT_HEATMAP, &PLOT_BARS];
 
 /// Numbers, with `()` for a missing one (NaN inside the runtime).
 fn numbers(value: &Dynamic, what: &str) -> ScriptResult<Vec<f64>> {
     let array = value
         .clone()
         .into_array()
-        .map_err(|t| script_msg(format!("{what} must be an array of numbers, got {}", type_of_name(t))))?;
+        .map_err(|t| script_msg(format!("{what} must be an array of numbers, got {t}")))?;
     array
         .iter()
         .enumerate()
@@ -53,7 +96,7 @@ fn numbers(value: &Dynamic, what: &str) -> ScriptResult<Vec<f64>> {
 
 /// `series` as a map (drawn in name order) or as an array of `#{name, values, errors}` (drawn in
 /// the array's order); `errors` as a map by series name.
-fn bar_series(series: &Dynamic, errors: Option<&Dynamic>) -> ScriptResult<Vec<BarSeries>> {
+fn bar_series(series: &Dynamic, errors: Option<Map>) -> ScriptResult<Vec<BarSeries>> {
     let mut out: Vec<BarSeries> = if let Some(map) = series.read_lock::<Map>() {
         map.iter()
             .map(|(name, values)| {
@@ -73,27 +116,23 @@ fn bar_series(series: &Dynamic, errors: Option<&Dynamic>) -> ScriptResult<Vec<Ba
                 let map = entry
                     .read_lock::<Map>()
                     .ok_or_else(|| script_msg(format!("{what} must be a map #{{name, values, errors}}")))?;
-                let o = Options::new(&map, &what, &["name", "values", "errors"])?;
-                let name =
-                    o.string("name")?.ok_or_else(|| script_msg(format!("{what}: `name` is required")))?;
+                let o = BAR_SERIES.parse_as(&map, &what)?;
+                let name = o.string("name")?.ok_or_else(|| o.missing("name"))?;
                 let values = o
-                    .get("values")
-                    .ok_or_else(|| script_msg(format!("{what}: `values` is required")))
+                    .value("values")
+                    .ok_or_else(|| o.missing("values"))
                     .and_then(|v| numbers(v, &format!("{what}.values")))?;
-                let errors = o.get("errors").map(|e| numbers(e, &format!("{what}.errors"))).transpose()?;
+                let errors = o.value("errors").map(|e| numbers(e, &format!("{what}.errors"))).transpose()?;
                 Ok(BarSeries { name, values, errors })
             })
             .collect::<ScriptResult<_>>()?
     } else {
         return Err(script_msg(format!(
             "plot_bars: `series` must be a map #{{name: [values]}} or an array of #{{name, values}}, got {}",
-            type_of(series)
+            type_of(&series)
         )));
     };
-    if let Some(errors) = errors {
-        let map = errors
-            .read_lock::<Map>()
-            .ok_or_else(|| script_msg("plot_bars: `errors` must be a map #{name: [half-widths]}"))?;
+    if let Some(map) = errors {
         for (name, values) in map.iter() {
             let series = out
                 .iter_mut()
@@ -117,30 +156,17 @@ pub mod report_api {
     /// `()` marks a missing cell; `scale` fixes the colour range (default: the largest |value|).
     #[rhai_fn(return_raw)]
     pub fn plot_heatmap(ctx: NativeCallContext, path: &str, spec: Map) -> Result<Array, Box<EvalAltResult>> {
-        let o = Options::new(
-            &spec,
-            "plot_heatmap",
-            &["rows", "cols", "values", "title", "label", "row_title", "col_title", "scale", "decimals"],
-        )?;
-        let matrix = o
-            .get("values")
-            .ok_or_else(|| script_msg("plot_heatmap: `values` is required"))?
-            .clone()
-            .into_array()
-            .map_err(|t| {
-                script_msg(format!(
-                    "plot_heatmap: `values` must be an array of rows, got {}",
-                    type_of_name(t)
-                ))
-            })?;
+        let o = PLOT_HEATMAP.parse(&spec)?;
+        let values = o.value("values").ok_or_else(|| o.missing("values"))?;
+        let matrix = values.clone().into_array().map_err(|_| o.bad_value("values", values))?;
         let values = matrix
             .iter()
             .enumerate()
             .map(|(r, row)| numbers(row, &format!("plot_heatmap: values[{r}]")))
             .collect::<ScriptResult<Vec<_>>>()?;
         let heatmap = Heatmap {
-            rows: strings(o.get("rows"), "plot_heatmap: `rows`")?,
-            cols: strings(o.get("cols"), "plot_heatmap: `cols`")?,
+            rows: o.strings("rows")?.ok_or_else(|| o.missing("rows"))?,
+            cols: o.strings("cols")?.ok_or_else(|| o.missing("cols"))?,
             values,
             title: o.string("title")?,
             label: o.string("label")?,
@@ -163,10 +189,9 @@ pub mod report_api {
     /// `#{name, values, errors}` instead. `()` leaves a bar out.
     #[rhai_fn(return_raw)]
     pub fn plot_bars(ctx: NativeCallContext, path: &str, spec: Map) -> Result<Array, Box<EvalAltResult>> {
-        let o =
-            Options::new(&spec, "plot_bars", &["groups", "series", "errors", "title", "y_label", "y_range"])?;
-        let series = o.get("series").ok_or_else(|| script_msg("plot_bars: `series` is required"))?;
-        let y_range = match o.get("y_range") {
+        let o = PLOT_BARS.parse(&spec)?;
+        let series = o.value("series").ok_or_else(|| o.missing("series"))?;
+        let y_range = match o.value("y_range") {
             None => None,
             Some(r) => match numbers(r, "plot_bars: `y_range`")?.as_slice() {
                 &[lo, hi] => Some((lo, hi)),
@@ -179,8 +204,8 @@ pub mod report_api {
             },
         };
         let chart = BarChart {
-            groups: strings(o.get("groups"), "plot_bars: `groups`")?,
-            series: bar_series(series, o.get("errors"))?,
+            groups: o.strings("groups")?.ok_or_else(|| o.missing("groups"))?,
+            series: bar_series(series, o.map("errors")?)?,
             title: o.string("title")?,
             y_label: o.string("y_label")?,
             y_range,

@@ -4,37 +4,119 @@
 //! turns a multiple-choice task into a support report (greedy Acc@1 and sampled Pass@k), reading
 //! answers with the task's own extractor — the same one GRPO rewards with.
 
-use medbridge_runtime::eval::{evaluate, EvalOptions};
+use medbridge_runtime::eval::{evaluate, EvalOptions, DEFAULT_EVAL_MAX_NEW_TOKENS, DEFAULT_EVAL_SAMPLES};
 use medbridge_runtime::models::Vlm;
-use medbridge_runtime::sample::{sample, SampleRequest, SamplerOptions};
+use medbridge_runtime::sample::{sample, SampleRequest, SamplerOptions, DEFAULT_MAX_BATCH_TOKENS};
 use medbridge_runtime::task::McqTask;
 use rhai::plugin::*;
 use rhai::{Array, Map};
 
 use crate::context::{seed_or_next, session};
-use crate::convert::Options;
 use crate::error::{script_msg, IntoScript, ScriptResult};
 use crate::model::image_arg;
+use crate::options::{
+    opt, Absent, Bound, Kind, OptionSet, OptionSpec, Opts, COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SEED, STR,
+};
 
-const SAMPLER_KEYS: [&str; 11] = [
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "n",
-    "max_new_tokens",
-    "stop_token_ids",
-    "stop_strings",
-    "seed",
-    "batch",
-    "max_batch_tokens",
+/// The sampler keys `sampler`, `evaluate` and periodic evaluation share, declared once; `n` and
+/// `max_new_tokens` default per caller (one sample for `sampler`, evaluation's 16 for the rest).
+pub const fn sampler_keys(n: i64, max_new_tokens: i64) -> [OptionSpec; 11] {
+    [
+        opt("temperature", NON_NEGATIVE, Absent::Float(1.0), "softmax temperature; 0 is greedy"),
+        opt("top_p", TOP_P, Absent::Float(1.0), "nucleus mass kept"),
+        opt("top_k", COUNT, Absent::Int(0), "keep the k most likely tokens; 0 keeps all"),
+        opt("min_p", FRACTION, Absent::Float(0.0), "drop tokens below min_p × the top probability"),
+        opt("n", POSITIVE, Absent::Int(n), "samples per prompt"),
+        opt("max_new_tokens", POSITIVE, Absent::Int(max_new_tokens), "tokens generated per sample at most"),
+        opt(
+            "stop_token_ids",
+            Kind::Ints,
+            Absent::Means("the tokenizer's end tokens"),
+            "token ids that end a sample",
+        ),
+        opt("stop_strings", Kind::Strs, Absent::Means("none"), "texts that end a sample (kept in the text)"),
+        SEED,
+        opt(
+            "batch",
+            POSITIVE,
+            Absent::Means("as many prompts as fit max_batch_tokens"),
+            "prompts per forward pass",
+        ),
+        opt(
+            "max_batch_tokens",
+            POSITIVE,
+            Absent::Int(DEFAULT_MAX_BATCH_TOKENS as i64),
+            "tokens (prompt and samples) per forward pass at most",
+        ),
+    ]
+}
+
+/// `top_p`: the nucleus keeps a mass in (0, 1].
+pub const TOP_P: Kind = Kind::Float { min: Bound::Excl(0.0), max: Bound::Incl(1.0) };
+
+static SAMPLER_KEYS: [OptionSpec; 11] = sampler_keys(1, 256);
+
+/// The sampler keys where evaluation's defaults apply (`evaluate`, periodic evaluation).
+pub static EVAL_SAMPLER_KEYS: [OptionSpec; 11] =
+    sampler_keys(DEFAULT_EVAL_SAMPLES as i64, DEFAULT_EVAL_MAX_NEW_TOKENS as i64);
+
+/// `k` and `limit`, shared by `evaluate` and periodic evaluation.
+pub static EVAL_KEYS: [OptionSpec; 2] = [
+    opt("k", POSITIVE, Absent::Means("n"), "the k of Pass@k, 1 <= k <= n"),
+    opt("limit", COUNT, Absent::Means("every question"), "evaluate the first `limit` questions only"),
 ];
+
+static SAMPLER: OptionSet = OptionSet::new("sampler", &[&SAMPLER_KEYS]);
+
+static EVALUATE: OptionSet = OptionSet::new(
+    "evaluate",
+    &[
+        &EVAL_SAMPLER_KEYS,
+        &EVAL_KEYS,
+        &[
+            opt(
+                "sampler",
+                Kind::Value("a Sampler"),
+                Absent::Means("none"),
+                "a sampler(#{...}) to start from; keys given here override it",
+            ),
+            opt("resamples", POSITIVE, Absent::Int(1000), "bootstrap resamples behind the CIs"),
+        ],
+    ],
+);
+
+static SAMPLE_REQUEST: OptionSet = OptionSet::new(
+    "sample request",
+    &[&[
+        opt(
+            "id",
+            STR,
+            Absent::Means("its index"),
+            "question id; samples are reproducible from (seed, id, index)",
+        ),
+        opt("image", Kind::Value("an Image or a file path"), Absent::Means("no image"), "the picture"),
+        opt("prompt", STR, Absent::Required, "the user turn"),
+    ]],
+);
+
+static LABEL_MODALITY: OptionSet = OptionSet::new(
+    "label_modality",
+    &[&[opt(
+        "labels",
+        Kind::Strs,
+        Absent::Means("radiology, microscopy, visible_light"),
+        "the modalities the model picks from",
+    )]],
+);
+
+/// The sample family's declared options.
+pub static OPTIONS: [&OptionSet; 3] = [&SAMPLER, &EVALUATE, &LABEL_MODALITY];
 
 /// Apply the sampler keys present in `o` over `base`. Without a `seed` key, a `fresh` base takes
 /// the run's next seed; a sampler built earlier keeps its own.
 pub fn sampler_options(
     ctx: &NativeCallContext,
-    o: &Options,
+    o: &Opts,
     mut base: SamplerOptions,
     fresh: bool,
 ) -> ScriptResult<SamplerOptions> {
@@ -44,41 +126,37 @@ pub fn sampler_options(
     if let Some(p) = o.float("top_p")? {
         base.logits.top_p = p as f32;
     }
-    if let Some(k) = o.int("top_k")? {
-        base.logits.top_k = k.max(0) as usize;
+    if let Some(k) = o.count("top_k")? {
+        base.logits.top_k = k;
     }
     if let Some(p) = o.float("min_p")? {
         base.logits.min_p = p as f32;
     }
-    let positive = |key: &str, v: i64| -> ScriptResult<usize> {
-        usize::try_from(v).map_err(|_| script_msg(format!("option `{key}` must be non-negative, got {v}")))
-    };
-    if let Some(n) = o.int("n")? {
-        base.n = positive("n", n)?;
+    if let Some(n) = o.count("n")? {
+        base.n = n;
     }
-    if let Some(m) = o.int("max_new_tokens")? {
-        base.max_new_tokens = positive("max_new_tokens", m)?;
+    if let Some(m) = o.count("max_new_tokens")? {
+        base.max_new_tokens = m;
     }
-    if let Some(ids) = o.get("stop_token_ids") {
-        let list = ids
-            .read_lock::<Array>()
-            .ok_or_else(|| script_msg("option `stop_token_ids` must be an array of ints"))?;
-        base.stop_token_ids = Some(list.iter().map(|v| v.as_int().unwrap_or(-1).max(0) as u32).collect());
+    if let Some(ids) = o.ints("stop_token_ids")? {
+        let ids = ids.into_iter().map(|id| {
+            u32::try_from(id)
+                .map_err(|_| script_msg(format!("{}: stop token id {id} is too large", o.what())))
+        });
+        base.stop_token_ids = Some(ids.collect::<ScriptResult<_>>()?);
     }
-    if let Some(s) = o.get("stop_strings") {
-        let list = s
-            .read_lock::<Array>()
-            .ok_or_else(|| script_msg("option `stop_strings` must be an array of strings"))?;
-        base.stop_strings = list.iter().map(|v| v.to_string()).collect();
+    if let Some(list) = o.strings("stop_strings")? {
+        base.stop_strings = list;
     }
-    if o.get("seed").is_some() || fresh {
-        base.seed = seed_or_next(ctx, o.int("seed")?)?;
+    let seed = o.int("seed")?;
+    if seed.is_some() || fresh {
+        base.seed = seed_or_next(ctx, seed)?;
     }
-    if let Some(b) = o.int("batch")? {
-        base.batch = Some(positive("batch", b)?);
+    if let Some(b) = o.count("batch")? {
+        base.batch = Some(b);
     }
-    if let Some(b) = o.int("max_batch_tokens")? {
-        base.max_batch_tokens = positive("max_batch_tokens", b)?;
+    if let Some(b) = o.count("max_batch_tokens")? {
+        base.max_batch_tokens = b;
     }
     base.validate().script()?;
     Ok(base)
@@ -107,11 +185,10 @@ pub mod sample_api {
     pub type Sampler = SamplerOptions;
 
     /// Sampling options to reuse across `sample`, `evaluate` and `grpo`:
-    /// `sampler(#{temperature: 1.0, top_p: 1.0, top_k: 0, min_p: 0.0, n: 16, max_new_tokens: 32,
-    /// stop_strings: ["</answer>"], seed: 0, batch: 8, max_batch_tokens: 8192})`.
+    /// `sampler(#{temperature: 1.0, n: 16, max_new_tokens: 32, stop_strings: ["</answer>"]})`.
     #[rhai_fn(return_raw)]
     pub fn sampler(ctx: NativeCallContext, options: Map) -> Result<Sampler, Box<EvalAltResult>> {
-        let o = Options::new(&options, "sampler", &SAMPLER_KEYS)?;
+        let o = SAMPLER.parse(&options)?;
         sampler_options(&ctx, &o, SamplerOptions::default(), true)
     }
 
@@ -141,13 +218,11 @@ pub mod sample_api {
                 let map = r
                     .read_lock::<Map>()
                     .ok_or_else(|| script_msg(format!("sample: request {i} is not a map")))?;
-                let o = Options::new(&map, "sample request", &["id", "image", "prompt"])?;
+                let o = SAMPLE_REQUEST.parse_as(&map, format!("sample: request {i}"))?;
                 Ok(SampleRequest {
                     question_id: o.string("id")?.unwrap_or_else(|| i.to_string()),
-                    image: image_arg(&ctx, o.get("image"), "sample")?,
-                    prompt: o
-                        .string("prompt")?
-                        .ok_or_else(|| script_msg(format!("sample: request {i} has no `prompt`")))?,
+                    image: image_arg(&ctx, o.value("image"), "sample")?,
+                    prompt: o.string("prompt")?.ok_or_else(|| o.missing("prompt"))?,
                 })
             })
             .collect::<ScriptResult<Vec<_>>>()?;
@@ -166,15 +241,10 @@ pub mod sample_api {
         options: Map,
     ) -> Result<McqTask, Box<EvalAltResult>> {
         use medbridge_runtime::data::Modality;
-        let o = Options::new(&options, "label_modality", &["labels"])?;
-        let labels: Vec<Modality> = match o.get("labels") {
+        let o = LABEL_MODALITY.parse(&options)?;
+        let labels: Vec<Modality> = match o.strings("labels")? {
             None => medbridge_runtime::eval::DEFAULT_LABELS.to_vec(),
-            Some(v) => v
-                .read_lock::<Array>()
-                .ok_or_else(|| script_msg("label_modality: `labels` must be an array of modality names"))?
-                .iter()
-                .map(|l| Modality::parse(&l.to_string()).script())
-                .collect::<ScriptResult<_>>()?,
+            Some(names) => names.iter().map(|l| Modality::parse(l).script()).collect::<ScriptResult<_>>()?,
         };
         let s = session(&ctx)?;
         medbridge_runtime::eval::label_modality(&model, &task, &labels, Some(&s.cancel)).script()
@@ -191,27 +261,21 @@ pub mod sample_api {
         task: McqTask,
         options: Map,
     ) -> Result<crate::metrics::Report, Box<EvalAltResult>> {
-        let mut keys = SAMPLER_KEYS.to_vec();
-        keys.extend(["k", "limit", "sampler", "resamples"]);
-        let o = Options::new(&options, "evaluate", &keys)?;
+        let o = EVALUATE.parse(&options)?;
         let mut opts = EvalOptions::default();
-        let given = o.get("sampler").map(|s| {
-            s.clone()
-                .try_cast::<SamplerOptions>()
-                .ok_or_else(|| script_msg("evaluate: `sampler` must come from sampler(#{...})"))
-        });
+        let given = o.typed::<SamplerOptions>("sampler")?;
         let fresh = given.is_none();
         if let Some(s) = given {
-            opts.sampler = s?;
+            opts.sampler = s;
         }
         opts.sampler = sampler_options(&ctx, &o, opts.sampler, fresh)?;
-        opts.limit = o.int("limit")?.map(|l| l.max(0) as usize);
-        if let Some(r) = o.int("resamples")? {
-            opts.bootstrap.resamples = r.max(1) as usize;
+        opts.limit = o.count("limit")?;
+        if let Some(r) = o.count("resamples")? {
+            opts.bootstrap.resamples = r;
         }
         opts.bootstrap.seed = opts.sampler.seed;
-        if let Some(k) = o.int("k")? {
-            if k < 1 || k as usize > opts.sampler.n {
+        if let Some(k) = o.count("k")? {
+            if k > opts.sampler.n {
                 return Err(script_msg(format!(
                     "evaluate: k = {k} must be between 1 and n = {}",
                     opts.sampler.n
@@ -226,5 +290,38 @@ pub mod sample_api {
         let pass = report.pass_at(report.n()).script()?.value;
         s.run.log_metric(&format!("eval/{}/pass@{}", task.name(), report.n()), pass.into(), None).script()?;
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn number(keys: &[OptionSpec], key: &str) -> f64 {
+        match keys.iter().find(|s| s.key == key).unwrap().absent {
+            Absent::Int(n) => n as f64,
+            Absent::Float(x) => x,
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+
+    /// What `medbridge doc` says an absent sampler key means is what sampling does without it.
+    #[test]
+    fn declared_defaults_are_the_runtime_defaults() {
+        for (keys, base) in
+            [(&SAMPLER_KEYS, SamplerOptions::default()), (&EVAL_SAMPLER_KEYS, EvalOptions::default().sampler)]
+        {
+            assert_eq!(number(keys, "temperature"), f64::from(base.logits.temperature));
+            assert_eq!(number(keys, "top_p"), f64::from(base.logits.top_p));
+            assert_eq!(number(keys, "top_k"), base.logits.top_k as f64);
+            assert_eq!(number(keys, "min_p"), f64::from(base.logits.min_p));
+            assert_eq!(number(keys, "n"), base.n as f64);
+            assert_eq!(number(keys, "max_new_tokens"), base.max_new_tokens as f64);
+            assert_eq!(number(keys, "max_batch_tokens"), base.max_batch_tokens as f64);
+        }
+        let resamples = EVALUATE.specs().find(|s| s.key == "resamples").unwrap().absent;
+        assert!(
+            matches!(resamples, Absent::Int(n) if n as usize == EvalOptions::default().bootstrap.resamples)
+        );
     }
 }

@@ -4,6 +4,7 @@
 //! script closures `|completion, example| -> number` as rewards; they run on the calling thread,
 //! inside the `grpo` call.
 
+use medbridge_runtime::models::qwen2_5_vl::LoraConfig;
 use medbridge_runtime::models::Vlm;
 use medbridge_runtime::task::McqTask;
 use medbridge_runtime::train::{
@@ -15,28 +16,31 @@ use rhai::plugin::*;
 use rhai::{Array, FnPtr, Map};
 
 use crate::context::{seed_or_next, session};
-use crate::convert::{as_f64, Options};
+use crate::convert::as_f64;
 use crate::data::question_fields;
 use crate::error::{script_msg, IntoScript, ScriptResult};
-use crate::model::lora_config;
-use crate::sample::sampler_options;
+use crate::model::{lora_config, LORA};
+use crate::options::{
+    opt, Absent, Kind, OptionSet, OptionSpec, Opts, COUNT, FLOAT, NON_NEGATIVE, POSITIVE, POSITIVE_FLOAT,
+    SEED, STR,
+};
+use crate::sample::{sampler_options, EVAL_KEYS, EVAL_SAMPLER_KEYS, TOP_P};
 use crate::script_types::type_of;
 
-/// `eval_every` and `eval_options: #{task, n, k, temperature, top_p, max_new_tokens, limit,
-/// seed}` of `sft` and `grpo`; `None` when neither is given. The name `eval` is a Rhai
-/// keyword, so it is accepted quoted (`#{"eval": #{...}}`) as an alias.
-fn periodic_eval(ctx: &NativeCallContext, o: &Options, what: &str) -> ScriptResult<Option<PeriodicEval>> {
+/// The sub-options of `eval_options`: evaluation's sampler keys and defaults, plus the task.
+static PERIODIC_EVAL: OptionSet = OptionSet::new(
+    "eval_options",
+    &[
+        &[opt("task", Kind::Value("a Task"), Absent::Means("the training task"), "the task to evaluate on")],
+        &EVAL_KEYS,
+        &EVAL_SAMPLER_KEYS,
+    ],
+);
+
+/// `eval_every` and `eval_options` of `sft` and `grpo`; `None` when neither is given.
+fn periodic_eval(ctx: &NativeCallContext, o: &Opts, what: &str) -> ScriptResult<Option<PeriodicEval>> {
     let every = o.count("eval_every")?;
-    if o.get("eval_options").is_some() && o.get("eval").is_some() {
-        return Err(script_msg(format!("{what}: give `eval_options` or its alias \"eval\", not both")));
-    }
-    let map = match o.get("eval_options").or_else(|| o.get("eval")) {
-        None => Map::new(),
-        Some(m) => m
-            .read_lock::<Map>()
-            .ok_or_else(|| script_msg(format!("{what}: `eval_options` must be a map #{{n, k, limit, ...}}")))?
-            .clone(),
-    };
+    let map = o.map("eval_options")?.unwrap_or_default();
     let Some(every) = every else {
         if map.is_empty() {
             return Ok(None);
@@ -45,20 +49,13 @@ fn periodic_eval(ctx: &NativeCallContext, o: &Options, what: &str) -> ScriptResu
             "{what}: `eval_options` needs `eval_every` (evaluate every how many steps)"
         )));
     };
-    let keys = ["task", "n", "k", "temperature", "top_p", "max_new_tokens", "limit", "seed"];
-    let eval_what = format!("{what} eval");
-    let e = Options::new(&map, &eval_what, &keys)?;
+    let e = PERIODIC_EVAL.parse_as(&map, format!("{what} eval_options"))?;
     let mut eval = PeriodicEval::every(every as u64);
     eval.options.sampler = sampler_options(ctx, &e, eval.options.sampler, true)?;
     eval.options.bootstrap.seed = eval.options.sampler.seed;
     eval.options.limit = e.count("limit")?;
     eval.k = e.count("k")?.unwrap_or(eval.options.sampler.n);
-    if let Some(task) = e.get("task") {
-        let task = task.clone().try_cast::<McqTask>().ok_or_else(|| {
-            script_msg(format!("{eval_what}: `task` must be a Task, got {}", type_of(task)))
-        })?;
-        eval.task = Some(task);
-    }
+    eval.task = e.typed::<McqTask>("task")?;
     eval.check(what).script()?;
     Ok(Some(eval))
 }
@@ -79,21 +76,175 @@ fn eval_curve(points: &[EvalPoint]) -> Dynamic {
     curve.into()
 }
 
-/// Options `sft` and `grpo` share: adapters or full fine-tuning, the schedule, checkpoints and
-/// resume, periodic evaluation, the seed and the non-finite-step guard.
-const TRAINING_OPTIONS: [&str; 11] = [
-    "lora",
-    "full",
-    "schedule",
-    "warmup",
-    "save_every",
-    "resume",
-    "eval_every",
-    "eval_options",
-    "eval",
-    "seed",
-    "max_bad_steps",
-];
+/// Options `sft` and `grpo` share, declared once: adapters or full fine-tuning, the schedule
+/// (whose default differs), checkpoints and resume, periodic evaluation, the seed and the
+/// non-finite-step guard.
+const fn training_keys(schedule: &'static str) -> [OptionSpec; 10] {
+    [
+        opt("lora", Kind::Map(Some(&LORA)), Absent::Means("LoRA with its defaults"), "the adapters to train"),
+        opt("full", Kind::Bool, Absent::Bool(false), "train every weight instead of adapters"),
+        opt("schedule", SCHEDULES, Absent::Str(schedule), "learning-rate schedule after warmup"),
+        opt("warmup", COUNT, Absent::Int(0), "linear warmup steps"),
+        opt(
+            "save_every",
+            COUNT,
+            Absent::Means("no checkpoints"),
+            "write a resumable checkpoint every this many steps",
+        ),
+        opt("resume", STR, Absent::Means("start fresh"), "a checkpoint directory to continue from"),
+        opt(
+            "eval_every",
+            POSITIVE,
+            Absent::Means("no periodic evaluation"),
+            "evaluate support every this many steps and after the last",
+        ),
+        opt(
+            "eval_options",
+            Kind::Map(Some(&PERIODIC_EVAL)),
+            Absent::Means("evaluation's defaults"),
+            "how to evaluate (the alias `eval` is a Rhai keyword, so write it quoted)",
+        )
+        .aliases(&["eval"]),
+        SEED,
+        opt("max_bad_steps", COUNT, Absent::Int(5), "non-finite steps skipped before training stops"),
+    ]
+}
+
+const SCHEDULES: Kind = Kind::Str(&["linear", "cosine", "constant"]);
+
+static SFT: OptionSet = OptionSet::new(
+    "sft",
+    &[
+        &[
+            opt("epochs", COUNT, Absent::Int(1), "passes over the task (unless `steps` is given)"),
+            opt("steps", COUNT, Absent::Means("epochs × batches"), "optimizer steps"),
+            opt("lr", POSITIVE_FLOAT, Absent::Float(2e-5), "peak learning rate"),
+            opt("batch", POSITIVE, Absent::Int(8), "questions per optimizer step"),
+            opt("grad_accum", POSITIVE, Absent::Int(1), "micro-batches per optimizer step"),
+            opt("weight_decay", NON_NEGATIVE, Absent::Float(0.0), "AdamW weight decay"),
+            opt(
+                "max_grad_norm",
+                FLOAT,
+                Absent::Float(1.0),
+                "gradient clipping norm; <= 0 turns clipping off",
+            ),
+        ],
+        &training_keys("linear"),
+    ],
+);
+
+static GRPO: OptionSet = OptionSet::new(
+    "grpo",
+    &[
+        &[
+            opt("steps", COUNT, Absent::Int(100), "optimizer steps"),
+            opt("batch", POSITIVE, Absent::Int(4), "prompts (groups) per step"),
+            opt(
+                "group",
+                POSITIVE,
+                Absent::Int(8),
+                "samples per prompt (canonical; `n` as in `evaluate` is an alias)",
+            )
+            .aliases(&["n"]),
+            opt("lr", POSITIVE_FLOAT, Absent::Float(1e-6), "learning rate"),
+            opt("beta", NON_NEGATIVE, Absent::Float(0.0), "KL penalty weight; 0 skips the reference model"),
+            opt("epsilon_low", NON_NEGATIVE, Absent::Float(0.2), "lower clip range of the ratio"),
+            opt("epsilon_high", NON_NEGATIVE, Absent::Float(0.2), "upper clip range of the ratio"),
+            opt("mu", POSITIVE, Absent::Int(1), "optimizer passes per generated batch"),
+            opt(
+                "loss",
+                Kind::Str(&["token_mean", "seq_mean", "dr_grpo", "dapo", "bnpo", "grpo"]),
+                Absent::Str("token_mean"),
+                "loss aggregation (dapo and bnpo are token_mean, grpo is seq_mean)",
+            ),
+            opt(
+                "scale_rewards",
+                Kind::Str(&["group", "batch", "none"]),
+                Absent::Str("group"),
+                "advantage scaling",
+            ),
+            opt(
+                "filter_zero_variance",
+                Kind::Bool,
+                Absent::Bool(false),
+                "skip groups whose rewards are all equal",
+            ),
+            opt(
+                "dynamic_sampling",
+                Kind::Bool,
+                Absent::Bool(false),
+                "draw more prompts until `batch` groups carry signal",
+            ),
+            opt(
+                "max_draws",
+                POSITIVE,
+                Absent::Means("3 × batch"),
+                "prompts drawn per step at most with dynamic_sampling",
+            ),
+            opt(
+                "mask_truncated",
+                Kind::Bool,
+                Absent::Bool(false),
+                "no loss on completions cut at max_new_tokens",
+            ),
+            opt(
+                "rewards",
+                Kind::Map(None),
+                Absent::Means("#{accuracy: 1.0}"),
+                "name → weight (built-in), closure |completion, example| or #{score: closure, weight}",
+            ),
+            opt("max_new_tokens", POSITIVE, Absent::Int(32), "tokens per completion at most"),
+            opt("temperature", NON_NEGATIVE, Absent::Float(1.0), "sampling temperature"),
+            opt("top_p", TOP_P, Absent::Float(1.0), "nucleus mass kept when sampling"),
+        ],
+        &training_keys("constant"),
+    ],
+);
+
+/// A custom reward given as a map.
+static REWARD: OptionSet = OptionSet::new(
+    "reward",
+    &[&[
+        opt("score", Kind::Closure, Absent::Required, "|completion, example| -> number"),
+        opt("weight", FLOAT, Absent::Float(1.0), "its weight in the total reward"),
+    ]],
+);
+
+/// The train family's declared options.
+pub static OPTIONS: [&OptionSet; 2] = [&SFT, &GRPO];
+
+/// The shared training keys as parsed values.
+struct Training {
+    lora: Option<LoraConfig>,
+    full: bool,
+    schedule: Schedule,
+    warmup: u64,
+    save_every: Option<u64>,
+    resume: Option<std::path::PathBuf>,
+    seed: u64,
+    max_bad_steps: usize,
+}
+
+fn training(ctx: &NativeCallContext, o: &Opts) -> ScriptResult<Training> {
+    let lora = match o.map("lora")? {
+        Some(map) => Some(lora_config(ctx, &map, &format!("{} lora", o.what()))?),
+        None => None,
+    };
+    let resume = match o.string("resume")? {
+        Some(r) => Some(session(ctx)?.sandbox.resolve_read(&r).script()?),
+        None => None,
+    };
+    Ok(Training {
+        lora,
+        full: o.bool_or_default("full")?,
+        schedule: Schedule::parse(&o.string_or_default("schedule")?).script()?,
+        warmup: o.count_or_default("warmup")? as u64,
+        save_every: o.count("save_every")?.map(|v| v as u64),
+        resume,
+        seed: seed_or_next(ctx, o.int("seed")?)?,
+        max_bad_steps: o.count_or_default("max_bad_steps")?,
+    })
+}
 
 /// What a reward closure sees as `example`: the question's shared fields plus its index, answer
 /// text, rationale and class name.
@@ -129,14 +280,11 @@ fn parse_rewards<'a>(
             let spec = value.read_lock::<Map>().ok_or_else(|| {
                 script_msg(format!(
                     "{what}: give a weight, a closure |completion, example| or #{{score: closure, weight: 1.0}}, got {}",
-                    type_of(value)
+                    type_of(&value)
                 ))
             })?;
-            let o = Options::new(&spec, &what, &["score", "weight"])?;
-            let f = o.get("score").and_then(|f| f.clone().try_cast::<FnPtr>()).ok_or_else(|| {
-                script_msg(format!("{what}: `score` must be a closure |completion, example|"))
-            })?;
-            (f, o.float("weight")?.unwrap_or(1.0))
+            let o = REWARD.parse_as(&spec, &what)?;
+            (o.closure("score")?.ok_or_else(|| o.missing("score"))?, o.float_or_default("weight")?)
         };
         let call = move |completion: &str, i: usize| -> medbridge_runtime::Result<f64> {
             let example = example_map(task, i)?;
@@ -157,16 +305,12 @@ pub mod train_api {
     use super::*;
 
     /// Completion-only SFT on a task's targets (e.g. `<answer>C</answer>`), LoRA by default:
-    /// `sft(m, task, #{epochs: 1, steps: 100, lr: 2e-4, batch: 8, grad_accum: 1,
-    /// lora: #{rank: 8, alpha: 16}, full: false, schedule: "linear" | "cosine" | "constant",
-    /// warmup: 10, weight_decay: 0.0, max_grad_norm: 1.0, save_every: 50, resume: "checkpoints",
-    /// eval_every: 20, eval_options: #{task, n: 16, k: 16, temperature: 1.0, max_new_tokens: 16,
-    /// limit: 50, seed: 0}, seed: 0})` → `#{model, losses, token_accuracy, grad_norms,
+    /// `sft(m, task, #{steps: 100, lr: 2e-4, lora: #{rank: 8}, eval_every: 20,
+    /// eval_options: #{n: 16, limit: 50}})` → `#{model, losses, token_accuracy, grad_norms,
     /// skipped_steps, support_curve: [#{step, acc1, pass_at_k, gap}], checkpoint,
     /// seconds_per_step}`. Evaluation (on the training task unless `task` is given) runs after
     /// every `eval_every` steps and the last one, and logs `eval/acc1`, `eval/pass@k` and
-    /// `eval/gap` to metrics.jsonl. `eval` is a Rhai keyword: write it quoted, `"eval": #{...}`, or
-    /// as `eval_options`.
+    /// `eval/gap` to metrics.jsonl.
     #[rhai_fn(return_raw)]
     pub fn sft(
         ctx: NativeCallContext,
@@ -174,48 +318,23 @@ pub mod train_api {
         task: McqTask,
         options: Map,
     ) -> Result<Map, Box<EvalAltResult>> {
-        let own = ["epochs", "steps", "lr", "batch", "grad_accum", "weight_decay", "max_grad_norm"];
-        let known = [&own[..], &TRAINING_OPTIONS[..]].concat();
-        let o = Options::new(&options, "sft", &known)?;
+        let o = SFT.parse(&options)?;
         let s = session(&ctx)?;
-        let count = |key: &str| o.count(key);
-        let mut opts = SftOptions::default();
-        if let Some(e) = count("epochs")? {
-            opts.epochs = e;
-        }
-        opts.steps = count("steps")?.map(|v| v as u64);
-        if let Some(lr) = o.float("lr")? {
-            opts.lr = lr;
-        }
-        if let Some(b) = count("batch")? {
-            opts.batch = b;
-        }
-        if let Some(g) = count("grad_accum")? {
-            opts.grad_accum = g;
-        }
-        if let Some(map) = o.get("lora") {
-            let map = map
-                .read_lock::<Map>()
-                .ok_or_else(|| script_msg("sft: `lora` must be a map #{rank, alpha, ...}"))?;
-            opts.lora = Some(lora_config(&ctx, &map, "sft lora")?);
-        }
-        opts.full = o.bool("full")?.unwrap_or(false);
-        if let Some(name) = o.string("schedule")? {
-            opts.schedule = Schedule::parse(&name).script()?;
-        }
-        opts.warmup = count("warmup")?.unwrap_or(0) as u64;
-        opts.weight_decay = o.float("weight_decay")?.unwrap_or(opts.weight_decay);
-        if let Some(n) = o.float("max_grad_norm")? {
-            opts.max_grad_norm = (n > 0.0).then_some(n);
-        }
-        opts.save_every = count("save_every")?.map(|v| v as u64);
-        if let Some(r) = o.string("resume")? {
-            opts.resume = Some(s.sandbox.resolve_read(&r).script()?);
-        }
-        opts.seed = seed_or_next(&ctx, o.int("seed")?)?;
-        if let Some(n) = count("max_bad_steps")? {
-            opts.max_bad_steps = n;
-        }
+        let mut opts = SftOptions {
+            epochs: o.count_or_default("epochs")?,
+            steps: o.count("steps")?.map(|v| v as u64),
+            lr: o.float_or_default("lr")?,
+            batch: o.count_or_default("batch")?,
+            grad_accum: o.count_or_default("grad_accum")?,
+            weight_decay: o.float_or_default("weight_decay")?,
+            max_grad_norm: Some(o.float_or_default("max_grad_norm")?).filter(|&n| n > 0.0),
+            ..SftOptions::default()
+        };
+        let shared = training(&ctx, &o)?;
+        (opts.lora, opts.full, opts.schedule, opts.warmup) =
+            (shared.lora, shared.full, shared.schedule, shared.warmup);
+        (opts.save_every, opts.resume, opts.seed, opts.max_bad_steps) =
+            (shared.save_every, shared.resume, shared.seed, shared.max_bad_steps);
         opts.eval = periodic_eval(&ctx, &o, "sft")?;
         let train_ctx =
             TrainContext { run: Some(&s.run), cancel: s.cancel.clone(), progress: s.progress, out_dir: None };
@@ -239,19 +358,15 @@ pub mod train_api {
         Ok(out)
     }
 
-    /// GRPO with verifiable rewards: `grpo(m, task, #{steps: 50, batch: 4, group: 8, lr: 1e-6,
-    /// beta: 0.0, epsilon_low: 0.2, epsilon_high: 0.2, mu: 1, loss: "token_mean" | "seq_mean" |
-    /// "dr_grpo", scale_rewards: "group" | "batch" | "none", filter_zero_variance: false,
-    /// dynamic_sampling: false, max_draws: 12, mask_truncated: false,
+    /// GRPO with verifiable rewards: `grpo(m, task, #{steps: 50, group: 8, lr: 1e-6,
     /// rewards: #{accuracy: 1.0, format: 0.1, mine: #{score: |completion, example| ..., weight: 0.5}},
-    /// max_new_tokens: 32, temperature: 1.0, top_p: 1.0, lora: #{rank: 8}, full: false,
-    /// save_every: 25, resume: "checkpoints", eval_every: 10, eval_options: #{n: 8, limit: 50}, seed: 0})`
-    /// → `#{model, rewards, zero_variance, prompts_drawn, batch_filled, losses, kl,
-    /// support_curve: [#{step, acc1, pass_at_k, gap}], checkpoint, seconds_per_step}`.
+    /// eval_every: 10, eval_options: #{n: 8, limit: 50}})` → `#{model, rewards, zero_variance,
+    /// prompts_drawn, batch_filled, losses, kl, support_curve: [#{step, acc1, pass_at_k, gap}],
+    /// checkpoint, seconds_per_step}`.
     /// A reward closure gets the completion text and the item as a map (`index`, `id`,
     /// `question`, `options`, `answer` index, `letter`, `task`, ...) and returns a number.
     /// `dynamic_sampling` drops groups whose rewards are all equal and draws more prompts until
-    /// `batch` groups carry signal or `max_draws` (default 3 × batch) prompts were drawn.
+    /// `batch` groups carry signal or `max_draws` prompts were drawn.
     #[rhai_fn(return_raw)]
     pub fn grpo(
         ctx: NativeCallContext,
@@ -259,89 +374,40 @@ pub mod train_api {
         task: McqTask,
         options: Map,
     ) -> Result<Map, Box<EvalAltResult>> {
-        let own = [
-            "steps",
-            "batch",
-            "group",
-            "lr",
-            "beta",
-            "epsilon_low",
-            "epsilon_high",
-            "mu",
-            "loss",
-            "scale_rewards",
-            "filter_zero_variance",
-            "dynamic_sampling",
-            "max_draws",
-            "mask_truncated",
-            "rewards",
-            "max_new_tokens",
-            "temperature",
-            "top_p",
-        ];
-        let known = [&own[..], &TRAINING_OPTIONS[..]].concat();
-        let o = Options::new(&options, "grpo", &known)?;
+        let o = GRPO.parse(&options)?;
         let s = session(&ctx)?;
-        let count = |key: &str| o.count(key);
-        let mut opts = GrpoOptions::default();
-        if let Some(v) = count("steps")? {
-            opts.steps = v as u64;
+        let mut opts = GrpoOptions {
+            steps: o.count_or_default("steps")? as u64,
+            batch: o.count_or_default("batch")?,
+            lr: o.float_or_default("lr")?,
+            dynamic_sampling: o.bool_or_default("dynamic_sampling")?,
+            max_draws: o.count("max_draws")?,
+            max_new_tokens: o.count_or_default("max_new_tokens")?,
+            top_p: o.float_or_default("top_p")?,
+            ..GrpoOptions::default()
+        };
+        opts.step.group = o.count_or_default("group")?;
+        opts.step.mu = o.count_or_default("mu")?;
+        opts.step.loss.beta = o.float_or_default("beta")?;
+        opts.step.loss.epsilon_low = o.float_or_default("epsilon_low")?;
+        opts.step.loss.epsilon_high = o.float_or_default("epsilon_high")?;
+        opts.step.loss.aggregation = LossAggregation::parse(&o.string_or_default("loss")?).script()?;
+        opts.step.scale_rewards = ScaleRewards::parse(&o.string_or_default("scale_rewards")?).script()?;
+        opts.step.filter_zero_variance = o.bool_or_default("filter_zero_variance")?;
+        opts.step.mask_truncated = o.bool_or_default("mask_truncated")?;
+        opts.step.temperature = o.float_or_default("temperature")?;
+        if o.count("max_new_tokens")?.is_some() {
+            opts.step.loss.max_completion_length = opts.max_new_tokens;
         }
-        if let Some(v) = count("batch")? {
-            opts.batch = v;
-        }
-        if let Some(v) = count("group")? {
-            opts.step.group = v;
-        }
-        if let Some(v) = count("mu")? {
-            opts.step.mu = v;
-        }
-        opts.lr = o.float("lr")?.unwrap_or(opts.lr);
-        opts.step.loss.beta = o.float("beta")?.unwrap_or(opts.step.loss.beta);
-        opts.step.loss.epsilon_low = o.float("epsilon_low")?.unwrap_or(opts.step.loss.epsilon_low);
-        opts.step.loss.epsilon_high = o.float("epsilon_high")?.unwrap_or(opts.step.loss.epsilon_high);
-        if let Some(l) = o.string("loss")? {
-            opts.step.loss.aggregation = LossAggregation::parse(&l).script()?;
-        }
-        if let Some(sr) = o.string("scale_rewards")? {
-            opts.step.scale_rewards = ScaleRewards::parse(&sr).script()?;
-        }
-        opts.step.filter_zero_variance = o.bool("filter_zero_variance")?.unwrap_or(false);
-        opts.step.mask_truncated = o.bool("mask_truncated")?.unwrap_or(false);
-        opts.dynamic_sampling = o.bool("dynamic_sampling")?.unwrap_or(false);
-        opts.max_draws = count("max_draws")?;
         let mut custom = Rewards::default();
-        if let Some(r) = o.get("rewards") {
-            let map = r.read_lock::<Map>().ok_or_else(|| {
-                script_msg("grpo: `rewards` must be a map of name → weight, closure or #{score, weight}")
-            })?;
+        if let Some(map) = o.map("rewards")? {
             (opts.rewards, custom) = parse_rewards(&ctx, &task, &map)?;
         }
-        if let Some(v) = count("max_new_tokens")? {
-            opts.max_new_tokens = v;
-            opts.step.loss.max_completion_length = v;
-        }
-        opts.step.temperature = o.float("temperature")?.unwrap_or(opts.step.temperature);
-        opts.top_p = o.float("top_p")?.unwrap_or(opts.top_p);
-        if let Some(map) = o.get("lora") {
-            let map = map
-                .read_lock::<Map>()
-                .ok_or_else(|| script_msg("grpo: `lora` must be a map #{rank, alpha, ...}"))?;
-            opts.lora = Some(lora_config(&ctx, &map, "grpo lora")?);
-        }
-        opts.full = o.bool("full")?.unwrap_or(false);
-        if let Some(name) = o.string("schedule")? {
-            opts.schedule = Schedule::parse(&name).script()?;
-        }
-        opts.warmup = count("warmup")?.unwrap_or(0) as u64;
-        opts.save_every = count("save_every")?.map(|v| v as u64);
-        if let Some(r) = o.string("resume")? {
-            opts.resume = Some(s.sandbox.resolve_read(&r).script()?);
-        }
-        opts.seed = seed_or_next(&ctx, o.int("seed")?)?;
-        if let Some(n) = count("max_bad_steps")? {
-            opts.max_bad_steps = n;
-        }
+        let shared = training(&ctx, &o)?;
+        (opts.lora, opts.full, opts.schedule, opts.warmup) =
+            (shared.lora, shared.full, shared.schedule, shared.warmup);
+        (opts.save_every, opts.resume, opts.seed, opts.max_bad_steps) =
+            (shared.save_every, shared.resume, shared.seed, shared.max_bad_steps);
         opts.eval = periodic_eval(&ctx, &o, "grpo")?;
         let train_ctx =
             TrainContext { run: Some(&s.run), cancel: s.cancel.clone(), progress: s.progress, out_dir: None };
@@ -368,5 +434,60 @@ pub mod train_api {
         );
         out.insert("seconds_per_step".into(), Dynamic::from_float(summary.seconds_per_step));
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::Absent;
+
+    /// A declared default as a number, for comparing with the runtime's own.
+    fn number(set: &OptionSet, key: &str) -> f64 {
+        match set.specs().find(|s| s.key == key).unwrap().absent {
+            Absent::Int(n) => n as f64,
+            Absent::Float(x) => x,
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+
+    fn text(set: &OptionSet, key: &str) -> &'static str {
+        match set.specs().find(|s| s.key == key).unwrap().absent {
+            Absent::Str(s) => s,
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+
+    /// What `medbridge doc` says an absent key means is what training does without it.
+    #[test]
+    fn declared_defaults_are_the_runtime_defaults() {
+        let sft = SftOptions::default();
+        assert_eq!(number(&SFT, "epochs"), sft.epochs as f64);
+        assert_eq!(number(&SFT, "lr"), sft.lr);
+        assert_eq!(number(&SFT, "batch"), sft.batch as f64);
+        assert_eq!(number(&SFT, "grad_accum"), sft.grad_accum as f64);
+        assert_eq!(number(&SFT, "weight_decay"), sft.weight_decay);
+        assert_eq!(Some(number(&SFT, "max_grad_norm")), sft.max_grad_norm);
+        assert_eq!(Schedule::parse(text(&SFT, "schedule")).unwrap(), sft.schedule);
+        assert_eq!(number(&SFT, "warmup"), sft.warmup as f64);
+        assert_eq!(number(&SFT, "max_bad_steps"), sft.max_bad_steps as f64);
+
+        let grpo = GrpoOptions::default();
+        assert_eq!(number(&GRPO, "steps"), grpo.steps as f64);
+        assert_eq!(number(&GRPO, "batch"), grpo.batch as f64);
+        assert_eq!(number(&GRPO, "group"), grpo.step.group as f64);
+        assert_eq!(number(&GRPO, "mu"), grpo.step.mu as f64);
+        assert_eq!(number(&GRPO, "lr"), grpo.lr);
+        assert_eq!(number(&GRPO, "beta"), grpo.step.loss.beta);
+        assert_eq!(number(&GRPO, "epsilon_low"), grpo.step.loss.epsilon_low);
+        assert_eq!(number(&GRPO, "epsilon_high"), grpo.step.loss.epsilon_high);
+        assert_eq!(number(&GRPO, "max_new_tokens"), grpo.max_new_tokens as f64);
+        assert_eq!(number(&GRPO, "temperature"), grpo.step.temperature);
+        assert_eq!(number(&GRPO, "top_p"), grpo.top_p);
+        assert_eq!(number(&GRPO, "warmup"), grpo.warmup as f64);
+        assert_eq!(number(&GRPO, "max_bad_steps"), grpo.max_bad_steps as f64);
+        assert_eq!(Schedule::parse(text(&GRPO, "schedule")).unwrap(), grpo.schedule);
+        assert_eq!(LossAggregation::parse(text(&GRPO, "loss")).unwrap(), grpo.step.loss.aggregation);
+        assert_eq!(ScaleRewards::parse(text(&GRPO, "scale_rewards")).unwrap(), grpo.step.scale_rewards);
     }
 }
