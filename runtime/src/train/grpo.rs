@@ -10,6 +10,8 @@
 //! prompt group, before the advantages; the first reward function is the accuracy the bonus
 //! reads, as the released `rewards_per_func[:, 0]`. Dynamic sampling judges a group's variance
 //! before the bonus, and `reward_mean` logs the rewards without it (`care_bonus_mean` apart).
+//! With `beta > 0` the KL's reference stays the adapters-off model (the released trainer with
+//! CARE takes the KL against the EMA reference too; its run has `beta = 0`).
 //! [`GrpoOptions::preset`] gives the paper's released settings (`grpo_preset.rs`).
 //!
 //! Checkpoints hold the adapters, the optimiser, the data order and the step (and CARE's
