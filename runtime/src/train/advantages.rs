@@ -22,6 +22,15 @@ impl ScaleRewards {
             other => crate::bail!("unknown scale_rewards `{other}`: use group, batch or none"),
         })
     }
+
+    /// The name [`Self::parse`] reads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScaleRewards::Group => "group",
+            ScaleRewards::Batch => "batch",
+            ScaleRewards::None => "none",
+        }
+    }
 }
 
 /// Advantages in rollout order and the groups whose rewards do not vary.

@@ -7,7 +7,12 @@
 //! not below the batch's mean accuracy reward), those whose confidence is at least the accurate
 //! samples' mean confidence less a margin earn `coefficient × accuracy reward` on top of their
 //! reward, before the group advantages are taken. The batch is what one process sees in one
-//! step: in the released 4-GPU run, one prompt's G = 8 completions.
+//! step: in the released 4-GPU run (`per_device_train_batch_size 1`), one prompt's G = 8
+//! completions. [`CareBonus::bonus_by_group`] therefore takes the bonus per prompt group, whatever
+//! the number of prompts in our step; a released run with more prompts per device would pool them.
+//!
+//! [`CareOptions`] is the whole of CARE in a GRPO run: this bonus and the schedule of the EMA
+//! reference ([`super::ema_reference`]) whose answer-token confidence it reads.
 
 use crate::error::Result;
 
@@ -35,7 +40,56 @@ pub fn answer_confidence(answer_logprobs: &[f64]) -> f64 {
     (answer_logprobs.iter().sum::<f64>() / (answer_logprobs.len() as f64 + 1e-6)).exp()
 }
 
+/// GRPO-CARE in a GRPO run; the defaults are the paper's run (`--ref_ema_decay 0.995
+/// --ref_ema_update_every 10` and the bonus's).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CareOptions {
+    pub bonus: CareBonus,
+    /// `ref_ema_decay`: `reference ← decay · reference + (1 − decay) · policy`.
+    pub ema_decay: f64,
+    /// `ref_ema_update_every`: blend after every optimiser step whose number (from 1) it divides.
+    pub ema_every: u64,
+}
+
+impl Default for CareOptions {
+    fn default() -> Self {
+        CareOptions { bonus: CareBonus::default(), ema_decay: 0.995, ema_every: 10 }
+    }
+}
+
+impl CareOptions {
+    /// Settings that cannot work, named.
+    pub fn check(&self) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.ema_decay) {
+            crate::bail!("care: ema_decay must be in [0, 1] (got {})", self.ema_decay);
+        }
+        if self.ema_every == 0 {
+            crate::bail!("care: ema_every must be at least 1");
+        }
+        if !self.bonus.coefficient.is_finite() {
+            crate::bail!("care: bonus coefficient {} is not finite", self.bonus.coefficient);
+        }
+        Ok(())
+    }
+}
+
 impl CareBonus {
+    /// [`Self::bonus`] over each run of `group` consecutive samples (one prompt's completions).
+    pub fn bonus_by_group(&self, accuracy: &[f64], confidence: &[f64], group: usize) -> Result<Vec<f64>> {
+        if group == 0 || accuracy.len() % group != 0 || confidence.len() != accuracy.len() {
+            crate::bail!(
+                "care bonus: {} accuracy rewards and {} confidences do not split into groups of {group}",
+                accuracy.len(),
+                confidence.len()
+            );
+        }
+        let mut out = Vec::with_capacity(accuracy.len());
+        for (a, c) in accuracy.chunks(group).zip(confidence.chunks(group)) {
+            out.extend(self.bonus(a, c)?);
+        }
+        Ok(out)
+    }
+
     /// The bonus of each sample, given its accuracy reward and its (uncapped) confidence.
     pub fn bonus(&self, accuracy: &[f64], confidence: &[f64]) -> Result<Vec<f64>> {
         if accuracy.len() != confidence.len() {
@@ -136,5 +190,22 @@ mod tests {
             .contains("1 accuracy rewards but 2"));
         assert!(care.bonus(&[f64::NAN], &[0.5]).is_err());
         assert_eq!(care.bonus(&[0.0, 0.0], &[0.9, 0.1]).unwrap(), vec![0.0, 0.0]);
+        assert!(care
+            .bonus_by_group(&[1.0; 3], &[0.5; 3], 2)
+            .unwrap_err()
+            .to_string()
+            .contains("groups of 2"));
+        let bad = CareOptions { ema_every: 0, ..CareOptions::default() };
+        assert!(bad.check().unwrap_err().to_string().contains("ema_every"));
+    }
+
+    #[test]
+    fn each_group_pools_only_its_own_samples() {
+        let care = CareBonus::default();
+        // Pooled, group 1's lower accuracy would fall below the batch mean and earn nothing.
+        let (acc, conf) = ([1.0, 1.0, 0.5, 0.0], [0.9, 0.5, 0.6, 0.6]);
+        let by_group = care.bonus_by_group(&acc, &conf, 2).unwrap();
+        assert_eq!(by_group, vec![0.5, 0.0, 0.25, 0.0]);
+        assert_eq!(care.bonus(&acc, &conf).unwrap(), vec![0.5, 0.0, 0.0, 0.0]);
     }
 }

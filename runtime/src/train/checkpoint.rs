@@ -1,7 +1,8 @@
 //! Resumable checkpoints: `checkpoint-{step}/` holding the trainable tensors under their PEFT
 //! (adapters) or hub (full fine-tuning) names in `trainable.safetensors`, the optimiser's f32
 //! masters and moments in `optimizer.safetensors`, and `trainer_state.json` with the step, the
-//! data order with its generator state, and the steps skipped so far.
+//! data order with its generator state, and the steps skipped so far. A trainer that keeps
+//! tensors of its own (GRPO-CARE's EMA reference) adds `trainer_tensors.safetensors`.
 //!
 //! Each training call writes its checkpoints into its own folder (a run's
 //! `checkpoints/{trainer}[-N]/`, see [`super::context`]); `resume` takes a checkpoint, such a
@@ -26,6 +27,7 @@ use crate::error::{Context, Error, Result};
 const TRAINABLE_FILE: &str = "trainable.safetensors";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const STATE_FILE: &str = "trainer_state.json";
+const TRAINER_TENSORS_FILE: &str = "trainer_tensors.safetensors";
 
 /// Everything but the tensors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,7 +44,9 @@ pub struct TrainerState {
 }
 
 /// Save a trainer's progress into `out` (when there is one): the step, optimizer state, data order
-/// and skipped steps of `trainer` (`"sft"` or `"grpo"`) beside its trainable tensors.
+/// and skipped steps of `trainer` (`"sft"` or `"grpo"`) beside its trainable tensors, and the
+/// trainer's own tensors `extra` when there are any.
+#[allow(clippy::too_many_arguments)]
 pub fn save_progress(
     out: Option<&Path>,
     trainer: &str,
@@ -51,6 +55,7 @@ pub fn save_progress(
     order: &DataOrder,
     optimizer: &AdamW,
     guard: &NonFiniteGuard,
+    extra: &[(String, Tensor)],
 ) -> Result<Option<PathBuf>> {
     let Some(out) = out else { return Ok(None) };
     let state = TrainerState {
@@ -60,7 +65,30 @@ pub fn save_progress(
         data_order: order.state(),
         skipped_steps: guard.skipped.clone(),
     };
-    save(out, trainable, optimizer, &state).map(Some)
+    let dir = save(out, trainable, optimizer, &state)?;
+    if !extra.is_empty() {
+        let path = dir.join(TRAINER_TENSORS_FILE);
+        let tensors: HashMap<String, Tensor> = extra.iter().cloned().collect();
+        candle_core::safetensors::save(&tensors, &path)
+            .with_context(|| format!("saving checkpoint {}", path.display()))?;
+    }
+    Ok(Some(dir))
+}
+
+/// The trainer's own tensors in the checkpoint `path` names for `trainer` ([`locate`]); `None`
+/// when it has none.
+pub fn load_trainer_tensors(
+    path: &Path,
+    trainer: &str,
+    device: &Device,
+) -> Result<Option<HashMap<String, Tensor>>> {
+    let file = locate(path, trainer)?.join(TRAINER_TENSORS_FILE);
+    if !file.is_file() {
+        return Ok(None);
+    }
+    let tensors = candle_core::safetensors::load(&file, device)
+        .with_context(|| format!("resuming from {}", file.display()))?;
+    Ok(Some(tensors))
 }
 
 /// Write `out/checkpoint-{step}` and return its path.

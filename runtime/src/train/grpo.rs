@@ -5,7 +5,17 @@
 //! temperature 1, token-level loss); tiny CPU models need larger learning rates, which their
 //! scripts state.
 //!
-//! Checkpoints hold the adapters, the optimiser, the data order and the step; every step's
+//! With `care` set (GRPO-CARE, [`super::care`]), an EMA reference ([`super::ema_reference`])
+//! scores each rollout's answer tokens and the consistency bonus is added to its reward, per
+//! prompt group, before the advantages; the first reward function is the accuracy the bonus
+//! reads, as the released `rewards_per_func[:, 0]`. Dynamic sampling judges a group's variance
+//! before the bonus, and `reward_mean` logs the rewards without it (`care_bonus_mean` apart).
+//! With `beta > 0` the KL's reference stays the adapters-off model (the released trainer with
+//! CARE takes the KL against the EMA reference too; its run has `beta = 0`).
+//! [`GrpoOptions::preset`] gives the paper's released settings (`grpo_preset.rs`).
+//!
+//! Checkpoints hold the adapters, the optimiser, the data order and the step (and CARE's
+//! reference); every step's
 //! sampling seed derives from the run seed and the step, so a resumed run draws the same
 //! completions and repeats the uninterrupted run's losses and rewards.
 
@@ -18,15 +28,21 @@ use crate::run::splitmix64;
 use crate::sample::SamplerOptions;
 use crate::task::McqTask;
 
+use std::collections::HashMap;
+
+use candle_core::Tensor;
+
+use super::care::{CareBonus, CareOptions};
 use super::context::TrainContext;
-use super::grpo_step::{grpo_step, GrpoStepOptions, GrpoStepStats};
+use super::ema_reference::EmaReference;
+use super::grpo_step::{grpo_step, GrpoStepOptions, GrpoStepStats, Rollout};
 use super::optim::AdamWConfig;
 use super::periodic_eval::{EvalPoint, PeriodicEval};
 use super::rewards::Rewards;
 use super::rollouts::RolloutSource;
 use super::schedule::Schedule;
 use super::train_loop::{self, LoopSettings, StepReport, TrainState, Trainer};
-use super::trainable_copy::trainable_copy;
+use super::trainable_copy::{frozen_base, trainable_on};
 
 #[derive(Debug, Clone)]
 pub struct GrpoOptions {
@@ -55,6 +71,8 @@ pub struct GrpoOptions {
     pub eval: Option<PeriodicEval>,
     pub seed: u64,
     pub max_bad_steps: usize,
+    /// GRPO-CARE's consistency bonus with its EMA reference; off by default.
+    pub care: Option<CareOptions>,
 }
 
 impl Default for GrpoOptions {
@@ -78,6 +96,7 @@ impl Default for GrpoOptions {
             eval: None,
             seed: 0,
             max_bad_steps: 5,
+            care: None,
         }
     }
 }
@@ -98,6 +117,10 @@ pub struct GrpoSummary {
     pub losses: Vec<f64>,
     pub kl: Vec<f64>,
     pub updates: Vec<usize>,
+    /// With `care`: the mean bonus and the mean (uncapped) answer confidence over the step's
+    /// rollouts.
+    pub care_bonus: Vec<f64>,
+    pub confidence: Vec<f64>,
     /// Steps of this call whose update was skipped for a non-finite loss or gradient.
     pub skipped_steps: Vec<u64>,
     /// The periodic evaluations, when `eval` was set.
@@ -125,6 +148,9 @@ fn check(opts: &GrpoOptions) -> Result<()> {
     if let Some(eval) = &opts.eval {
         eval.check("grpo")?;
     }
+    if let Some(care) = &opts.care {
+        care.check()?;
+    }
     Ok(())
 }
 
@@ -143,7 +169,19 @@ pub fn grpo_with_rewards(
     for r in custom.rewards {
         rewards.push(&r.name, r.weight, r.kind)?;
     }
-    let policy = vlm.with_model(trainable_copy(&vlm.model, opts.lora.as_ref(), opts.full, opts.seed)?);
+    if opts.care.is_some() && rewards.names().is_empty() {
+        crate::bail!("grpo: care needs a reward function; the first one is the accuracy its bonus reads");
+    }
+    let base = frozen_base(&vlm.model)?;
+    let trainable = || trainable_on(&base, opts.lora.as_ref(), opts.full, opts.seed);
+    let policy = vlm.with_model(trainable()?);
+    let care = match opts.care {
+        Some(care) => Some(Care {
+            reference: EmaReference::new(trainable()?, &policy.model, care.ema_decay, care.ema_every)?,
+            options: care,
+        }),
+        None => None,
+    };
     let mut sampler = SamplerOptions {
         n: opts.step.group,
         max_new_tokens: opts.max_new_tokens,
@@ -168,6 +206,7 @@ pub fn grpo_with_rewards(
         opts,
         dynamic: opts.dynamic_sampling.then(|| opts.max_draws.unwrap_or(3 * opts.batch)),
         pad: vlm.processor.endoftext_id(),
+        care,
         curves: GrpoSummary::default(),
     };
     let run = train_loop::run(&mut trainer, &policy, task, &settings, ctx)?;
@@ -190,8 +229,51 @@ struct GrpoStep<'a> {
     /// The draw cap with dynamic sampling.
     dynamic: Option<usize>,
     pad: u32,
+    care: Option<Care>,
     /// The per-step curves; the loop fills in the rest of the summary.
     curves: GrpoSummary,
+}
+
+/// CARE's state in a run: its settings and the EMA reference.
+struct Care {
+    options: CareOptions,
+    reference: EmaReference,
+}
+
+impl Care {
+    /// Add each rollout's bonus (per prompt group of `group`) to its reward; returns the mean
+    /// bonus and the mean confidence.
+    fn reward(&self, rollouts: &mut [Rollout], group: usize, policy: &Vlm, pad: u32) -> Result<(f64, f64)> {
+        if rollouts.is_empty() {
+            return Ok((0.0, 0.0));
+        }
+        let confidence = self.reference.confidences(rollouts, &policy.processor, pad)?;
+        let bonus = add_care_bonus(rollouts, &confidence, &self.options.bonus, group)?;
+        let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
+        Ok((mean(&bonus), mean(&confidence)))
+    }
+}
+
+/// Add CARE's bonus to each rollout's reward, given its `confidence`: per prompt group of
+/// `group`, reading the first reward component as the accuracy. Returns the bonuses.
+pub(crate) fn add_care_bonus(
+    rollouts: &mut [Rollout],
+    confidence: &[f64],
+    bonus: &CareBonus,
+    group: usize,
+) -> Result<Vec<f64>> {
+    let accuracy = rollouts
+        .iter()
+        .map(|r| match r.reward_components.first() {
+            Some(&a) => Ok(a),
+            None => crate::bail!("care: rollout of example {} has no reward components", r.example),
+        })
+        .collect::<Result<Vec<f64>>>()?;
+    let bonus = bonus.bonus_by_group(&accuracy, confidence, group)?;
+    for (r, b) in rollouts.iter_mut().zip(&bonus) {
+        r.reward += b;
+    }
+    Ok(bonus)
 }
 
 impl Trainer for GrpoStep<'_> {
@@ -200,11 +282,17 @@ impl Trainer for GrpoStep<'_> {
     fn step(&mut self, state: &mut TrainState, step: u64, lr: f64) -> Result<StepReport> {
         let opts = self.opts;
         let seed = splitmix64(opts.seed ^ step.wrapping_mul(0x9E37_79B9));
-        let drawn = self.source.step(&mut state.order, opts.batch, self.dynamic, seed)?;
+        let mut drawn = self.source.step(&mut state.order, opts.batch, self.dynamic, seed)?;
+        let care = match &self.care {
+            Some(care) => {
+                Some(care.reward(&mut drawn.rollouts, opts.step.group, self.source.policy, self.pad)?)
+            }
+            None => None,
+        };
+        let model = &self.source.policy.model;
         let mut stats = if drawn.rollouts.is_empty() {
             GrpoStepStats::default()
         } else {
-            let model = &self.source.policy.model;
             grpo_step(
                 model,
                 &drawn.rollouts,
@@ -215,6 +303,9 @@ impl Trainer for GrpoStep<'_> {
                 self.pad,
             )?
         };
+        if let Some(care) = &self.care {
+            care.reference.after_step(model, step + 1)?;
+        }
         drawn.stats.apply(&mut stats);
         let mut metrics: Vec<(String, f64)> = [
             ("reward_mean", stats.reward_mean),
@@ -234,6 +325,12 @@ impl Trainer for GrpoStep<'_> {
         .into_iter()
         .map(|(n, v)| (n.to_string(), v))
         .collect();
+        if let Some((bonus, confidence)) = care {
+            metrics.push(("care_bonus_mean".into(), bonus));
+            metrics.push(("confidence_mean".into(), confidence));
+            self.curves.care_bonus.push(bonus);
+            self.curves.confidence.push(confidence);
+        }
         let components = stats.component_means.iter().zip(&stats.component_stds);
         for (name, (mean, std)) in self.source.rewards.names().into_iter().zip(components) {
             metrics.push((format!("rewards/{name}/mean"), *mean));
@@ -253,6 +350,21 @@ impl Trainer for GrpoStep<'_> {
             metrics,
             message: format!("reward {:.3}", stats.reward_mean),
         })
+    }
+
+    fn checkpoint_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        self.care.as_ref().map_or(Ok(Vec::new()), |care| care.reference.tensors())
+    }
+
+    fn restore_tensors(&mut self, saved: Option<HashMap<String, Tensor>>) -> Result<()> {
+        match (&self.care, saved) {
+            (Some(care), Some(saved)) => care.reference.restore(&saved),
+            (Some(_), None) => crate::bail!(
+                "grpo: the checkpoint holds no CARE reference (it was written without care), so \
+                 the run cannot resume with care exactly"
+            ),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -375,6 +487,54 @@ mod tests {
                 assert!((a - b).abs() < 1e-6, "{name}: {w:?} vs {r:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_care_run_resumes_bit_exactly_with_its_ema_reference() {
+        let (vlm, task) = (tiny_vlm(), synthetic_task());
+        // Blend every step with a low decay, so the reference moves between the halves.
+        let care = CareOptions { ema_decay: 0.5, ema_every: 1, ..CareOptions::default() };
+        let opts = GrpoOptions { rewards: vec![], care: Some(care), ..small(4) };
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::create(Some(&tmp.path().join("whole")), "grpo").unwrap();
+        let ctx = TrainContext { run: Some(&run), ..quiet() };
+        let (_, whole) = grpo_with_rewards(&vlm, &task, &opts, text_reward(), &ctx).unwrap();
+        assert!(whole.care_bonus.iter().any(|&b| b > 0.0), "{:?}", whole.care_bonus);
+        assert_eq!(whole.confidence.len(), 4);
+        let metrics = std::fs::read_to_string(tmp.path().join("whole/metrics.jsonl")).unwrap();
+        for name in ["grpo/care_bonus_mean", "grpo/confidence_mean"] {
+            assert_eq!(metrics.matches(&format!("\"{name}\"")).count(), 4, "{name}");
+        }
+
+        let half_dir = tmp.path().join("half");
+        let ctx = TrainContext { out_dir: Some(half_dir.clone()), ..quiet() };
+        let first = GrpoOptions { steps: 2, ..opts.clone() };
+        let (_, half) = grpo_with_rewards(&vlm, &task, &first, text_reward(), &ctx).unwrap();
+        let ctx = TrainContext { out_dir: Some(tmp.path().join("rest")), ..quiet() };
+        let resume = GrpoOptions { resume: Some(half_dir.join("checkpoint-2")), ..opts.clone() };
+        let (_, rest) = grpo_with_rewards(&vlm, &task, &resume, text_reward(), &ctx).unwrap();
+        let joined = |a: &[f64], b: &[f64]| [a, b].concat();
+        assert_eq!(joined(&half.losses, &rest.losses), whole.losses);
+        assert_eq!(joined(&half.rewards, &rest.rewards), whole.rewards);
+        assert_eq!(joined(&half.care_bonus, &rest.care_bonus), whole.care_bonus);
+        assert_eq!(joined(&half.confidence, &rest.confidence), whole.confidence);
+        // The final policy and reference are the same bits.
+        let end = |dir: &str| tmp.path().join(dir).join("checkpoint-4");
+        for file in ["trainable.safetensors", "trainer_tensors.safetensors"] {
+            let read = |dir: &std::path::Path| std::fs::read(dir.join(file)).unwrap();
+            assert!(read(&end("whole/checkpoints/grpo")) == read(&end("rest")), "{file} differs");
+        }
+        let reference = std::fs::read(end("rest").join("trainer_tensors.safetensors")).unwrap();
+        assert!(reference != std::fs::read(end("rest").join("trainable.safetensors")).unwrap());
+
+        // A checkpoint written without care cannot resume a care run exactly, and says so.
+        let plain_dir = tmp.path().join("plain");
+        let ctx = TrainContext { out_dir: Some(plain_dir.clone()), ..quiet() };
+        let plain = GrpoOptions { care: None, steps: 1, ..opts.clone() };
+        grpo_with_rewards(&vlm, &task, &plain, text_reward(), &ctx).unwrap();
+        let resume = GrpoOptions { resume: Some(plain_dir), ..opts };
+        let err = grpo_with_rewards(&vlm, &task, &resume, text_reward(), &quiet()).unwrap_err().to_string();
+        assert!(err.contains("holds no CARE reference"), "{err}");
     }
 
     #[test]

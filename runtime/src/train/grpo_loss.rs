@@ -28,6 +28,15 @@ impl LossAggregation {
             other => crate::bail!("unknown loss `{other}`: use token_mean, seq_mean or dr_grpo"),
         })
     }
+
+    /// The canonical name [`Self::parse`] reads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LossAggregation::TokenMean => "token_mean",
+            LossAggregation::SeqMean => "seq_mean",
+            LossAggregation::DrGrpo => "dr_grpo",
+        }
+    }
 }
 
 /// The loss's hyper-parameters; the defaults are TRL's `GRPOConfig`.

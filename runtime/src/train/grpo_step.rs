@@ -313,7 +313,7 @@ mod tests {
         let mut out = Vec::new();
         for (g, example) in [0usize, 1].into_iter().enumerate() {
             let item = task.item(example).unwrap();
-            let enc = vlm.encode(item.image.as_ref(), &task.prompt(example).unwrap()).unwrap();
+            let enc = vlm.encode(item.image.as_ref(), &task.training_prompt(example).unwrap()).unwrap();
             for k in 0..4u32 {
                 let completion = vec![100 + k, 200 + k, 300 + k];
                 let mut ids = enc.input_ids.clone();

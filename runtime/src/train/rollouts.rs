@@ -1,5 +1,7 @@
 //! Drawing a GRPO step's rollouts: `group` completions of each prompt from the shared sampler
-//! (whose log-probs are the old policy's), each scored by the reward set.
+//! (whose log-probs are the old policy's) on the task's training prompt ([`McqTask::training_prompt`]:
+//! GRPO-CARE's template under `medbridgerl`, the evaluation prompt otherwise), each scored by the
+//! reward set.
 //!
 //! With dynamic sampling (DAPO) a group whose rewards are all equal is dropped, since its
 //! advantages are all zero, and more prompts are drawn, continuing the data order, until the
@@ -87,7 +89,7 @@ impl RolloutSource<'_> {
                 Ok(SampleRequest {
                     question_id: item.id.clone(),
                     image: item.image.clone(),
-                    prompt: task.prompt(i)?,
+                    prompt: task.training_prompt(i)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

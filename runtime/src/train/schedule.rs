@@ -22,6 +22,15 @@ impl Schedule {
         })
     }
 
+    /// The name [`Self::parse`] reads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Schedule::Constant => "constant",
+            Schedule::Linear => "linear",
+            Schedule::Cosine => "cosine",
+        }
+    }
+
     /// The learning rate of update `step` (0-based) out of `total`, after `warmup` warmup steps.
     pub fn lr_at(self, base: f64, step: u64, total: u64, warmup: u64) -> f64 {
         if step < warmup {

@@ -8,8 +8,11 @@
 //! and both trainers build their optimiser, data order and guard here, from the run seed, so a
 //! resumed run repeats the uninterrupted one.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+use candle_core::Tensor;
 
 use super::checkpoint;
 use super::context::TrainContext;
@@ -50,6 +53,17 @@ pub(crate) trait Trainer {
 
     /// Optimiser step `step` (from 0) at learning rate `lr`.
     fn step(&mut self, state: &mut TrainState, step: u64, lr: f64) -> Result<StepReport>;
+
+    /// Tensors of the trainer's own that a checkpoint must hold for an exact resume (GRPO-CARE's
+    /// EMA reference); none by default.
+    fn checkpoint_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(Vec::new())
+    }
+
+    /// Take back what [`Self::checkpoint_tensors`] saved (`None`: the checkpoint holds none).
+    fn restore_tensors(&mut self, _saved: Option<HashMap<String, Tensor>>) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The options every trainer has, as the loop needs them.
@@ -104,9 +118,10 @@ pub(crate) fn run<T: Trainer>(
         state.order = DataOrder::restore(&saved.data_order, task.len())?;
         state.guard.skipped = saved.skipped_steps;
         step = saved.step;
+        trainer.restore_tensors(checkpoint::load_trainer_tensors(path, name, model.device())?)?;
     }
     let out = ctx.claim_checkpoint_dir(name)?;
-    let save = |step: u64, s: &TrainState| {
+    let save = |step: u64, s: &TrainState, trainer: &T| {
         checkpoint::save_progress(
             out.as_deref(),
             name,
@@ -115,6 +130,7 @@ pub(crate) fn run<T: Trainer>(
             &s.order,
             &s.optimizer,
             &s.guard,
+            &trainer.checkpoint_tensors()?,
         )
     };
 
@@ -126,7 +142,7 @@ pub(crate) fn run<T: Trainer>(
     while step < total {
         if ctx.cancel.is_cancelled() {
             model.set_training(false);
-            let saved = save(step, &state)?;
+            let saved = save(step, &state, trainer)?;
             let where_ = saved.map_or("no output directory, nothing saved".to_string(), |p| {
                 format!("checkpoint saved to {}", p.display())
             });
@@ -158,14 +174,14 @@ pub(crate) fn run<T: Trainer>(
         }
         // The last step's checkpoint is the final save below.
         if settings.save_every.is_some_and(|n| n > 0 && step % n == 0) && step < total {
-            summary.last_checkpoint = save(step, &state)?;
+            summary.last_checkpoint = save(step, &state, trainer)?;
         }
     }
     bar.finish_and_clear();
     model.set_training(false);
     let done = (step - summary.first_step).max(1);
     summary.seconds_per_step = (started.elapsed().as_secs_f64() - eval_seconds) / done as f64;
-    if let Some(p) = save(step, &state)? {
+    if let Some(p) = save(step, &state, trainer)? {
         summary.last_checkpoint = Some(p);
     }
     Ok(summary)

@@ -1,5 +1,6 @@
 //! The model a trainer trains: a copy of the input with fresh adapters (or copied weights for
 //! full fine-tuning) over the shared frozen base, so the caller's model is never changed.
+//! GRPO-CARE's reference is a second such copy over the same base (see [`super::ema_reference`]).
 
 use super::adapters::check_targets;
 use crate::error::Result;
@@ -15,7 +16,26 @@ pub(crate) fn trainable_copy(
     full: bool,
     seed: u64,
 ) -> Result<Qwen25VL> {
-    let base = if model.lora.is_some() { model.merge()? } else { model.clone() };
+    trainable_on(&frozen_base(model)?, lora, full, seed)
+}
+
+/// The base a trainable copy of `model` is built on: `model` with any adapters merged in.
+pub(crate) fn frozen_base(model: &Qwen25VL) -> Result<Qwen25VL> {
+    if model.lora.is_some() {
+        model.merge()
+    } else {
+        Ok(model.clone())
+    }
+}
+
+/// [`trainable_copy`] over a `base` from [`frozen_base`]: copies built on one base share its
+/// frozen tensors.
+pub(crate) fn trainable_on(
+    base: &Qwen25VL,
+    lora: Option<&LoraConfig>,
+    full: bool,
+    seed: u64,
+) -> Result<Qwen25VL> {
     if full {
         return base.full_finetune();
     }
