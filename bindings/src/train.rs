@@ -8,21 +8,21 @@ use medbridge_runtime::models::qwen2_5_vl::LoraConfig;
 use medbridge_runtime::models::Vlm;
 use medbridge_runtime::task::McqTask;
 use medbridge_runtime::train::{
-    grpo_with_rewards, sft as run_sft, EvalPoint, GrpoOptions, LossAggregation, PeriodicEval, RewardKind,
-    Rewards, ScaleRewards, Schedule, SftOptions, TrainContext,
+    grpo_with_rewards, sft as run_sft, CareOptions, EvalPoint, GrpoOptions, LossAggregation, PeriodicEval,
+    RewardKind, Rewards, ScaleRewards, Schedule, SftOptions, TrainContext,
 };
 use medbridge_runtime::Error;
 use rhai::plugin::*;
 use rhai::{Array, FnPtr, Map};
 
 use crate::context::{seed_or_next, session};
-use crate::convert::as_f64;
-use crate::data::question_fields;
+use crate::convert::{as_f64, from_json};
+use crate::data::{preset_of, question_fields, PRESETS};
 use crate::error::{script_msg, IntoScript, ScriptResult};
 use crate::model::{lora_config, LORA};
 use crate::options::{
-    opt, Absent, Kind, OptionSet, OptionSpec, Opts, COUNT, FLOAT, NON_NEGATIVE, POSITIVE, POSITIVE_FLOAT,
-    SEED, STR,
+    opt, Absent, Kind, OptionSet, OptionSpec, Opts, COUNT, FLOAT, FRACTION, NON_NEGATIVE, POSITIVE,
+    POSITIVE_FLOAT, SEED, STR,
 };
 use crate::sample::{sampler_options, EVAL_KEYS, EVAL_SAMPLER_KEYS, TOP_P};
 use crate::script_types::type_of;
@@ -196,10 +196,81 @@ static GRPO: OptionSet = OptionSet::new(
             opt("max_new_tokens", POSITIVE, Absent::Int(32), "tokens per completion at most"),
             opt("temperature", NON_NEGATIVE, Absent::Float(1.0), "sampling temperature"),
             opt("top_p", TOP_P, Absent::Float(1.0), "nucleus mass kept when sampling"),
+            opt(
+                "preset",
+                PRESETS,
+                Absent::Means("the defaults here, whatever the task's preset"),
+                "\"medbridgerl\": every setting of the paper's released GRPO-CARE run (one epoch, G 8, \
+                 lr 5e-7, CARE on, ...); keys given here override it",
+            ),
+            opt(
+                "care",
+                Kind::Map(Some(&CARE)),
+                Absent::Means("off, or on as released under the medbridgerl preset"),
+                "GRPO-CARE's consistency bonus and EMA reference; false or () turns it off",
+            ),
         ],
         &training_keys("constant"),
     ],
 );
+
+/// `care` of `grpo`; absent keys keep the released values.
+static CARE: OptionSet = OptionSet::new(
+    "care",
+    &[&[
+        opt("coefficient", FLOAT, Absent::Float(0.5), "bonus = coefficient × accuracy reward"),
+        opt("upper_bound", FLOAT, Absent::Float(0.95), "confidences above it count as it (() for no cap)"),
+        opt(
+            "margin",
+            FLOAT,
+            Absent::Float(0.01),
+            "how far below the accurate samples' mean confidence still earns the bonus (() for 0)",
+        ),
+        opt(
+            "ema_decay",
+            FRACTION,
+            Absent::Float(0.995),
+            "reference ← decay · reference + (1 − decay) · policy",
+        ),
+        opt("ema_every", POSITIVE, Absent::Int(10), "blend the reference every this many steps"),
+    ]],
+);
+
+/// A `care` map as settings over `base` (the released ones unless the preset says otherwise).
+fn care_options(map: &Map, base: CareOptions) -> ScriptResult<CareOptions> {
+    let o = CARE.parse_as(map, "grpo care")?;
+    let mut care = base;
+    let optional = |key: &str, current: Option<f64>| -> ScriptResult<Option<f64>> {
+        match o.value(key) {
+            Some(v) if v.is_unit() => Ok(None),
+            Some(_) => o.float(key),
+            None => Ok(current),
+        }
+    };
+    care.bonus.coefficient = o.float("coefficient")?.unwrap_or(care.bonus.coefficient);
+    care.bonus.upper_bound = optional("upper_bound", care.bonus.upper_bound)?;
+    care.bonus.margin = optional("margin", care.bonus.margin)?;
+    care.ema_decay = o.float("ema_decay")?.unwrap_or(care.ema_decay);
+    care.ema_every = o.count("ema_every")?.map_or(care.ema_every, |n| n as u64);
+    care.check().script()?;
+    Ok(care)
+}
+
+/// `care` of `grpo`: `false` or `()` off, `true` the released settings, a map those settings
+/// with its keys over them; absent, whatever `base` (the preset) says.
+fn care_setting(o: &Opts, base: Option<CareOptions>) -> ScriptResult<Option<CareOptions>> {
+    let Some(v) = o.value("care") else { return Ok(base) };
+    if v.is_unit() {
+        return Ok(None);
+    }
+    if let Ok(on) = v.as_bool() {
+        return Ok(on.then(|| base.unwrap_or_default()));
+    }
+    match v.read_lock::<Map>() {
+        Some(map) => care_options(&map, base.unwrap_or_default()).map(Some),
+        None => Err(o.bad_value("care", v)),
+    }
+}
 
 /// A custom reward given as a map.
 static REWARD: OptionSet = OptionSet::new(
@@ -376,39 +447,67 @@ pub mod train_api {
     ) -> Result<Map, Box<EvalAltResult>> {
         let o = GRPO.parse(&options)?;
         let s = session(&ctx)?;
-        let mut opts = GrpoOptions {
-            steps: o.count_or_default("steps")? as u64,
-            batch: o.count_or_default("batch")?,
-            lr: o.float_or_default("lr")?,
-            dynamic_sampling: o.bool_or_default("dynamic_sampling")?,
-            max_draws: o.count("max_draws")?,
-            max_new_tokens: o.count_or_default("max_new_tokens")?,
-            top_p: o.float_or_default("top_p")?,
-            ..GrpoOptions::default()
-        };
-        opts.step.group = o.count_or_default("group")?;
-        opts.step.mu = o.count_or_default("mu")?;
-        opts.step.loss.beta = o.float_or_default("beta")?;
-        opts.step.loss.epsilon_low = o.float_or_default("epsilon_low")?;
-        opts.step.loss.epsilon_high = o.float_or_default("epsilon_high")?;
-        opts.step.loss.aggregation = LossAggregation::parse(&o.string_or_default("loss")?).script()?;
-        opts.step.scale_rewards = ScaleRewards::parse(&o.string_or_default("scale_rewards")?).script()?;
-        opts.step.filter_zero_variance = o.bool_or_default("filter_zero_variance")?;
-        opts.step.mask_truncated = o.bool_or_default("mask_truncated")?;
-        opts.step.temperature = o.float_or_default("temperature")?;
-        if o.count("max_new_tokens")?.is_some() {
-            opts.step.loss.max_completion_length = opts.max_new_tokens;
+        let preset = preset_of(&o)?;
+        let mut opts = GrpoOptions::preset(preset.unwrap_or_default(), task.len());
+        let base = opts.clone();
+        if let Some(n) = o.count("steps")? {
+            opts.steps = n as u64;
         }
+        opts.batch = o.count("batch")?.unwrap_or(base.batch);
+        opts.lr = o.float("lr")?.unwrap_or(base.lr);
+        opts.dynamic_sampling = o.bool("dynamic_sampling")?.unwrap_or(base.dynamic_sampling);
+        opts.max_draws = o.count("max_draws")?.or(base.max_draws);
+        opts.max_new_tokens = o.count("max_new_tokens")?.unwrap_or(base.max_new_tokens);
+        opts.top_p = o.float("top_p")?.unwrap_or(base.top_p);
+        let step = &mut opts.step;
+        step.group = o.count("group")?.unwrap_or(base.step.group);
+        step.mu = o.count("mu")?.unwrap_or(base.step.mu);
+        step.loss.beta = o.float("beta")?.unwrap_or(base.step.loss.beta);
+        step.loss.epsilon_low = o.float("epsilon_low")?.unwrap_or(base.step.loss.epsilon_low);
+        step.loss.epsilon_high = o.float("epsilon_high")?.unwrap_or(base.step.loss.epsilon_high);
+        if let Some(name) = o.string("loss")? {
+            step.loss.aggregation = LossAggregation::parse(&name).script()?;
+        }
+        if let Some(name) = o.string("scale_rewards")? {
+            step.scale_rewards = ScaleRewards::parse(&name).script()?;
+        }
+        step.filter_zero_variance = o.bool("filter_zero_variance")?.unwrap_or(base.step.filter_zero_variance);
+        step.mask_truncated = o.bool("mask_truncated")?.unwrap_or(base.step.mask_truncated);
+        step.temperature = o.float("temperature")?.unwrap_or(base.step.temperature);
+        if o.count("max_new_tokens")?.is_some() {
+            step.loss.max_completion_length = opts.max_new_tokens;
+        }
+        opts.care = care_setting(&o, base.care)?;
         let mut custom = Rewards::default();
         if let Some(map) = o.map("rewards")? {
             (opts.rewards, custom) = parse_rewards(&ctx, &task, &map)?;
         }
         let shared = training(&ctx, &o)?;
-        (opts.lora, opts.full, opts.schedule, opts.warmup) =
-            (shared.lora, shared.full, shared.schedule, shared.warmup);
-        (opts.save_every, opts.resume, opts.seed, opts.max_bad_steps) =
-            (shared.save_every, shared.resume, shared.seed, shared.max_bad_steps);
+        if preset.is_none() {
+            (opts.lora, opts.full, opts.schedule, opts.warmup) =
+                (shared.lora, shared.full, shared.schedule, shared.warmup);
+            (opts.save_every, opts.resume, opts.seed, opts.max_bad_steps) =
+                (shared.save_every, shared.resume, shared.seed, shared.max_bad_steps);
+        } else {
+            // Under a preset only the keys given override it (the release's seed is 42).
+            (opts.save_every, opts.resume, opts.max_bad_steps) =
+                (shared.save_every, shared.resume, shared.max_bad_steps);
+            if o.value("lora").is_some() || o.value("full").is_some() {
+                (opts.lora, opts.full) = (shared.lora, shared.full);
+            }
+            if o.value("schedule").is_some() {
+                opts.schedule = shared.schedule;
+            }
+            if o.value("warmup").is_some() {
+                opts.warmup = shared.warmup;
+            }
+            if o.value("seed").is_some() {
+                opts.seed = shared.seed;
+            }
+        }
         opts.eval = periodic_eval(&ctx, &o, "grpo")?;
+        let settings = opts.describe();
+        s.run.record_settings("grpo", settings.clone()).script()?;
         let train_ctx =
             TrainContext { run: Some(&s.run), cancel: s.cancel.clone(), progress: s.progress, out_dir: None };
         let (trained, summary) = grpo_with_rewards(&model, &task, &opts, custom, &train_ctx).script()?;
@@ -433,6 +532,13 @@ pub mod train_api {
             summary.last_checkpoint.map_or(Dynamic::UNIT, |p| p.display().to_string().into()),
         );
         out.insert("seconds_per_step".into(), Dynamic::from_float(summary.seconds_per_step));
+        out.insert("care_bonus".into(), floats(&summary.care_bonus).into());
+        out.insert("confidence".into(), floats(&summary.confidence).into());
+        out.insert(
+            "skipped_steps".into(),
+            summary.skipped_steps.iter().map(|&x| Dynamic::from_int(x as i64)).collect::<Array>().into(),
+        );
+        out.insert("settings".into(), from_json(&settings)?);
         Ok(out)
     }
 }
