@@ -245,25 +245,29 @@ fn warn_all(ctx: &NativeCallContext, warnings: &[String]) -> ScriptResult<()> {
 
 /// One item of an in-memory question list `#{image, question, options, answer}`; `answer` is an
 /// index, a letter, or the text of an option.
+/// An answer given as an index, a letter or an option's text, as the option's index.
+pub fn answer_index(what: &str, answer: &Dynamic, options: &[String]) -> ScriptResult<usize> {
+    if let Ok(n) = answer.as_int() {
+        return usize::try_from(n).map_err(|_| script_msg(format!("{what}: answer {n} is negative")));
+    }
+    let text = answer.to_string();
+    let letter = text.trim().to_ascii_uppercase();
+    let by_letter = (letter.len() == 1).then(|| letter.as_bytes()[0].wrapping_sub(b'A') as usize);
+    by_letter
+        .filter(|&k| k < options.len())
+        .or_else(|| options.iter().position(|o| o.trim().eq_ignore_ascii_case(text.trim())))
+        .ok_or_else(|| {
+            script_msg(format!("{what}: answer {text:?} is neither a letter, an index nor an option"))
+        })
+}
+
 fn item_from_map(i: usize, map: &Map, name: &str) -> ScriptResult<McqItem> {
     let opts = MCQ_ITEM.parse_as(map, format!("mcq_task: item {i}"))?;
     let what = opts.what();
     let question = opts.string("question")?.ok_or_else(|| opts.missing("question"))?;
     let options = opts.strings("options")?.ok_or_else(|| opts.missing("options"))?;
     let answer = opts.value("answer").ok_or_else(|| opts.missing("answer"))?;
-    let answer = if let Ok(n) = answer.as_int() {
-        usize::try_from(n).map_err(|_| script_msg(format!("{what}: answer {n} is negative")))?
-    } else {
-        let text = answer.to_string();
-        let letter = text.trim().to_ascii_uppercase();
-        let by_letter = (letter.len() == 1).then(|| letter.as_bytes()[0].wrapping_sub(b'A') as usize);
-        by_letter
-            .filter(|&k| k < options.len())
-            .or_else(|| options.iter().position(|o| o.trim().eq_ignore_ascii_case(text.trim())))
-            .ok_or_else(|| {
-                script_msg(format!("{what}: answer {text:?} is neither a letter, an index nor an option"))
-            })?
-    };
+    let answer = answer_index(what, answer, &options)?;
     let image = match opts.value("image") {
         None => None,
         Some(v) if v.is_unit() => None,

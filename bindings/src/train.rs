@@ -26,6 +26,7 @@ use crate::options::{
 };
 use crate::sample::{sampler_options, EVAL_KEYS, EVAL_SAMPLER_KEYS, TOP_P};
 use crate::script_types::type_of;
+use crate::train_pieces::{bonus_over, BONUS_KEYS, CARE_BONUS, GROUP_ADVANTAGES, SCORE_REWARD};
 
 /// The sub-options of `eval_options`: evaluation's sampler keys and defaults, plus the task.
 static PERIODIC_EVAL: OptionSet = OptionSet::new(
@@ -217,41 +218,28 @@ static GRPO: OptionSet = OptionSet::new(
 /// `care` of `grpo`; absent keys keep the released values.
 static CARE: OptionSet = OptionSet::new(
     "care",
-    &[&[
-        opt("coefficient", FLOAT, Absent::Float(0.5), "bonus = coefficient × accuracy reward"),
-        opt("upper_bound", FLOAT, Absent::Float(0.95), "confidences above it count as it (() for no cap)"),
-        opt(
-            "margin",
-            FLOAT,
-            Absent::Float(0.01),
-            "how far below the accurate samples' mean confidence still earns the bonus (() for 0)",
-        ),
-        opt(
-            "ema_decay",
-            FRACTION,
-            Absent::Float(0.995),
-            "reference ← decay · reference + (1 − decay) · policy",
-        ),
-        opt("ema_every", POSITIVE, Absent::Int(10), "blend the reference every this many steps"),
-    ]],
+    &[
+        &BONUS_KEYS,
+        &[
+            opt(
+                "ema_decay",
+                FRACTION,
+                Absent::Float(0.995),
+                "reference ← decay · reference + (1 − decay) · policy",
+            ),
+            opt("ema_every", POSITIVE, Absent::Int(10), "blend the reference every this many steps"),
+        ],
+    ],
 );
 
 /// A `care` map as settings over `base` (the released ones unless the preset says otherwise).
 fn care_options(map: &Map, base: CareOptions) -> ScriptResult<CareOptions> {
     let o = CARE.parse_as(map, "grpo care")?;
-    let mut care = base;
-    let optional = |key: &str, current: Option<f64>| -> ScriptResult<Option<f64>> {
-        match o.value(key) {
-            Some(v) if v.is_unit() => Ok(None),
-            Some(_) => o.float(key),
-            None => Ok(current),
-        }
+    let care = CareOptions {
+        bonus: bonus_over(&o, base.bonus)?,
+        ema_decay: o.float("ema_decay")?.unwrap_or(base.ema_decay),
+        ema_every: o.count("ema_every")?.map_or(base.ema_every, |n| n as u64),
     };
-    care.bonus.coefficient = o.float("coefficient")?.unwrap_or(care.bonus.coefficient);
-    care.bonus.upper_bound = optional("upper_bound", care.bonus.upper_bound)?;
-    care.bonus.margin = optional("margin", care.bonus.margin)?;
-    care.ema_decay = o.float("ema_decay")?.unwrap_or(care.ema_decay);
-    care.ema_every = o.count("ema_every")?.map_or(care.ema_every, |n| n as u64);
     care.check().script()?;
     Ok(care)
 }
@@ -281,8 +269,8 @@ static REWARD: OptionSet = OptionSet::new(
     ]],
 );
 
-/// The train family's declared options.
-pub static OPTIONS: [&OptionSet; 2] = [&SFT, &GRPO];
+/// The train family's declared options, its pieces' (`train_pieces.rs`) included.
+pub static OPTIONS: [&OptionSet; 5] = [&SFT, &GRPO, &SCORE_REWARD, &CARE_BONUS, &GROUP_ADVANTAGES];
 
 /// The shared training keys as parsed values.
 struct Training {
@@ -351,7 +339,7 @@ fn parse_rewards<'a>(
             let spec = value.read_lock::<Map>().ok_or_else(|| {
                 script_msg(format!(
                     "{what}: give a weight, a closure |completion, example| or #{{score: closure, weight: 1.0}}, got {}",
-                    type_of(&value)
+                    type_of(value)
                 ))
             })?;
             let o = REWARD.parse_as(&spec, &what)?;
