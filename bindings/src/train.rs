@@ -247,17 +247,15 @@ fn care_options(map: &Map, base: CareOptions) -> ScriptResult<CareOptions> {
 /// `care` of `grpo`: `false` or `()` off, `true` the released settings, a map those settings
 /// with its keys over them; absent, whatever `base` (the preset) says.
 fn care_setting(o: &Opts, base: Option<CareOptions>) -> ScriptResult<Option<CareOptions>> {
-    let Some(v) = o.value("care") else { return Ok(base) };
+    let Some(v) = o.either("care") else { return Ok(base) };
     if v.is_unit() {
         return Ok(None);
     }
     if let Ok(on) = v.as_bool() {
         return Ok(on.then(|| base.unwrap_or_default()));
     }
-    match v.read_lock::<Map>() {
-        Some(map) => care_options(&map, base.unwrap_or_default()).map(Some),
-        None => Err(o.bad_value("care", v)),
-    }
+    let map = o.map("care")?.expect("given");
+    care_options(&map, base.unwrap_or_default()).map(Some)
 }
 
 /// A custom reward given as a map.
@@ -480,16 +478,16 @@ pub mod train_api {
             // Under a preset only the keys given override it (the release's seed is 42).
             (opts.save_every, opts.resume, opts.max_bad_steps) =
                 (shared.save_every, shared.resume, shared.max_bad_steps);
-            if o.value("lora").is_some() || o.value("full").is_some() {
+            if o.given("lora") || o.given("full") {
                 (opts.lora, opts.full) = (shared.lora, shared.full);
             }
-            if o.value("schedule").is_some() {
+            if o.given("schedule") {
                 opts.schedule = shared.schedule;
             }
-            if o.value("warmup").is_some() {
+            if o.given("warmup") {
                 opts.warmup = shared.warmup;
             }
-            if o.value("seed").is_some() {
+            if o.given("seed") {
                 opts.seed = shared.seed;
             }
         }

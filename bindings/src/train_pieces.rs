@@ -67,7 +67,7 @@ pub static GROUP_ADVANTAGES: OptionSet = OptionSet::new(
 
 /// `upper_bound` or `margin`: `()` is none, absent is `current`.
 pub fn optional_float(o: &Opts, key: &str, current: Option<f64>) -> ScriptResult<Option<f64>> {
-    match o.value(key) {
+    match o.either(key) {
         Some(v) if v.is_unit() => Ok(None),
         Some(_) => o.float(key),
         None => Ok(current),
