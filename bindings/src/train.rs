@@ -424,6 +424,13 @@ pub mod train_api {
     /// `question`, `options`, `answer` index, `letter`, `task`, ...) and returns a number.
     /// `dynamic_sampling` drops groups whose rewards are all equal and draws more prompts until
     /// `batch` groups carry signal or `max_draws` prompts were drawn.
+    /// `preset: "medbridgerl"` starts from every setting of the paper's released GRPO-CARE run
+    /// (`GrpoOptions::preset`: one epoch, G 8, 4 prompts, lr 5e-7, released rewards, CARE on,
+    /// seed 42) and the keys given override it; without `preset` the defaults here apply even on a
+    /// medbridgerl task (presets are opt-in per call). `care: #{coefficient, upper_bound, margin,
+    /// ema_decay, ema_every}` turns GRPO-CARE on (absent keys as released), `false` or `()` off.
+    /// The result also holds `care_bonus` and `confidence` (per step, with care),
+    /// `skipped_steps` and `settings`, every setting as resolved; `run.json` records `settings`.
     #[rhai_fn(return_raw)]
     pub fn grpo(
         ctx: NativeCallContext,
@@ -581,5 +588,17 @@ mod tests {
         assert_eq!(Schedule::parse(text(&GRPO, "schedule")).unwrap(), grpo.schedule);
         assert_eq!(LossAggregation::parse(text(&GRPO, "loss")).unwrap(), grpo.step.loss.aggregation);
         assert_eq!(ScaleRewards::parse(text(&GRPO, "scale_rewards")).unwrap(), grpo.step.scale_rewards);
+    }
+
+    /// `care`'s declared defaults are the released ones `care: #{}` turns on.
+    #[test]
+    fn declared_care_defaults_are_the_released_ones() {
+        let care = CareOptions::default();
+        assert_eq!(number(&CARE, "coefficient"), care.bonus.coefficient);
+        assert_eq!(Some(number(&CARE, "upper_bound")), care.bonus.upper_bound);
+        assert_eq!(Some(number(&CARE, "margin")), care.bonus.margin);
+        assert_eq!(number(&CARE, "ema_decay"), care.ema_decay);
+        assert_eq!(number(&CARE, "ema_every"), care.ema_every as f64);
+        assert_eq!(care_options(&Map::new(), care).unwrap(), care);
     }
 }
