@@ -142,6 +142,41 @@ fn the_run_directory_records_script_args_metrics_and_output() {
     assert_eq!(std::fs::read_to_string(run.join("output.log")).unwrap(), "hello\n");
 }
 
+/// A preset run says what it ran with: `run.json` lists the resolved settings of `grpo` (the
+/// release's, with the keys the script gave over them) and of `evaluate` under the preset.
+#[test]
+fn run_json_records_the_resolved_grpo_and_evaluate_settings() {
+    let script = r#"
+        let task = mcq_task([#{question: "q", options: ["a", "b"], answer: 0}], #{preset: "medbridgerl"});
+        let m = new_model("qwen2_5_vl_tiny", #{seed: 0});
+        let r = evaluate(m, task, #{preset: "medbridgerl", n: 2, max_new_tokens: 4});
+        let rl = grpo(m, task, #{preset: "medbridgerl", steps: 1, group: 2, batch: 1, max_new_tokens: 4});
+    "#;
+    let (out, dir) = run_source(script, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = dir.path().join("run");
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(info["device"], "cpu", "the run's own fields stay");
+    let settings = info["settings"].as_array().unwrap();
+    let functions: Vec<&str> = settings.iter().map(|s| s["function"].as_str().unwrap()).collect();
+    assert_eq!(functions, ["evaluate", "grpo"]);
+    let eval = &settings[0]["settings"];
+    assert_eq!(
+        (eval["preset"].as_str(), eval["n"].as_u64(), eval["seed"].as_u64()),
+        (Some("medbridgerl"), Some(2), Some(123))
+    );
+    assert_eq!(eval["top_k"], 0);
+    let grpo = &settings[1]["settings"];
+    assert_eq!(
+        (grpo["lr"].as_f64(), grpo["group"].as_u64(), grpo["steps"].as_u64()),
+        (Some(5e-7), Some(2), Some(1))
+    );
+    assert_eq!(grpo["care"]["ema_decay"], 0.995);
+    assert_eq!(grpo["rewards"][0]["name"], "medbridgerl_accuracy");
+    assert!(!run.join(".run.json.tmp").exists());
+}
+
 /// `log` was renamed `log_metric`; for one release the old name still records, warning once per run.
 #[test]
 fn deprecated_log_still_records_and_warns_once() {

@@ -8,17 +8,37 @@ use medbridge_runtime::data::{
     load_medmnist, BalanceBy, Dataset, Item, MedmnistOptions, Modality, Split, SynthOptions,
 };
 use medbridge_runtime::image::Image;
-use medbridge_runtime::task::{AnswerFormat, McqItem, McqOptions, McqTask, OptionCount, TaskStratum};
+use medbridge_runtime::task::{
+    AnswerFormat, McqItem, McqOptions, McqTask, OptionCount, TaskPreset, TaskStratum,
+};
 use rhai::plugin::*;
 use rhai::{Array, FnPtr, Map};
 
 use crate::context::{seed_or_next, session};
 use crate::convert::as_f64;
 use crate::error::{script_msg, IntoScript, ScriptResult};
-use crate::options::{opt, Absent, Kind, OptionSet, OptionSpec, COUNT, FLOAT, FRACTION, POSITIVE, SEED, STR};
+use crate::options::{
+    opt, Absent, Kind, OptionSet, OptionSpec, Opts, COUNT, FLOAT, FRACTION, POSITIVE, SEED, STR,
+};
 
 const SPLITS: Kind = Kind::Str(&["train", "val", "valid", "validation", "test"]);
 const ANSWER_FORMATS: Kind = Kind::Str(&["letter", "think_answer", "think-answer"]);
+/// The task presets' names (`task/preset.rs`).
+pub const PRESETS: Kind = Kind::Str(&["default", "medbridgerl"]);
+
+/// `preset` of the task builders: whose prompt, answer parser and rewards the task follows.
+const TASK_PRESET: OptionSpec = opt(
+    "preset",
+    PRESETS,
+    Absent::Str("default"),
+    "\"medbridgerl\": the paper's released prompt, answer parser and rewards (template and answer_format then unused)",
+);
+
+/// The `preset` key of `o`, when given.
+pub fn preset_of(o: &Opts) -> ScriptResult<Option<TaskPreset>> {
+    o.string("preset")?.map(|p| TaskPreset::parse(&p).script()).transpose()
+}
+
 const TEMPLATE: OptionSpec =
     opt("template", STR, Absent::Means("the built-in template"), "prompt template ({question}, {options})");
 
@@ -83,6 +103,7 @@ static TO_MCQ: OptionSet = OptionSet::new(
         TEMPLATE,
         opt("answer_format", ANSWER_FORMATS, Absent::Str("letter"), "what a completion must write"),
         opt("name", STR, Absent::Means("the dataset's flags"), "the task's name"),
+        TASK_PRESET,
     ]],
 );
 
@@ -92,6 +113,7 @@ static MCQ_TASK: OptionSet = OptionSet::new(
         opt("name", STR, Absent::Str("task"), "the task's name"),
         opt("answer_format", ANSWER_FORMATS, Absent::Str("letter"), "what a completion must write"),
         TEMPLATE,
+        TASK_PRESET,
     ]],
 );
 
@@ -122,6 +144,7 @@ static LOAD_VQA: OptionSet = OptionSet::new(
         opt("limit", COUNT, Absent::Means("every question"), "keep the first `limit` questions"),
         TEMPLATE,
         opt("answer_format", ANSWER_FORMATS, Absent::Str("letter"), "what a completion must write"),
+        TASK_PRESET,
     ]],
 );
 
@@ -222,25 +245,29 @@ fn warn_all(ctx: &NativeCallContext, warnings: &[String]) -> ScriptResult<()> {
 
 /// One item of an in-memory question list `#{image, question, options, answer}`; `answer` is an
 /// index, a letter, or the text of an option.
+/// An answer given as an index, a letter or an option's text, as the option's index.
+pub fn answer_index(what: &str, answer: &Dynamic, options: &[String]) -> ScriptResult<usize> {
+    if let Ok(n) = answer.as_int() {
+        return usize::try_from(n).map_err(|_| script_msg(format!("{what}: answer {n} is negative")));
+    }
+    let text = answer.to_string();
+    let letter = text.trim().to_ascii_uppercase();
+    let by_letter = (letter.len() == 1).then(|| letter.as_bytes()[0].wrapping_sub(b'A') as usize);
+    by_letter
+        .filter(|&k| k < options.len())
+        .or_else(|| options.iter().position(|o| o.trim().eq_ignore_ascii_case(text.trim())))
+        .ok_or_else(|| {
+            script_msg(format!("{what}: answer {text:?} is neither a letter, an index nor an option"))
+        })
+}
+
 fn item_from_map(i: usize, map: &Map, name: &str) -> ScriptResult<McqItem> {
     let opts = MCQ_ITEM.parse_as(map, format!("mcq_task: item {i}"))?;
     let what = opts.what();
     let question = opts.string("question")?.ok_or_else(|| opts.missing("question"))?;
     let options = opts.strings("options")?.ok_or_else(|| opts.missing("options"))?;
     let answer = opts.value("answer").ok_or_else(|| opts.missing("answer"))?;
-    let answer = if let Ok(n) = answer.as_int() {
-        usize::try_from(n).map_err(|_| script_msg(format!("{what}: answer {n} is negative")))?
-    } else {
-        let text = answer.to_string();
-        let letter = text.trim().to_ascii_uppercase();
-        let by_letter = (letter.len() == 1).then(|| letter.as_bytes()[0].wrapping_sub(b'A') as usize);
-        by_letter
-            .filter(|&k| k < options.len())
-            .or_else(|| options.iter().position(|o| o.trim().eq_ignore_ascii_case(text.trim())))
-            .ok_or_else(|| {
-                script_msg(format!("{what}: answer {text:?} is neither a letter, an index nor an option"))
-            })?
-    };
+    let answer = answer_index(what, answer, &options)?;
     let image = match opts.value("image") {
         None => None,
         Some(v) if v.is_unit() => None,
@@ -451,8 +478,8 @@ pub mod data_api {
 
     /// Turn class labels into lettered multiple-choice questions:
     /// `ds.to_mcq(#{options: "all" | 4, shuffle: true, seed: 0, template: "...",
-    /// answer_format: "letter" | "think_answer", name: "path"})`. chestmnist gives one yes/no
-    /// question per finding.
+    /// answer_format: "letter" | "think_answer", name: "path", preset: "default" | "medbridgerl"})`.
+    /// chestmnist gives one yes/no question per finding.
     #[rhai_fn(name = "to_mcq", return_raw)]
     pub fn dataset_to_mcq(
         ctx: NativeCallContext,
@@ -477,11 +504,18 @@ pub mod data_api {
             answer_format,
             name: o.string("name")?,
         };
-        ds.to_mcq(&opts).script()
+        let task = ds.to_mcq(&opts).script()?;
+        Ok(match preset_of(&o)? {
+            Some(p) => task.with_preset(p),
+            None => task,
+        })
     }
 
     /// A task from an in-memory list of `#{image, question, options, answer}` maps (answer as
-    /// index, letter or option text): `mcq_task(list, #{name: "demo", answer_format: "letter"})`.
+    /// index, letter or option text): `mcq_task(list, #{name: "demo", answer_format: "letter",
+    /// preset: "default" | "medbridgerl"})`. Under `medbridgerl` the prompt is the released one and
+    /// `extract` reads the released way (letter from `parse_mcq_letter`, `format_ok` = an
+    /// `<answer>` tag was found).
     #[rhai_fn(return_raw)]
     pub fn mcq_task(items: Array, options: Map) -> Result<Task, Box<EvalAltResult>> {
         let o = MCQ_TASK.parse(&options)?;
@@ -497,12 +531,14 @@ pub mod data_api {
                 item_from_map(i, &map, &name)
             })
             .collect::<ScriptResult<Vec<_>>>()?;
-        McqTask::new(&name, parsed, o.string("template")?.as_deref(), format).script()
+        let task = McqTask::new(&name, parsed, o.string("template")?.as_deref(), format).script()?;
+        Ok(task.with_preset(preset_of(&o)?.unwrap_or_default()))
     }
 
     /// Load a VQA benchmark as a multiple-choice task: `load_vqa("medvlthinker" | "pmc_vqa" |
     /// "slake" | "vqa_rad" | "path_vqa" | "jsonl", path, #{split: "test", closed_only: true,
-    /// limit: 100, template, answer_format})`. `path` is a file or a folder holding the split.
+    /// limit: 100, template, answer_format, preset: "default" | "medbridgerl"})`. `path` is a file or a
+    /// folder holding the split; `"medbridgerl_jsonl"` reads the paper's released JSONL.
     #[rhai_fn(return_raw)]
     pub fn load_vqa(
         ctx: NativeCallContext,
@@ -518,7 +554,7 @@ pub mod data_api {
             limit: o.count("limit")?,
             template: o.string("template")?,
             answer_format: AnswerFormat::parse(&o.string_or_default("answer_format")?).script()?,
-            preset: Default::default(),
+            preset: preset_of(&o)?.unwrap_or_default(),
             sandbox: Some(session(&ctx)?.sandbox.clone()),
         };
         let source = session(&ctx)?.sandbox.resolve_read(path).script()?;

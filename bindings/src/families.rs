@@ -65,8 +65,12 @@ pub fn families() -> Vec<Family> {
         },
         Family {
             name: "train",
-            doc: "SFT that bridges support and GRPO that sharpens it (LoRA or full), logged per step",
-            module: exported_module!(crate::train::train_api),
+            doc: "SFT that bridges support and GRPO that sharpens it (LoRA or full), logged per step; GRPO's pieces (rewards, CARE bonus, advantages) one at a time",
+            module: {
+                let mut m = exported_module!(crate::train::train_api);
+                m.combine_flatten(exported_module!(crate::train_pieces::train_pieces_api));
+                m
+            },
             options: &crate::train::OPTIONS,
         },
         Family {

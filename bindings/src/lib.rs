@@ -23,6 +23,7 @@ pub mod script;
 pub mod script_types;
 pub mod tensor;
 pub mod train;
+pub mod train_pieces;
 
 pub use engine::{new_engine, Echo};
 pub use error::Diagnostic;

@@ -153,6 +153,20 @@ pub mod metrics_api {
         Ok(paths(plot_pass_curves(&[("model", r)], &target, &PlotOptions::default()).script()?))
     }
 
+    /// The released `format_failure_rate`: the share of questions none of whose samples follows
+    /// the task's answer format.
+    #[rhai_fn(name = "format_failure_rate", pure)]
+    pub fn format_failure_rate(r: &mut Report) -> f64 {
+        r.format_failure_rate()
+    }
+
+    /// The released `avg_unique_answers@K`: the mean number of distinct answers among a
+    /// question's samples, format failures excluded.
+    #[rhai_fn(name = "avg_unique_answers", pure)]
+    pub fn avg_unique_answers(r: &mut Report) -> f64 {
+        r.avg_unique_answers()
+    }
+
     /// `Report(200 questions, n 16: acc@1 0.41, pass@16 0.87)`.
     #[rhai_fn(global, name = "to_string", name = "to_debug")]
     pub fn report_string(r: &mut Report) -> String {

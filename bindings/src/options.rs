@@ -339,6 +339,18 @@ impl Opts<'_> {
         value
     }
 
+    /// Whether the key (or an alias) is given, whatever its kind: under a preset only given keys
+    /// override it.
+    pub fn given(&self, key: &str) -> bool {
+        self.raw(key).1.is_some()
+    }
+
+    /// The value of a key that accepts more than its kind says: `()` for none (`upper_bound`) or
+    /// `false` besides a map (`care`). The caller reads the declared kind with its accessor.
+    pub fn either(&self, key: &str) -> Option<&Dynamic> {
+        self.raw(key).1
+    }
+
     /// The error for a `Value` key whose value the function could not read.
     pub fn bad_value(&self, key: &str, value: &Dynamic) -> Box<rhai::EvalAltResult> {
         self.wrong(self.set.spec(key), value)

@@ -129,7 +129,7 @@ fn bar_series(series: &Dynamic, errors: Option<Map>) -> ScriptResult<Vec<BarSeri
     } else {
         return Err(script_msg(format!(
             "plot_bars: `series` must be a map #{{name: [values]}} or an array of #{{name, values}}, got {}",
-            type_of(&series)
+            type_of(series)
         )));
     };
     if let Some(map) = errors {

@@ -7,11 +7,12 @@
 use medbridge_runtime::eval::{evaluate, EvalOptions, DEFAULT_EVAL_MAX_NEW_TOKENS, DEFAULT_EVAL_SAMPLES};
 use medbridge_runtime::models::Vlm;
 use medbridge_runtime::sample::{sample, SampleRequest, SamplerOptions, DEFAULT_MAX_BATCH_TOKENS};
-use medbridge_runtime::task::McqTask;
+use medbridge_runtime::task::{McqTask, TaskPreset};
 use rhai::plugin::*;
 use rhai::{Array, Map};
 
 use crate::context::{seed_or_next, session};
+use crate::data::{preset_of, PRESETS};
 use crate::error::{script_msg, IntoScript, ScriptResult};
 use crate::model::image_arg;
 use crate::options::{
@@ -81,6 +82,13 @@ static EVALUATE: OptionSet = OptionSet::new(
                 "a sampler(#{...}) to start from; keys given here override it",
             ),
             opt("resamples", POSITIVE, Absent::Int(1000), "bootstrap resamples behind the CIs"),
+            opt(
+                "preset",
+                PRESETS,
+                Absent::Means("these defaults, whatever the task's preset"),
+                "\"medbridgerl\": the release's sampling (n 16, temperature 0.7, top_p 0.9, top_k 0, \
+                 2,048 tokens, seed 123), keys given here override it; recorded in run.json",
+            ),
         ],
     ],
 );
@@ -160,6 +168,24 @@ pub fn sampler_options(
     }
     base.validate().script()?;
     Ok(base)
+}
+
+/// What `evaluate` resolved, for `run.json`.
+fn eval_settings(preset: TaskPreset, opts: &EvalOptions) -> serde_json::Value {
+    let s = &opts.sampler;
+    serde_json::json!({
+        "preset": preset.as_str(),
+        "n": s.n,
+        "temperature": s.logits.temperature,
+        "top_p": s.logits.top_p,
+        "top_k": s.logits.top_k,
+        "min_p": s.logits.min_p,
+        "max_new_tokens": s.max_new_tokens,
+        "stop_strings": s.stop_strings,
+        "seed": s.seed,
+        "limit": opts.limit,
+        "resamples": opts.bootstrap.resamples,
+    })
 }
 
 fn sample_map(s: &medbridge_runtime::sample::Sample) -> Dynamic {
@@ -253,7 +279,11 @@ pub mod sample_api {
     /// Measure support on a multiple-choice task: greedy Acc@1 plus `n` sampled answers per
     /// question for Pass@k, with bootstrap CIs:
     /// `evaluate(m, task, #{n: 16, temperature: 1.0, top_p: 1.0, max_new_tokens: 16, batch: 8,
-    /// seed: 0, limit: 200, sampler: s})`. `k` is accepted for symmetry with reports.
+    /// seed: 0, limit: 200, sampler: s, preset: "medbridgerl"})`. `k` is accepted for symmetry
+    /// with reports. `preset` starts from the release's sampling settings (keys given override
+    /// them), records what was resolved in `run.json` and logs `format_failure_rate` and
+    /// `avg_unique_answers`; without it the defaults here apply even on a medbridgerl task, since
+    /// presets are opt-in per call.
     #[rhai_fn(name = "evaluate", return_raw)]
     pub fn evaluate_task(
         ctx: NativeCallContext,
@@ -262,9 +292,11 @@ pub mod sample_api {
         options: Map,
     ) -> Result<crate::metrics::Report, Box<EvalAltResult>> {
         let o = EVALUATE.parse(&options)?;
-        let mut opts = EvalOptions::default();
+        let preset = preset_of(&o)?;
+        let mut opts = EvalOptions::preset(preset.unwrap_or_default());
         let given = o.typed::<SamplerOptions>("sampler")?;
-        let fresh = given.is_none();
+        // A preset fixes its seed as released; a `seed` key still overrides it.
+        let fresh = given.is_none() && preset.is_none();
         if let Some(s) = given {
             opts.sampler = s;
         }
@@ -283,8 +315,19 @@ pub mod sample_api {
             }
         }
         let s = session(&ctx)?;
+        if let Some(p) = preset {
+            s.run.record_settings("evaluate", eval_settings(p, &opts)).script()?;
+        }
         let run = evaluate(&model, &task, &opts, Some(&s.cancel), s.progress).script()?;
         let report = run.report;
+        if preset.is_some() {
+            for (name, value) in [
+                ("format_failure_rate", report.format_failure_rate()),
+                ("avg_unique_answers", report.avg_unique_answers()),
+            ] {
+                s.run.log_metric(&format!("eval/{}/{name}", task.name()), value.into(), None).script()?;
+            }
+        }
         let acc1 = report.acc1().value;
         s.run.log_metric(&format!("eval/{}/acc1", task.name()), acc1.into(), None).script()?;
         let pass = report.pass_at(report.n()).script()?.value;

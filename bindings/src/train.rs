@@ -8,24 +8,25 @@ use medbridge_runtime::models::qwen2_5_vl::LoraConfig;
 use medbridge_runtime::models::Vlm;
 use medbridge_runtime::task::McqTask;
 use medbridge_runtime::train::{
-    grpo_with_rewards, sft as run_sft, EvalPoint, GrpoOptions, LossAggregation, PeriodicEval, RewardKind,
-    Rewards, ScaleRewards, Schedule, SftOptions, TrainContext,
+    grpo_with_rewards, sft as run_sft, CareOptions, EvalPoint, GrpoOptions, LossAggregation, PeriodicEval,
+    RewardKind, Rewards, ScaleRewards, Schedule, SftOptions, TrainContext,
 };
 use medbridge_runtime::Error;
 use rhai::plugin::*;
 use rhai::{Array, FnPtr, Map};
 
 use crate::context::{seed_or_next, session};
-use crate::convert::as_f64;
-use crate::data::question_fields;
+use crate::convert::{as_f64, from_json};
+use crate::data::{preset_of, question_fields, PRESETS};
 use crate::error::{script_msg, IntoScript, ScriptResult};
 use crate::model::{lora_config, LORA};
 use crate::options::{
-    opt, Absent, Kind, OptionSet, OptionSpec, Opts, COUNT, FLOAT, NON_NEGATIVE, POSITIVE, POSITIVE_FLOAT,
-    SEED, STR,
+    opt, Absent, Kind, OptionSet, OptionSpec, Opts, COUNT, FLOAT, FRACTION, NON_NEGATIVE, POSITIVE,
+    POSITIVE_FLOAT, SEED, STR,
 };
 use crate::sample::{sampler_options, EVAL_KEYS, EVAL_SAMPLER_KEYS, TOP_P};
 use crate::script_types::type_of;
+use crate::train_pieces::{bonus_over, BONUS_KEYS, CARE_BONUS, GROUP_ADVANTAGES, SCORE_REWARD};
 
 /// The sub-options of `eval_options`: evaluation's sampler keys and defaults, plus the task.
 static PERIODIC_EVAL: OptionSet = OptionSet::new(
@@ -196,10 +197,66 @@ static GRPO: OptionSet = OptionSet::new(
             opt("max_new_tokens", POSITIVE, Absent::Int(32), "tokens per completion at most"),
             opt("temperature", NON_NEGATIVE, Absent::Float(1.0), "sampling temperature"),
             opt("top_p", TOP_P, Absent::Float(1.0), "nucleus mass kept when sampling"),
+            opt(
+                "preset",
+                PRESETS,
+                Absent::Means("the defaults here, whatever the task's preset"),
+                "\"medbridgerl\": every setting of the paper's released GRPO-CARE run (one epoch, G 8, \
+                 lr 5e-7, CARE on, ...); keys given here override it",
+            ),
+            opt(
+                "care",
+                Kind::Map(Some(&CARE)),
+                Absent::Means("off, or on as released under the medbridgerl preset"),
+                "GRPO-CARE's consistency bonus and EMA reference; false or () turns it off",
+            ),
         ],
         &training_keys("constant"),
     ],
 );
+
+/// `care` of `grpo`; absent keys keep the released values.
+static CARE: OptionSet = OptionSet::new(
+    "care",
+    &[
+        &BONUS_KEYS,
+        &[
+            opt(
+                "ema_decay",
+                FRACTION,
+                Absent::Float(0.995),
+                "reference ← decay · reference + (1 − decay) · policy",
+            ),
+            opt("ema_every", POSITIVE, Absent::Int(10), "blend the reference every this many steps"),
+        ],
+    ],
+);
+
+/// A `care` map as settings over `base` (the released ones unless the preset says otherwise).
+fn care_options(map: &Map, base: CareOptions) -> ScriptResult<CareOptions> {
+    let o = CARE.parse_as(map, "grpo care")?;
+    let care = CareOptions {
+        bonus: bonus_over(&o, base.bonus)?,
+        ema_decay: o.float("ema_decay")?.unwrap_or(base.ema_decay),
+        ema_every: o.count("ema_every")?.map_or(base.ema_every, |n| n as u64),
+    };
+    care.check().script()?;
+    Ok(care)
+}
+
+/// `care` of `grpo`: `false` or `()` off, `true` the released settings, a map those settings
+/// with its keys over them; absent, whatever `base` (the preset) says.
+fn care_setting(o: &Opts, base: Option<CareOptions>) -> ScriptResult<Option<CareOptions>> {
+    let Some(v) = o.either("care") else { return Ok(base) };
+    if v.is_unit() {
+        return Ok(None);
+    }
+    if let Ok(on) = v.as_bool() {
+        return Ok(on.then(|| base.unwrap_or_default()));
+    }
+    let map = o.map("care")?.expect("given");
+    care_options(&map, base.unwrap_or_default()).map(Some)
+}
 
 /// A custom reward given as a map.
 static REWARD: OptionSet = OptionSet::new(
@@ -210,8 +267,8 @@ static REWARD: OptionSet = OptionSet::new(
     ]],
 );
 
-/// The train family's declared options.
-pub static OPTIONS: [&OptionSet; 2] = [&SFT, &GRPO];
+/// The train family's declared options, its pieces' (`train_pieces.rs`) included.
+pub static OPTIONS: [&OptionSet; 5] = [&SFT, &GRPO, &SCORE_REWARD, &CARE_BONUS, &GROUP_ADVANTAGES];
 
 /// The shared training keys as parsed values.
 struct Training {
@@ -280,7 +337,7 @@ fn parse_rewards<'a>(
             let spec = value.read_lock::<Map>().ok_or_else(|| {
                 script_msg(format!(
                     "{what}: give a weight, a closure |completion, example| or #{{score: closure, weight: 1.0}}, got {}",
-                    type_of(&value)
+                    type_of(value)
                 ))
             })?;
             let o = REWARD.parse_as(&spec, &what)?;
@@ -367,6 +424,13 @@ pub mod train_api {
     /// `question`, `options`, `answer` index, `letter`, `task`, ...) and returns a number.
     /// `dynamic_sampling` drops groups whose rewards are all equal and draws more prompts until
     /// `batch` groups carry signal or `max_draws` prompts were drawn.
+    /// `preset: "medbridgerl"` starts from every setting of the paper's released GRPO-CARE run
+    /// (`GrpoOptions::preset`: one epoch, G 8, 4 prompts, lr 5e-7, released rewards, CARE on,
+    /// seed 42) and the keys given override it; without `preset` the defaults here apply even on a
+    /// medbridgerl task (presets are opt-in per call). `care: #{coefficient, upper_bound, margin,
+    /// ema_decay, ema_every}` turns GRPO-CARE on (absent keys as released), `false` or `()` off.
+    /// The result also holds `care_bonus` and `confidence` (per step, with care),
+    /// `skipped_steps` and `settings`, every setting as resolved; `run.json` records `settings`.
     #[rhai_fn(return_raw)]
     pub fn grpo(
         ctx: NativeCallContext,
@@ -376,39 +440,67 @@ pub mod train_api {
     ) -> Result<Map, Box<EvalAltResult>> {
         let o = GRPO.parse(&options)?;
         let s = session(&ctx)?;
-        let mut opts = GrpoOptions {
-            steps: o.count_or_default("steps")? as u64,
-            batch: o.count_or_default("batch")?,
-            lr: o.float_or_default("lr")?,
-            dynamic_sampling: o.bool_or_default("dynamic_sampling")?,
-            max_draws: o.count("max_draws")?,
-            max_new_tokens: o.count_or_default("max_new_tokens")?,
-            top_p: o.float_or_default("top_p")?,
-            ..GrpoOptions::default()
-        };
-        opts.step.group = o.count_or_default("group")?;
-        opts.step.mu = o.count_or_default("mu")?;
-        opts.step.loss.beta = o.float_or_default("beta")?;
-        opts.step.loss.epsilon_low = o.float_or_default("epsilon_low")?;
-        opts.step.loss.epsilon_high = o.float_or_default("epsilon_high")?;
-        opts.step.loss.aggregation = LossAggregation::parse(&o.string_or_default("loss")?).script()?;
-        opts.step.scale_rewards = ScaleRewards::parse(&o.string_or_default("scale_rewards")?).script()?;
-        opts.step.filter_zero_variance = o.bool_or_default("filter_zero_variance")?;
-        opts.step.mask_truncated = o.bool_or_default("mask_truncated")?;
-        opts.step.temperature = o.float_or_default("temperature")?;
-        if o.count("max_new_tokens")?.is_some() {
-            opts.step.loss.max_completion_length = opts.max_new_tokens;
+        let preset = preset_of(&o)?;
+        let mut opts = GrpoOptions::preset(preset.unwrap_or_default(), task.len());
+        let base = opts.clone();
+        if let Some(n) = o.count("steps")? {
+            opts.steps = n as u64;
         }
+        opts.batch = o.count("batch")?.unwrap_or(base.batch);
+        opts.lr = o.float("lr")?.unwrap_or(base.lr);
+        opts.dynamic_sampling = o.bool("dynamic_sampling")?.unwrap_or(base.dynamic_sampling);
+        opts.max_draws = o.count("max_draws")?.or(base.max_draws);
+        opts.max_new_tokens = o.count("max_new_tokens")?.unwrap_or(base.max_new_tokens);
+        opts.top_p = o.float("top_p")?.unwrap_or(base.top_p);
+        let step = &mut opts.step;
+        step.group = o.count("group")?.unwrap_or(base.step.group);
+        step.mu = o.count("mu")?.unwrap_or(base.step.mu);
+        step.loss.beta = o.float("beta")?.unwrap_or(base.step.loss.beta);
+        step.loss.epsilon_low = o.float("epsilon_low")?.unwrap_or(base.step.loss.epsilon_low);
+        step.loss.epsilon_high = o.float("epsilon_high")?.unwrap_or(base.step.loss.epsilon_high);
+        if let Some(name) = o.string("loss")? {
+            step.loss.aggregation = LossAggregation::parse(&name).script()?;
+        }
+        if let Some(name) = o.string("scale_rewards")? {
+            step.scale_rewards = ScaleRewards::parse(&name).script()?;
+        }
+        step.filter_zero_variance = o.bool("filter_zero_variance")?.unwrap_or(base.step.filter_zero_variance);
+        step.mask_truncated = o.bool("mask_truncated")?.unwrap_or(base.step.mask_truncated);
+        step.temperature = o.float("temperature")?.unwrap_or(base.step.temperature);
+        if o.count("max_new_tokens")?.is_some() {
+            step.loss.max_completion_length = opts.max_new_tokens;
+        }
+        opts.care = care_setting(&o, base.care)?;
         let mut custom = Rewards::default();
         if let Some(map) = o.map("rewards")? {
             (opts.rewards, custom) = parse_rewards(&ctx, &task, &map)?;
         }
         let shared = training(&ctx, &o)?;
-        (opts.lora, opts.full, opts.schedule, opts.warmup) =
-            (shared.lora, shared.full, shared.schedule, shared.warmup);
-        (opts.save_every, opts.resume, opts.seed, opts.max_bad_steps) =
-            (shared.save_every, shared.resume, shared.seed, shared.max_bad_steps);
+        if preset.is_none() {
+            (opts.lora, opts.full, opts.schedule, opts.warmup) =
+                (shared.lora, shared.full, shared.schedule, shared.warmup);
+            (opts.save_every, opts.resume, opts.seed, opts.max_bad_steps) =
+                (shared.save_every, shared.resume, shared.seed, shared.max_bad_steps);
+        } else {
+            // Under a preset only the keys given override it (the release's seed is 42).
+            (opts.save_every, opts.resume, opts.max_bad_steps) =
+                (shared.save_every, shared.resume, shared.max_bad_steps);
+            if o.given("lora") || o.given("full") {
+                (opts.lora, opts.full) = (shared.lora, shared.full);
+            }
+            if o.given("schedule") {
+                opts.schedule = shared.schedule;
+            }
+            if o.given("warmup") {
+                opts.warmup = shared.warmup;
+            }
+            if o.given("seed") {
+                opts.seed = shared.seed;
+            }
+        }
         opts.eval = periodic_eval(&ctx, &o, "grpo")?;
+        let settings = opts.describe();
+        s.run.record_settings("grpo", settings.clone()).script()?;
         let train_ctx =
             TrainContext { run: Some(&s.run), cancel: s.cancel.clone(), progress: s.progress, out_dir: None };
         let (trained, summary) = grpo_with_rewards(&model, &task, &opts, custom, &train_ctx).script()?;
@@ -433,6 +525,13 @@ pub mod train_api {
             summary.last_checkpoint.map_or(Dynamic::UNIT, |p| p.display().to_string().into()),
         );
         out.insert("seconds_per_step".into(), Dynamic::from_float(summary.seconds_per_step));
+        out.insert("care_bonus".into(), floats(&summary.care_bonus).into());
+        out.insert("confidence".into(), floats(&summary.confidence).into());
+        out.insert(
+            "skipped_steps".into(),
+            summary.skipped_steps.iter().map(|&x| Dynamic::from_int(x as i64)).collect::<Array>().into(),
+        );
+        out.insert("settings".into(), from_json(&settings)?);
         Ok(out)
     }
 }
@@ -489,5 +588,17 @@ mod tests {
         assert_eq!(Schedule::parse(text(&GRPO, "schedule")).unwrap(), grpo.schedule);
         assert_eq!(LossAggregation::parse(text(&GRPO, "loss")).unwrap(), grpo.step.loss.aggregation);
         assert_eq!(ScaleRewards::parse(text(&GRPO, "scale_rewards")).unwrap(), grpo.step.scale_rewards);
+    }
+
+    /// `care`'s declared defaults are the released ones `care: #{}` turns on.
+    #[test]
+    fn declared_care_defaults_are_the_released_ones() {
+        let care = CareOptions::default();
+        assert_eq!(number(&CARE, "coefficient"), care.bonus.coefficient);
+        assert_eq!(Some(number(&CARE, "upper_bound")), care.bonus.upper_bound);
+        assert_eq!(Some(number(&CARE, "margin")), care.bonus.margin);
+        assert_eq!(number(&CARE, "ema_decay"), care.ema_decay);
+        assert_eq!(number(&CARE, "ema_every"), care.ema_every as f64);
+        assert_eq!(care_options(&Map::new(), care).unwrap(), care);
     }
 }

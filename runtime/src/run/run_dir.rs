@@ -23,6 +23,8 @@ pub struct RunDir {
     output: Mutex<BufWriter<File>>,
     steps: Mutex<HashMap<String, u64>>,
     said_once: Mutex<HashSet<String>>,
+    /// Held while `run.json` is read and rewritten, so two records never interleave.
+    run_json: Mutex<()>,
 }
 
 impl std::fmt::Debug for RunDir {
@@ -51,6 +53,7 @@ impl RunDir {
             started: Instant::now(),
             steps: Mutex::new(HashMap::new()),
             said_once: Mutex::new(HashSet::new()),
+            run_json: Mutex::new(()),
         })
     }
 
@@ -69,8 +72,39 @@ impl RunDir {
 
     /// Write `run.json` (resolved args, device, seed, ...).
     pub fn record_run(&self, info: &Value) -> Result<()> {
-        let text = serde_json::to_string_pretty(info)?;
-        self.write("run.json", text.as_bytes())
+        let _held = self.run_json.lock().unwrap_or_else(|p| p.into_inner());
+        self.write_atomically("run.json", serde_json::to_string_pretty(info)?.as_bytes())
+    }
+
+    /// Append `{"function": function, "settings": settings}` to `run.json`'s `settings` list: the
+    /// resolved settings of a call (a preset and what overrode it), so a run says what it ran
+    /// with. The file is rewritten through a temporary file and a rename, so a reader never
+    /// sees half of it.
+    pub fn record_settings(&self, function: &str, settings: Value) -> Result<()> {
+        let _held = self.run_json.lock().unwrap_or_else(|p| p.into_inner());
+        let path = self.path.join("run.json");
+        let mut info = match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => json!({}),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        let Some(fields) = info.as_object_mut() else {
+            crate::bail!("{}: run.json is not a JSON object", path.display());
+        };
+        let list = fields.entry("settings").or_insert_with(|| json!([]));
+        let Some(list) = list.as_array_mut() else {
+            crate::bail!("{}: run.json's `settings` is not a list", path.display());
+        };
+        list.push(json!({"function": function, "settings": settings}));
+        self.write_atomically("run.json", serde_json::to_string_pretty(&info)?.as_bytes())
+    }
+
+    /// Write `name` whole or not at all: a temporary file beside it, then a rename.
+    fn write_atomically(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let tmp = self.path.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+        let p = self.path.join(name);
+        std::fs::rename(&tmp, &p).map_err(|e| Error::io(&p, e))
     }
 
     fn write(&self, name: &str, bytes: &[u8]) -> Result<()> {
@@ -165,6 +199,23 @@ mod tests {
             .collect();
         let expected = [("loss", 0), ("acc", 0), ("loss", 1), ("loss", 10)];
         assert_eq!(steps, expected.map(|(n, s)| (n.to_string(), s)));
+    }
+
+    #[test]
+    fn settings_are_appended_to_run_json_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::create(Some(&dir.path().join("r")), "x").unwrap();
+        run.record_run(&json!({"seed": 7})).unwrap();
+        run.record_settings("grpo", json!({"lr": 5e-7})).unwrap();
+        run.record_settings("evaluate", json!({"n": 16})).unwrap();
+        let info: Value =
+            serde_json::from_str(&std::fs::read_to_string(run.path().join("run.json")).unwrap()).unwrap();
+        assert_eq!(info["seed"], 7);
+        assert_eq!(
+            info["settings"],
+            json!([{"function": "grpo", "settings": {"lr": 5e-7}}, {"function": "evaluate", "settings": {"n": 16}}])
+        );
+        assert!(!run.path().join(".run.json.tmp").exists());
     }
 
     #[test]

@@ -83,6 +83,47 @@ pub fn group_advantages(rewards: &[f64], group: usize, scale: ScaleRewards) -> R
     Ok(Advantages { values, zero_variance_groups })
 }
 
+/// Which standard deviation scales a group: `torch.std`'s unbiased one (GRPO's, TRL's and the
+/// paper's released trainer) or the population one (divide by n).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupStd {
+    Unbiased,
+    Population,
+}
+
+impl GroupStd {
+    pub fn parse(name: &str) -> Result<Self> {
+        Ok(match name {
+            "unbiased" => GroupStd::Unbiased,
+            "population" => GroupStd::Population,
+            other => crate::bail!("unknown std `{other}`: use unbiased or population"),
+        })
+    }
+}
+
+/// `(r − group mean) / (group std + eps)` for consecutive groups of `group` rewards, with the
+/// standard deviation `std` names; `(GroupStd::Unbiased, 1e-4)` is [`group_advantages`] with
+/// [`ScaleRewards::Group`].
+pub fn scaled_group_advantages(rewards: &[f64], group: usize, std: GroupStd, eps: f64) -> Result<Vec<f64>> {
+    if group == 0 || rewards.is_empty() || rewards.len() % group != 0 {
+        crate::bail!("{} rewards do not split into groups of {group}", rewards.len());
+    }
+    if let Some(bad) = rewards.iter().chain([&eps]).find(|r| !r.is_finite()) {
+        crate::bail!("{bad} is not a finite reward or eps");
+    }
+    let mut values = Vec::with_capacity(rewards.len());
+    for chunk in rewards.chunks(group) {
+        let (mean, unbiased) = mean_std(chunk);
+        let n = chunk.len() as f64;
+        let sd = match std {
+            GroupStd::Unbiased => unbiased,
+            GroupStd::Population => (chunk.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt(),
+        };
+        values.extend(chunk.iter().map(|r| (r - mean) / (sd + eps)));
+    }
+    Ok(values)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +145,17 @@ mod tests {
         assert!((batch.values[0] - 0.75 / (std + 1e-4)).abs() < 1e-12);
         assert!(group_advantages(&rewards, 3, ScaleRewards::Group).is_err());
         assert!(ScaleRewards::parse("std").unwrap_err().to_string().contains("group, batch or none"));
+    }
+
+    #[test]
+    fn scaled_advantages_by_unbiased_or_population_std() {
+        let rewards = [1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0];
+        let unbiased = scaled_group_advantages(&rewards, 4, GroupStd::Unbiased, STD_EPS).unwrap();
+        assert_eq!(unbiased, group_advantages(&rewards, 4, ScaleRewards::Group).unwrap().values);
+        // Group 0: population std sqrt(0.1875).
+        let population = scaled_group_advantages(&rewards, 4, GroupStd::Population, 0.0).unwrap();
+        assert!((population[0] - 0.75 / 0.1875f64.sqrt()).abs() < 1e-12);
+        assert!(scaled_group_advantages(&rewards, 3, GroupStd::Unbiased, 1e-4).is_err());
+        assert!(GroupStd::parse("biased").is_err());
     }
 }
