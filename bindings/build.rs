@@ -4,7 +4,10 @@
 use std::path::Path;
 
 fn main() {
-    let stdlib = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("stdlib");
+    // Read when the script runs, not when it is compiled: a build script compiled once can serve
+    // several checkouts through a shared target folder.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let stdlib = Path::new(&manifest).join("..").join("stdlib");
     println!("cargo:rerun-if-changed={}", stdlib.display());
     let mut entries: Vec<(String, String)> = std::fs::read_dir(&stdlib)
         .map(|dir| {
@@ -17,7 +20,7 @@ fn main() {
                 })
                 .collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_else(|e| panic!("cannot read the stdlib folder {}: {e}", stdlib.display()));
     entries.sort();
     let body: String =
         entries.iter().map(|(name, path)| format!("    ({name:?}, include_str!({path:?})),\n")).collect();
