@@ -381,3 +381,66 @@ fn bench_times_training_steps_alone() {
     assert!(steps["grpo_seconds_per_step"].as_f64().unwrap() > 0.0);
     assert!(report["inference"].is_null() && report["training"]["sft_speedup"].is_null());
 }
+
+#[test]
+fn out_must_be_a_new_or_empty_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("s.rhai"), "print(1);").unwrap();
+    std::fs::create_dir(dir.path().join("empty")).unwrap();
+    let fresh = medbridge(&["run", "s.rhai", "--quiet", "--out", "empty"], dir.path());
+    assert!(fresh.status.success(), "{}", stderr(&fresh));
+    let again = medbridge(&["run", "s.rhai", "--quiet", "--out", "empty"], dir.path());
+    let err = stderr(&again);
+    assert_eq!(again.status.code(), Some(2), "{err}");
+    assert!(err.contains("--out empty is not empty"), "{err}");
+    let log = std::fs::read_to_string(dir.path().join("empty/output.log")).unwrap();
+    assert_eq!(log.trim(), "1", "the refused run wrote nothing");
+    let repl = medbridge(&["repl", "--out", "empty"], dir.path());
+    assert_eq!(repl.status.code(), Some(2), "{}", stderr(&repl));
+}
+
+#[test]
+fn a_failed_runs_error_is_in_its_output_log() {
+    let (out, dir) = run_source("print(\"before\");\nthrow \"boom\";", &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let log = std::fs::read_to_string(dir.path().join("run/output.log")).unwrap();
+    assert!(log.contains("before") && log.contains("s.rhai:2:1: ") && log.contains("boom"), "{log}");
+}
+
+#[test]
+fn piped_repl_input_with_a_failed_entry_exits_1() {
+    use std::io::Write;
+    let repl = |input: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_medbridge"))
+            .args(["repl", "--quiet", "--out", "run"])
+            .current_dir(dir.path())
+            .env("HOME", dir.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let good = repl("let x = 1 + 1;\nx\n");
+    assert_eq!(good.status.code(), Some(0), "{}", stderr(&good));
+    for input in ["bad syntax(\nlet y = 2;\n", "let y = 2;\nundefined_fn(1)\n", "let z = (1 +\n"] {
+        let bad = repl(input);
+        assert_eq!(bad.status.code(), Some(1), "{input:?}: {}", stderr(&bad));
+    }
+}
+
+#[test]
+fn a_leading_byte_order_mark_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("helper.rhai"), "\u{feff}fn twice(x) { x * 2 }").unwrap();
+    std::fs::write(dir.path().join("s.rhai"), "\u{feff}import \"helper\" as h;\nprint(h::twice(21));")
+        .unwrap();
+    let check = medbridge(&["check", "s.rhai"], dir.path());
+    assert!(check.status.success(), "{}", stderr(&check));
+    let run = medbridge(&["run", "s.rhai", "--quiet", "--out", "run"], dir.path());
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(stdout(&run).trim(), "42");
+}

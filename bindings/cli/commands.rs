@@ -47,6 +47,10 @@ pub fn run(script: &Path, set: &[String], opts: &RunArgs) -> u8 {
         eprintln!("error: script {} does not exist", script.display());
         return USAGE_ERROR;
     }
+    if let Err(e) = require_fresh_out(opts.out.as_deref()) {
+        eprintln!("error: {e}");
+        return USAGE_ERROR;
+    }
     let cancel = CancelFlag::new();
     install_cancel_handler(&cancel);
     let session = match open_session(&session_options(Some(script), opts, cancel)) {
@@ -56,16 +60,40 @@ pub fn run(script: &Path, set: &[String], opts: &RunArgs) -> u8 {
             return USAGE_ERROR;
         }
     };
-    let run_dir = session.run.path().display().to_string();
+    let run = session.clone();
+    let run_dir = run.run.path().display().to_string();
     eprintln!("run directory: {run_dir}");
     match run_file(session, script, args, Echo::Terminal) {
         Ok(_) => 0,
         Err(d) => {
             eprintln!("{d}");
+            // The log is the run's record; a failed run's reason belongs in it too.
+            if let Err(e) = run.run.log_output(&d.to_string()) {
+                eprintln!("error: {e}");
+            }
             eprintln!("run directory: {run_dir}");
             SCRIPT_ERROR
         }
     }
+}
+
+/// `--out` names a new or empty folder: files of an earlier run beside the new ones would be read
+/// as this run's.
+pub fn require_fresh_out(out: Option<&Path>) -> Result<(), String> {
+    let Some(dir) = out else { return Ok(()) };
+    let taken = match std::fs::read_dir(dir) {
+        Ok(mut entries) => entries.next().is_some(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(_) => dir.exists(),
+    };
+    if taken {
+        let what = if dir.is_dir() { "is not empty" } else { "exists and is not a folder" };
+        return Err(format!(
+            "--out {} {what}; give a new or empty folder so an earlier run's files are not mixed with this one's",
+            dir.display()
+        ));
+    }
+    Ok(())
 }
 
 pub fn check(scripts: &[PathBuf]) -> u8 {

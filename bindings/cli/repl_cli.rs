@@ -3,6 +3,7 @@
 //! the running primitive (or the half-typed entry) instead of leaving.
 
 use std::cell::RefCell;
+use std::io::IsTerminal;
 use std::rc::Rc;
 
 use medbridge_bindings::repl::{Outcome, Repl};
@@ -14,7 +15,9 @@ use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
 use rustyline::{Context, Editor, Helper, Highlighter, Hinter, Validator};
 
-use crate::commands::{install_cancel_handler, session_options, USAGE_ERROR};
+use crate::commands::{
+    install_cancel_handler, require_fresh_out, session_options, SCRIPT_ERROR, USAGE_ERROR,
+};
 use crate::RunArgs;
 
 #[derive(Helper, Highlighter, Hinter, Validator)]
@@ -40,6 +43,10 @@ impl Completer for ReplHelper {
 }
 
 pub fn repl(opts: &RunArgs) -> u8 {
+    if let Err(e) = require_fresh_out(opts.out.as_deref()) {
+        eprintln!("error: {e}");
+        return USAGE_ERROR;
+    }
     let cancel = CancelFlag::new();
     install_cancel_handler(&cancel);
     let session = match open_session(&session_options(None, opts, cancel.clone())) {
@@ -65,6 +72,8 @@ pub fn repl(opts: &RunArgs) -> u8 {
     if let Some(h) = &history {
         let _ = editor.load_history(h);
     }
+    // Piped input is a script in all but name: a failed entry must show in the exit code.
+    let mut failed = false;
     loop {
         let prompt = if repl.borrow().is_continuing() { "...> " } else { "mb> " };
         match editor.readline(prompt) {
@@ -75,11 +84,20 @@ pub fn repl(opts: &RunArgs) -> u8 {
                     Outcome::Incomplete | Outcome::Value(None) => {}
                     Outcome::Value(Some(v)) => println!("=> {v}"),
                     Outcome::Info(text) => println!("{text}"),
-                    Outcome::Error(e) => eprintln!("{e}"),
+                    Outcome::Error(e) => {
+                        eprintln!("{e}");
+                        failed = true;
+                    }
                 }
             }
             Err(ReadlineError::Interrupted) => repl.borrow_mut().cancel_entry(),
-            Err(ReadlineError::Eof) => break,
+            Err(ReadlineError::Eof) => {
+                if repl.borrow().is_continuing() {
+                    eprintln!("error: the input ended inside an unfinished entry");
+                    failed = true;
+                }
+                break;
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 break;
@@ -89,5 +107,9 @@ pub fn repl(opts: &RunArgs) -> u8 {
     if let Some(h) = &history {
         let _ = editor.save_history(h);
     }
-    0
+    if failed && !std::io::stdin().is_terminal() {
+        SCRIPT_ERROR
+    } else {
+        0
+    }
 }

@@ -413,8 +413,8 @@ pub mod data_api {
         let o = DATASET_BALANCED.parse(&options)?;
         let by = BalanceBy::parse(&o.string_or_default("by")?).script()?;
         let n = o.count("n")?.ok_or_else(|| o.missing("n"))?;
-        let (sample, strata) = ds.balanced_sample(by, n, seed_or_next(&ctx, o.int("seed")?)?);
-        warn_all(&ctx, &strata.warnings(&format!("balanced by {by:?}").to_lowercase()))?;
+        let sample = ds.balanced(by, n, seed_or_next(&ctx, o.int("seed")?)?);
+        warn_all(&ctx, &sample.warnings()[ds.warnings().len()..])?;
         Ok(sample)
     }
 

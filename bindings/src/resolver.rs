@@ -68,7 +68,7 @@ impl ModuleResolver for Resolver {
         }
         let (name, text) = self.locate(path, pos)?;
         let in_module = |e: Box<EvalAltResult>| Box::new(EvalAltResult::ErrorInModule(name.clone(), e, pos));
-        let mut ast = engine.compile(&text).map_err(|e| in_module(e.into()))?;
+        let mut ast = engine.compile(crate::script::without_bom(&text)).map_err(|e| in_module(e.into()))?;
         ast.set_source(name.as_str());
         let module: SharedModule =
             Module::eval_ast_as_new(Scope::new(), &ast, engine).map_err(in_module)?.into();

@@ -81,6 +81,7 @@ pub fn scope_with_args(args: Map) -> Scope<'static> {
 /// Compile a script with every import resolved, so unknown imports and undefined variables are
 /// reported before anything runs.
 pub fn compile(engine: &Engine, scope: &Scope, path: &Path, source: &str) -> Result<AST, Diagnostic> {
+    let source = without_bom(source);
     let name = path.display().to_string();
     let mut ast = engine.compile_into_self_contained(scope, source).map_err(|e| {
         let mut d = diagnose(&e, &name);
@@ -93,6 +94,12 @@ pub fn compile(engine: &Engine, scope: &Scope, path: &Path, source: &str) -> Res
     })?;
     ast.set_source(name);
     Ok(ast)
+}
+
+/// `source` without a leading UTF-8 byte-order mark, which some Windows editors write and Rhai
+/// would read as a stray character.
+pub fn without_bom(source: &str) -> &str {
+    source.strip_prefix('\u{feff}').unwrap_or(source)
 }
 
 /// Rhai resolves imports without positions at compile time; find the `import` statement whose

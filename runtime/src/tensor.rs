@@ -10,6 +10,22 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Context, Result};
 
+/// Refuse a row of logits holding NaN or +inf: decoding from it would pick a token by accident
+/// and hand back text. `what` names the caller and `at` the place, e.g. `new token 3`.
+pub fn check_logits_finite(values: &[f32], what: &str, at: impl FnOnce() -> String) -> Result<()> {
+    let bad = if values.iter().any(|x| x.is_nan()) {
+        "NaN"
+    } else if values.contains(&f32::INFINITY) {
+        "+inf"
+    } else {
+        return Ok(());
+    };
+    crate::bail!(
+        "{what}: the model's logits are not finite at {} ({bad}); check the weights, the LoRA alpha or the dtype",
+        at()
+    )
+}
+
 /// Build an f32 tensor from row-major values; `values.len()` must equal the shape's element count.
 pub fn from_values(values: Vec<f64>, shape: &[usize], device: &Device) -> Result<Tensor> {
     let expected: usize = shape.iter().product();

@@ -149,7 +149,8 @@ impl Dataset {
         self.balanced_sample(by, n, seed).0
     }
 
-    /// [`Dataset::balanced`] together with what each stratum had and gave, for warnings.
+    /// [`Dataset::balanced`] together with what each stratum had and gave. The sample's
+    /// warnings are this dataset's followed by its own shortfalls (a stratum that gave all it had).
     pub fn balanced_sample(&self, by: BalanceBy, n: usize, seed: u64) -> (Dataset, StratifiedSample) {
         let keys: Vec<String> = self
             .iter()
@@ -161,7 +162,9 @@ impl Dataset {
             .collect();
         let sample = stratified_sample(&keys, n, seed);
         let items: Vec<Item> = sample.positions.iter().map(|&i| self.items[i].clone()).collect();
-        (Dataset { items: items.into(), warnings: self.warnings.clone() }, sample)
+        let mut warnings = self.warnings.to_vec();
+        warnings.extend(sample.warnings(&format!("balanced by {by:?}").to_lowercase()));
+        (Dataset { items: items.into(), warnings: warnings.into() }, sample)
     }
 
     /// Split into (train, val) with `val_fraction` of each (flag, label) group in val, so both
@@ -310,6 +313,10 @@ pub(crate) mod tests {
         assert_eq!(b.len(), 30);
         assert_eq!(count(&b, |i| i.modality == Modality::VisibleLight), 4);
         assert_eq!(count(&b, |i| i.modality == Modality::Radiology), 13);
+        // The shortfall the caller warns about stays with the sample, for `warnings()`.
+        assert_eq!(b.warnings().len(), 1, "{:?}", b.warnings());
+        assert!(b.warnings()[0].starts_with("balanced by modality: stratum"), "{:?}", b.warnings());
+        assert!(b.warnings()[0].contains("has only 4 items"), "{:?}", b.warnings());
         assert_eq!(
             b.iter().map(|i| i.index).collect::<Vec<_>>(),
             ds.balanced(BalanceBy::Modality, 30, 7).iter().map(|i| i.index).collect::<Vec<_>>()

@@ -221,6 +221,9 @@ fn decode_rows(
         let values = logits.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
         for (values, &r) in values.iter().zip(&live) {
             let row = &mut rows[r];
+            crate::tensor::check_logits_finite(values, "sample", || {
+                format!("new token {step} of question {:?} (row {r})", chunk[row.job].0.request.question_id)
+            })?;
             let choice = choose(values, &row.logits, &mut row.rng)?;
             row.tokens.push(choice.token);
             row.logprobs.push(choice.logprob_tempered);
@@ -508,5 +511,21 @@ pub(crate) mod tests {
         flag.cancel();
         let err = sample(&vlm, &requests(), &opts(1.0, 1, 1), Some(&flag), ProgressMode::Quiet).unwrap_err();
         assert!(err.is_cancelled());
+    }
+
+    #[test]
+    fn non_finite_logits_stop_sampling_with_an_error_naming_the_token() {
+        let vlm = tiny();
+        let broken = vlm.with_lora(&crate::models::qwen2_5_vl::LoraConfig::new(4, f64::NAN)).unwrap();
+        for temperature in [0.0, 0.7] {
+            let err = sample(&broken, &requests()[..2], &opts(temperature, 2, 4), None, ProgressMode::Quiet)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("sample: the model's logits are not finite at new token 0 of question \"q0\""),
+                "{err}"
+            );
+            assert!(err.contains("(NaN); check the weights, the LoRA alpha or the dtype"), "{err}");
+        }
     }
 }

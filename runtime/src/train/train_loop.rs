@@ -119,6 +119,13 @@ pub(crate) fn run<T: Trainer>(
         state.guard.skipped = saved.skipped_steps;
         step = saved.step;
         trainer.restore_tensors(checkpoint::load_trainer_tensors(path, name, model.device())?)?;
+        if step >= total {
+            ctx.warn(&format!(
+                "{name}: the checkpoint {} is at step {step}, at or past the requested {total} steps; \
+                 no step is trained (ask for more steps to continue it)",
+                path.display()
+            ))?;
+        }
     }
     let out = ctx.claim_checkpoint_dir(name)?;
     let save = |step: u64, s: &TrainState, trainer: &T| {
@@ -265,11 +272,24 @@ mod tests {
         assert_eq!(done.last_checkpoint, Some(checkpoints.join("sft-2/checkpoint-5")));
         assert!(checkpoints.join("sft/checkpoint-3").is_dir());
 
+        // Resuming a checkpoint already past the requested steps trains nothing, and says so.
+        let mut none = Recording { calls: vec![], bad: None };
+        let past = checkpoints.join("sft-2/checkpoint-5");
+        let behind = LoopSettings { resume: Some(&past), ..settings(4) };
+        let done = run(&mut none, &policy, &task, &behind, &ctx).unwrap();
+        assert_eq!((done.first_step, none.calls.len()), (5, 0));
+        let log = std::fs::read_to_string(tmp.path().join("output.log")).unwrap();
+        let said = format!(
+            "warning: sft: the checkpoint {} is at step 5, at or past the requested 4 steps",
+            past.display()
+        );
+        assert!(log.contains(&said), "{log}");
+
         // Cancelled before its first step, a third call saves step 0 in its own folder and says so.
         ctx.cancel.cancel();
         let err =
             run(&mut Recording { calls: vec![], bad: None }, &policy, &task, &settings(2), &ctx).unwrap_err();
-        let saved = checkpoints.join("sft-3/checkpoint-0");
+        let saved = checkpoints.join("sft-4/checkpoint-0");
         assert!(err.is_cancelled() && saved.join("optimizer.safetensors").is_file());
         assert!(err
             .to_string()

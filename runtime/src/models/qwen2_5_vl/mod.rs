@@ -295,7 +295,10 @@ impl Qwen25VL {
         let (logits, mut cache) = self.prefill(&ids, None, pixel_values, grids)?;
         let mut last = logits.narrow(1, input_ids.len() - 1, 1)?;
         loop {
-            let next = last.flatten_all()?.argmax(D::Minus1)?.to_scalar::<u32>()?;
+            let row = last.flatten_all()?;
+            let values = row.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            crate::tensor::check_logits_finite(&values, "generate", || format!("new token {}", out.len()))?;
+            let next = row.argmax(D::Minus1)?.to_scalar::<u32>()?;
             out.push(next);
             if eos_ids.contains(&next) || out.len() == max_new_tokens {
                 return Ok(out);
@@ -442,6 +445,17 @@ pub(crate) mod tests {
         }
         let stopped = m.generate(&prompt(m.config()), Some(&pv), &[GRID], 4, &[out[0]]).unwrap();
         assert_eq!(stopped, vec![out[0]]);
+    }
+
+    #[test]
+    fn non_finite_logits_stop_greedy_generation_with_an_error() {
+        let dev = &Device::Cpu;
+        let m = tiny(DType::F32, dev).with_lora(&lora::LoraConfig::new(4, f64::NAN)).unwrap();
+        let err =
+            m.generate(&prompt(m.config()), Some(&pixels(DType::F32, dev)), &[GRID], 4, &[]).unwrap_err();
+        let err = err.to_string();
+        assert!(err.contains("generate: the model's logits are not finite at new token 0 (NaN)"), "{err}");
+        assert!(err.contains("LoRA alpha"), "{err}");
     }
 
     #[test]
