@@ -12,6 +12,9 @@
 //! `{Question}` is not known; we put the question and its options there exactly as the
 //! evaluation prompt writes them (`{question}\n\nOptions:\nA. …`), and the solution the accuracy
 //! reward compares with is the gold letter (the reference text for free-text items).
+//! `inference.py` renders its chat template with `add_generation_prompt=False` (the model must open
+//! the assistant turn itself); medbridge's processor always appends the assistant header, for
+//! evaluation as for training. The README's "Deviations" lists this with the others.
 
 use crate::error::Result;
 use crate::task::extract::option_letter;
