@@ -143,14 +143,19 @@ fn the_run_directory_records_script_args_metrics_and_output() {
 }
 
 /// A preset run says what it ran with: `run.json` lists the resolved settings of `grpo` (the
-/// release's, with the keys the script gave over them) and of `evaluate` under the preset.
+/// release's, with the keys the script gave over them), of `evaluate` and of `linear_probe` under
+/// the preset.
 #[test]
-fn run_json_records_the_resolved_grpo_and_evaluate_settings() {
+fn run_json_records_the_resolved_settings_of_preset_calls() {
     let script = r#"
         let task = mcq_task([#{question: "q", options: ["a", "b"], answer: 0}], #{preset: "medbridgerl"});
         let m = new_model("qwen2_5_vl_tiny", #{seed: 0});
         let r = evaluate(m, task, #{preset: "medbridgerl", n: 2, max_new_tokens: 4});
         let rl = grpo(m, task, #{preset: "medbridgerl", steps: 1, group: 2, batch: 1, max_new_tokens: 4});
+        let dir = synth_medmnist(#{tasks: ["pathmnist"], n_train: 16, n_val: 4, n_test: 8, seed: 0});
+        let train = medmnist("pathmnist", #{root: dir, split: "train"});
+        let test = medmnist("pathmnist", #{root: dir});
+        let p = linear_probe(m, train, test, #{preset: "medbridgerl", epochs: 2, sgd_batch: 8});
     "#;
     let (out, dir) = run_source(script, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -160,7 +165,7 @@ fn run_json_records_the_resolved_grpo_and_evaluate_settings() {
     assert_eq!(info["device"], "cpu", "the run's own fields stay");
     let settings = info["settings"].as_array().unwrap();
     let functions: Vec<&str> = settings.iter().map(|s| s["function"].as_str().unwrap()).collect();
-    assert_eq!(functions, ["evaluate", "grpo"]);
+    assert_eq!(functions, ["evaluate", "grpo", "linear_probe"]);
     let eval = &settings[0]["settings"];
     assert_eq!(
         (eval["preset"].as_str(), eval["n"].as_u64(), eval["seed"].as_u64()),
@@ -174,6 +179,16 @@ fn run_json_records_the_resolved_grpo_and_evaluate_settings() {
     );
     assert_eq!(grpo["care"]["ema_decay"], 0.995);
     assert_eq!(grpo["rewards"][0]["name"], "medbridgerl_accuracy");
+    let probe = &settings[2]["settings"];
+    assert_eq!(
+        (
+            probe["method"].as_str(),
+            probe["epochs"].as_u64(),
+            probe["sgd_batch"].as_u64(),
+            probe["lr"].as_f64()
+        ),
+        (Some("bn_linear"), Some(2), Some(8), Some(0.1))
+    );
     assert!(!run.join(".run.json.tmp").exists());
 }
 

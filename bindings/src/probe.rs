@@ -202,6 +202,23 @@ fn linear_method(ctx: &NativeCallContext, o: &Opts, given: &Map) -> ScriptResult
     Ok(ProbeMethod::Logistic(probe))
 }
 
+/// The resolved `bn_linear` settings a preset run records in `run.json`.
+fn bn_linear_settings(preset: &str, bn: &BnLinearOptions) -> serde_json::Value {
+    serde_json::json!({
+        "preset": preset,
+        "method": "bn_linear",
+        "epochs": bn.epochs,
+        "sgd_batch": bn.batch,
+        "lr": bn.lr,
+        "schedule": "cosine, stepped per epoch",
+        "momentum": bn.momentum,
+        "weight_decay": bn.weight_decay,
+        "bn_eps": bn.bn_eps,
+        "bn_momentum": bn.bn_momentum,
+        "seed": bn.seed,
+    })
+}
+
 /// Extract `model`'s features of `train` and `test` (cached) as `o`'s `pool` and `batch` say,
 /// run `method` on them and return the map every probe returns.
 fn probe_map(
@@ -271,6 +288,9 @@ pub mod probe_api {
     ) -> Result<Map, Box<EvalAltResult>> {
         let o = LINEAR_PROBE.parse(&options)?;
         let method = linear_method(&ctx, &o, &options)?;
+        if let (Some(preset), ProbeMethod::BnLinear(bn)) = (o.string("preset")?, &method) {
+            session(&ctx)?.run.record_settings("linear_probe", bn_linear_settings(&preset, bn)).script()?;
+        }
         probe_map(&ctx, &o, &model, &train, &test, &method)
     }
 
