@@ -154,7 +154,7 @@ fn the_probe_cache_defaults_to_the_run_directory() {
         let data = synth_medmnist(#{tasks: ["pathmnist"], n_train: 8, n_val: 2, n_test: 4, seed: 0, out: "synth"});
         let train = medmnist("pathmnist", #{root: data, split: "train"});
         let test = medmnist("pathmnist", #{root: data});
-        linear_probe(m, train, test, #{epochs: 1, sgd_batch: 4});
+        linear_probe(m, train, test, #{epochs: 1});
     "#;
     std::fs::write(dir.path().join("s.rhai"), script).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_medbridge"))
