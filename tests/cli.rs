@@ -142,6 +142,35 @@ fn the_run_directory_records_script_args_metrics_and_output() {
     assert_eq!(std::fs::read_to_string(run.join("output.log")).unwrap(), "hello\n");
 }
 
+/// Without `MEDBRIDGE_CACHE`, `linear_probe`'s feature cache lands in the run directory and
+/// nowhere else (not in `~/.cache`).
+#[test]
+fn the_probe_cache_defaults_to_the_run_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let script = r#"
+        let m = new_model("qwen2_5_vl_tiny", #{seed: 0});
+        let data = synth_medmnist(#{tasks: ["pathmnist"], n_train: 8, n_val: 2, n_test: 4, seed: 0, out: "synth"});
+        let train = medmnist("pathmnist", #{root: data, split: "train"});
+        let test = medmnist("pathmnist", #{root: data});
+        linear_probe(m, train, test, #{epochs: 1});
+    "#;
+    std::fs::write(dir.path().join("s.rhai"), script).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_medbridge"))
+        .args(["run", "s.rhai", "--quiet", "--out", "run"])
+        .current_dir(dir.path())
+        .env_remove("MEDBRIDGE_CACHE")
+        .env("HOME", &home)
+        .output()
+        .expect("binary runs");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let features = dir.path().join("run/cache/features");
+    let cached = std::fs::read_dir(&features).map(|d| d.count()).unwrap_or(0);
+    assert!(cached > 0, "no cached features in {}", features.display());
+    assert!(!home.join(".cache").exists(), "nothing is written to ~/.cache");
+}
+
 /// A preset run says what it ran with: `run.json` lists the resolved settings of `grpo` (the
 /// release's, with the keys the script gave over them), of `evaluate` and of `linear_probe` under
 /// the preset.

@@ -116,15 +116,14 @@ static VISION_BASELINE: OptionSet = OptionSet::new(
 /// The probe family's declared options.
 pub static OPTIONS: [&OptionSet; 3] = [&LINEAR_PROBE, &KNN_PROBE, &VISION_BASELINE];
 
-/// Features are cached across runs here (`MEDBRIDGE_CACHE`, default `~/.cache/medbridge`).
-fn cache_dir() -> std::path::PathBuf {
-    std::env::var_os("MEDBRIDGE_CACHE")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").map(std::path::PathBuf::from).unwrap_or_default();
-            home.join(".cache").join("medbridge")
-        })
-        .join("features")
+/// Features are cached in `MEDBRIDGE_CACHE` when it names a folder (shared across runs), else in
+/// the run directory's `cache/`: never anywhere the sandbox does not document.
+fn cache_dir(ctx: &NativeCallContext) -> ScriptResult<std::path::PathBuf> {
+    let root = match std::env::var_os("MEDBRIDGE_CACHE").filter(|v| !v.is_empty()) {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => session(ctx)?.run.path().join("cache"),
+    };
+    Ok(root.join("features"))
 }
 
 fn published(flag: &str) -> Array {
@@ -232,7 +231,7 @@ fn probe_map(
     let pool = Pool::parse(&o.string_or_default("pool")?).script()?;
     let source = VlmFeatures::new(model, pool).script()?;
     let device = session(ctx)?.device.clone();
-    let cache = cache_dir();
+    let cache = cache_dir(ctx)?;
     let inputs =
         probe_inputs(&source, train, test, o.count_or_default("batch")?, Some(&cache), &device).script()?;
     let report = method.run(&inputs).script()?;

@@ -1,20 +1,23 @@
 //! A generic JSONL layout, one question per line:
 //! `{"image": "x.png", "question": "...", "options": [...] or {"A": ...}, "answer": ...}`.
-//! `image` is a path relative to the file (or absolute, or absent for text-only questions);
+//! `image` is a path relative to the file (or absolute, or absent for text-only questions), which
+//! with a sandbox must lie under its read roots (`image_path.rs`);
 //! `answer` is an option letter, a 0-based option index, or the text of an option.
 
 use std::io::BufRead;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::data::vqa::image_path::locate_image;
 use crate::data::vqa::question::{letter_index, Question};
 use crate::data::vqa::Shard;
 use crate::error::{Error, Result};
 use crate::image::Image;
+use crate::sandbox::Sandbox;
 use crate::task::mcq::McqItem;
 
-pub(super) fn load(shard: &Shard) -> Result<Vec<McqItem>> {
+pub(super) fn load(shard: &Shard, sandbox: Option<&Sandbox>) -> Result<Vec<McqItem>> {
     let path = shard.path;
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let base = path.parent().unwrap_or(Path::new("."));
@@ -46,8 +49,9 @@ pub(super) fn load(shard: &Shard) -> Result<Vec<McqItem>> {
         let image = match value.get("image") {
             None | Some(Value::Null) => None,
             Some(Value::String(name)) => {
-                let file = base.join(name);
-                Some(Image::open(&file).map_err(|e| Error::msg(format!("{}: {e}", here("image"))))?)
+                let at_image = |e: Error| Error::msg(format!("{}: {e}", here("image")));
+                let file = locate_image(base, name, &[PathBuf::from(name)], sandbox).map_err(at_image)?;
+                Some(Image::open(&file).map_err(at_image)?)
             }
             Some(other) => crate::bail!("{}: expected a path, got {other}", here("image")),
         };
@@ -123,5 +127,15 @@ mod tests {
         .unwrap();
         let err = load_vqa(VqaKind::Jsonl, &file, &VqaOptions::default()).unwrap_err().to_string();
         assert!(err.contains("line 1, key `image`") && err.contains("nope.png"), "{err}");
+    }
+
+    #[test]
+    fn an_absolute_image_outside_the_read_roots_is_refused() {
+        let outside = crate::data::vqa::image_path::tests::Outside::new();
+        let file = outside.data.path().join("q.jsonl");
+        let row = serde_json::json!({"image": outside.picture, "question": "q", "options": ["a", "b"],
+                                     "answer": 0});
+        std::fs::write(&file, format!("{row}\n")).unwrap();
+        outside.assert_refused(VqaKind::Jsonl, &file);
     }
 }

@@ -12,14 +12,15 @@
 //! The exporter writes image paths as `{out_dir}/images/<name>` relative to where it ran, so a
 //! relative path is looked up against the file's folder and then as `images/<name>` there. An
 //! absolute path is read where it points. With a sandbox every image must lie under its read
-//! roots. `McqItem` carries one picture, so a row with several keeps its first (the release
-//! passes them all); a row without any is refused, as `inference.py` refuses it.
+//! roots (`image_path.rs`). `McqItem` carries one picture, so a row with several keeps its first
+//! (the release passes them all); a row without any is refused, as `inference.py` refuses it.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+use crate::data::vqa::image_path::locate_image;
 use crate::data::vqa::question::{letter_index, Question};
 use crate::data::vqa::Shard;
 use crate::error::{Error, Result};
@@ -119,26 +120,13 @@ fn first_image(v: Option<&Value>) -> Result<String> {
     }
 }
 
-/// Where an image path points (module header), checked against the sandbox when there is one.
+/// Where an image path points (module header).
 fn resolve(base: &Path, raw: &str, sandbox: Option<&Sandbox>) -> Result<PathBuf> {
-    let given = Path::new(raw);
-    let mut candidates = vec![if given.is_absolute() { given.to_path_buf() } else { base.join(given) }];
-    if let Some(name) = given.file_name() {
-        candidates.push(base.join("images").join(name));
+    let mut tries = vec![PathBuf::from(raw)];
+    if let Some(name) = Path::new(raw).file_name() {
+        tries.push(Path::new("images").join(name));
     }
-    for candidate in &candidates {
-        match sandbox {
-            Some(sandbox) => {
-                if let Some(real) = sandbox.locate_read(&candidate.to_string_lossy())? {
-                    return Ok(real);
-                }
-            }
-            None if candidate.is_file() => return Ok(candidate.clone()),
-            None => {}
-        }
-    }
-    let tried: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
-    crate::bail!("image {raw:?} not found (looked at {})", tried.join(", "))
+    locate_image(base, raw, &tries, sandbox)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! | `hf_yes_no.rs` | VQA-RAD and PathVQA as parquet on the hub: closed = yes/no answers |
 //! | `jsonl.rs` | generic JSONL `{image, question, options, answer}` |
 //! | `medbridgerl_jsonl.rs` | the paper's released eval export: `data.jsonl` + `images/`, MCQ and free-form rows |
+//! | `image_path.rs` | image paths written in a data file: relative to the file, checked against the sandbox |
 //! | `parquet_rows.rs` | row-by-row parquet reading with file/row/column errors |
 //! | `question.rs` | answer labels, yes/no questions, free-text items, benchmark modalities |
 //!
@@ -17,6 +18,7 @@
 //! split is read, in name order; the release's export is `data.jsonl` whatever the split).
 
 mod hf_yes_no;
+mod image_path;
 mod jsonl;
 mod medbridgerl_jsonl;
 mod medvlthinker;
@@ -94,8 +96,8 @@ pub struct VqaOptions {
     pub answer_format: AnswerFormat,
     /// The protocol the task follows (`task/preset.rs`).
     pub preset: TaskPreset,
-    /// Image paths read out of a file must lie under its read roots (`medbridgerl_jsonl`, whose
-    /// rows may hold absolute paths); `None` reads them unchecked.
+    /// Image paths read out of a data file must lie under its read roots, whichever layout wrote
+    /// them (`image_path.rs`); `None` reads them unchecked.
     pub sandbox: Option<Sandbox>,
 }
 
@@ -118,6 +120,7 @@ pub fn load_vqa(kind: VqaKind, path: &Path, opts: &VqaOptions) -> Result<McqTask
     let load = || -> Result<McqTask> {
         let files = split_files(kind, path, opts.split)?;
         let limit = opts.limit.unwrap_or(usize::MAX);
+        let sandbox = opts.sandbox.as_ref();
         let mut items: Vec<McqItem> = Vec::new();
         // Rows are numbered across the shards of a split, so ids stay unique.
         let mut first_row = 0;
@@ -130,10 +133,10 @@ pub fn load_vqa(kind: VqaKind, path: &Path, opts: &VqaOptions) -> Result<McqTask
             let (mut part, rows) = match kind {
                 VqaKind::MedVlThinker => medvlthinker::load(&shard)?,
                 VqaKind::VqaRad | VqaKind::PathVqa => hf_yes_no::load(kind, &shard, opts.closed_only)?,
-                VqaKind::PmcVqa => (pmc_vqa::load(&shard)?, 0),
-                VqaKind::Slake => (slake::load(&shard, opts.closed_only)?, 0),
-                VqaKind::Jsonl => (jsonl::load(&shard)?, 0),
-                VqaKind::MedbridgeRlJsonl => (medbridgerl_jsonl::load(&shard, opts.sandbox.as_ref())?, 0),
+                VqaKind::PmcVqa => (pmc_vqa::load(&shard, sandbox)?, 0),
+                VqaKind::Slake => (slake::load(&shard, opts.closed_only, sandbox)?, 0),
+                VqaKind::Jsonl => (jsonl::load(&shard, sandbox)?, 0),
+                VqaKind::MedbridgeRlJsonl => (medbridgerl_jsonl::load(&shard, sandbox)?, 0),
             };
             items.append(&mut part);
             first_row += rows;

@@ -1,21 +1,23 @@
 //! PMC-VQA's CSV files (`train_2.csv`, `test_2.csv`, ...): `Figure_path`, `Question`,
 //! `Choice A`..`Choice D` (written " A:text"; the letter prefix is stripped) and `Answer_label`.
 //! Figures are looked up next to the CSV, in `images/` (where the published `images.zip` unpacks)
-//! or in `figures/`.
+//! or in `figures/`; with a sandbox they must lie under its read roots (`image_path.rs`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::data::vqa::image_path::locate_image;
 use crate::data::vqa::question::{letter_index, Question};
 use crate::data::vqa::Shard;
 use crate::error::{Error, Result};
 use crate::image::Image;
+use crate::sandbox::Sandbox;
 use crate::task::mcq::McqItem;
 
 const CHOICES: [&str; 4] = ["Choice A", "Choice B", "Choice C", "Choice D"];
 const IMAGE_DIRS: [&str; 3] = ["", "images", "figures"];
 
-pub(super) fn load(shard: &Shard) -> Result<Vec<McqItem>> {
+pub(super) fn load(shard: &Shard, sandbox: Option<&Sandbox>) -> Result<Vec<McqItem>> {
     let path = shard.path;
     let mut reader =
         csv::Reader::from_path(path).map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
@@ -52,7 +54,8 @@ pub(super) fn load(shard: &Shard) -> Result<Vec<McqItem>> {
         let image = match images.get(&name) {
             Some(image) => image.clone(),
             None => {
-                let file = find_image(base, &name)
+                let tries: Vec<PathBuf> = IMAGE_DIRS.iter().map(|d| Path::new(d).join(&name)).collect();
+                let file = locate_image(base, &name, &tries, sandbox)
                     .map_err(|e| Error::msg(format!("{}: {e}", here("Figure_path"))))?;
                 let image =
                     Image::open(&file).map_err(|e| Error::msg(format!("{}: {e}", here("Figure_path"))))?;
@@ -83,20 +86,6 @@ fn strip_letter(choice: &str, k: usize) -> String {
     }
 }
 
-fn find_image(base: &Path, name: &str) -> Result<PathBuf> {
-    if name.is_empty() {
-        crate::bail!("is empty");
-    }
-    let tried: Vec<PathBuf> = IMAGE_DIRS.iter().map(|d| base.join(d).join(name)).collect();
-    match tried.iter().find(|p| p.is_file()) {
-        Some(found) => Ok(found.clone()),
-        None => crate::bail!(
-            "image {name:?} not found (looked for {})",
-            tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +112,18 @@ mod tests {
             .to_string();
         assert!(err.contains("missing_image.csv: row 1, column `Figure_path`"), "{err}");
         assert!(err.contains("PMC9_missing.jpg") && err.contains("images"), "{err}");
+    }
+
+    #[test]
+    fn an_absolute_figure_outside_the_read_roots_is_refused() {
+        let outside = crate::data::vqa::image_path::tests::Outside::new();
+        let file = outside.data.path().join("test_2.csv");
+        let csv = format!(
+            "Figure_path,Question,Choice A,Choice B,Choice C,Choice D,Answer_label\n{},q?, A:a, B:b, C:c, D:d,B\n",
+            outside.picture.display()
+        );
+        std::fs::write(&file, csv).unwrap();
+        outside.assert_refused(VqaKind::PmcVqa, &file);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! SLAKE: a JSON list of questions (`img_name`, `question`, `answer`, `q_lang`, `answer_type`) with
-//! pictures under `imgs/` beside it. Only English questions are read. Closed questions with a
+//! pictures under `imgs/` beside it (with a sandbox, under its read roots: `image_path.rs`). Only English questions are read. Closed questions with a
 //! yes/no answer become two-option questions; other closed questions ("which is bigger, ...") and
 //! open ones become free-text items, the open ones only when `closed_only` is off.
 
@@ -8,10 +8,12 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::data::vqa::image_path::locate_image;
 use crate::data::vqa::question::Question;
 use crate::data::vqa::Shard;
 use crate::error::{Error, Result};
 use crate::image::Image;
+use crate::sandbox::Sandbox;
 use crate::task::mcq::McqItem;
 
 #[derive(Deserialize)]
@@ -23,12 +25,12 @@ struct Entry {
     answer_type: String,
 }
 
-pub(super) fn load(shard: &Shard, closed_only: bool) -> Result<Vec<McqItem>> {
+pub(super) fn load(shard: &Shard, closed_only: bool, sandbox: Option<&Sandbox>) -> Result<Vec<McqItem>> {
     let path = shard.path;
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let entries: Vec<Entry> = serde_json::from_str(&text)
         .map_err(|e| Error::msg(format!("{}: not a SLAKE question list: {e}", path.display())))?;
-    let imgs = path.parent().unwrap_or(Path::new(".")).join("imgs");
+    let base = path.parent().unwrap_or(Path::new("."));
     let mut images: HashMap<String, Image> = HashMap::new();
     let mut items = Vec::new();
     for (row, entry) in entries.into_iter().enumerate() {
@@ -42,14 +44,16 @@ pub(super) fn load(shard: &Shard, closed_only: bool) -> Result<Vec<McqItem>> {
         let image = match images.get(&entry.img_name) {
             Some(image) => image.clone(),
             None => {
-                let file = imgs.join(&entry.img_name);
-                let image = Image::open(&file).map_err(|e| {
+                let at = |e: Error| {
                     Error::msg(format!(
                         "{}: question {row}, img_name {:?}: {e}",
                         path.display(),
                         entry.img_name
                     ))
-                })?;
+                };
+                let tries = [Path::new("imgs").join(&entry.img_name)];
+                let file = locate_image(base, &entry.img_name, &tries, sandbox).map_err(at)?;
+                let image = Image::open(&file).map_err(at)?;
                 images.insert(entry.img_name.clone(), image.clone());
                 image
             }
@@ -106,5 +110,15 @@ mod tests {
         std::fs::copy(fixtures().join("test.json"), dir.path().join("test.json")).unwrap();
         let err = load_vqa(VqaKind::Slake, dir.path(), &VqaOptions::default()).unwrap_err().to_string();
         assert!(err.contains("question 0, img_name \"xmlab1/source.jpg\""), "{err}");
+    }
+
+    #[test]
+    fn an_absolute_img_name_outside_the_read_roots_is_refused() {
+        let outside = crate::data::vqa::image_path::tests::Outside::new();
+        let file = outside.data.path().join("test.json");
+        let entry = serde_json::json!([{"img_name": outside.picture, "question": "Is this a CT?",
+                                        "answer": "Yes", "q_lang": "en", "answer_type": "CLOSED"}]);
+        std::fs::write(&file, entry.to_string()).unwrap();
+        outside.assert_refused(VqaKind::Slake, &file);
     }
 }
