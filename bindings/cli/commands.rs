@@ -7,7 +7,7 @@ use medbridge_bindings::Echo;
 use medbridge_runtime::run::CancelFlag;
 use rhai::Map;
 
-use crate::RunArgs;
+use crate::{LimitArgs, RunArgs};
 
 pub const SCRIPT_ERROR: u8 = 1;
 pub const USAGE_ERROR: u8 = 2;
@@ -63,7 +63,7 @@ pub fn run(script: &Path, set: &[String], opts: &RunArgs) -> u8 {
     let run = session.clone();
     let run_dir = run.run.path().display().to_string();
     eprintln!("run directory: {run_dir}");
-    match run_file(session, script, args, Echo::Terminal) {
+    match run_file(session, script, args, Echo::Terminal, opts.limits.limits()) {
         Ok(_) => 0,
         Err(d) => {
             eprintln!("{d}");
@@ -96,7 +96,7 @@ pub fn require_fresh_out(out: Option<&Path>) -> Result<(), String> {
     Ok(())
 }
 
-pub fn check(scripts: &[PathBuf]) -> u8 {
+pub fn check(scripts: &[PathBuf], limits: &LimitArgs) -> u8 {
     let scratch = match tempdir() {
         Ok(dir) => dir,
         Err(e) => {
@@ -106,11 +106,16 @@ pub fn check(scripts: &[PathBuf]) -> u8 {
     };
     let mut failed = false;
     for script in scripts {
-        let opts =
-            RunArgs { out: Some(scratch.join("run")), device: "cpu".into(), allow_read: vec![], quiet: true };
+        let opts = RunArgs {
+            out: Some(scratch.join("run")),
+            device: "cpu".into(),
+            allow_read: vec![],
+            quiet: true,
+            limits: limits.clone(),
+        };
         let result = open_session(&session_options(Some(script), &opts, CancelFlag::new()))
             .map_err(|e| e.to_string())
-            .and_then(|s| check_file(s, script).map_err(|d| d.to_string()));
+            .and_then(|s| check_file(s, script, limits.limits()).map_err(|d| d.to_string()));
         match result {
             Ok(()) => println!("{}: ok", script.display()),
             Err(message) => {

@@ -33,6 +33,30 @@ pub struct RunArgs {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// How large a script's strings and arrays may grow (`run`, `repl`, `check`).
+#[derive(clap::Args, Clone)]
+pub struct LimitArgs {
+    /// Largest string a script may build, in bytes (default 64 MiB).
+    #[arg(long = "max-string-size", value_name = "BYTES")]
+    max_string_size: Option<usize>,
+    /// Most elements in one script array or map (default 10,000,000).
+    #[arg(long = "max-array-size", value_name = "N")]
+    max_array_size: Option<usize>,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> medbridge_bindings::ScriptLimits {
+        let default = medbridge_bindings::ScriptLimits::default();
+        medbridge_bindings::ScriptLimits {
+            max_string_size: self.max_string_size.unwrap_or(default.max_string_size),
+            max_array_size: self.max_array_size.unwrap_or(default.max_array_size),
+            ..default
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -55,6 +79,8 @@ enum Command {
     Check {
         #[arg(required = true)]
         scripts: Vec<PathBuf>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Forward, sampling and training-step speed on the parity fixture and the tiny preset,
     /// beside transformers (+ PEFT, TRL) when `--python` points at a Python that has them.
@@ -99,7 +125,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Run { script, set, opts } => commands::run(&script, &set, &opts),
         Command::Repl { opts } => repl_cli::repl(&opts),
-        Command::Check { scripts } => commands::check(&scripts),
+        Command::Check { scripts, limits } => commands::check(&scripts, &limits),
         Command::Bench { checkpoint, python, threads, repeats, questions, k, max_new_tokens, only } => {
             bench::bench(&bench::BenchArgs {
                 checkpoint: checkpoint.unwrap_or_else(|| {

@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use medbridge_bindings::repl::{Outcome, Repl};
 use medbridge_bindings::script::{open_session, scope_with_args};
-use medbridge_bindings::{new_engine, Echo};
+use medbridge_bindings::{new_engine_with_limits, Echo};
 use medbridge_runtime::run::CancelFlag;
 use rhai::Map;
 use rustyline::completion::{Completer, Pair};
@@ -58,8 +58,10 @@ pub fn repl(opts: &RunArgs) -> u8 {
     };
     eprintln!("medbridge {} — `help NAME` for a function, Ctrl-D to leave", env!("CARGO_PKG_VERSION"));
     eprintln!("run directory: {}", session.run.path().display());
-    let repl =
-        Rc::new(RefCell::new(Repl::new(new_engine(session, Echo::Terminal), scope_with_args(Map::new()))));
+    let repl = Rc::new(RefCell::new(Repl::new(
+        new_engine_with_limits(session, Echo::Terminal, opts.limits.limits()),
+        scope_with_args(Map::new()),
+    )));
     let mut editor: Editor<ReplHelper, rustyline::history::DefaultHistory> = match Editor::new() {
         Ok(e) => e,
         Err(e) => {

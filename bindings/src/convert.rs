@@ -58,9 +58,10 @@ fn walk(array: &Array, out: &mut Vec<f64>, depth: usize) -> ScriptResult<Vec<usi
     Ok(shape)
 }
 
-/// A shape given as an array of non-negative ints.
+/// A shape given as an array of non-negative ints, refused when its f32 elements could not fit in
+/// this machine's memory (a product that overflows would otherwise wrap to a small tensor).
 pub fn shape_of(array: &Array) -> ScriptResult<Vec<usize>> {
-    array
+    let shape = array
         .iter()
         .map(|d| match d.as_int() {
             Ok(n) if n >= 0 => Ok(n as usize),
@@ -69,5 +70,52 @@ pub fn shape_of(array: &Array) -> ScriptResult<Vec<usize>> {
                 type_of(d)
             ))),
         })
-        .collect()
+        .collect::<ScriptResult<Vec<usize>>>()?;
+    let budget = memory_budget();
+    let bytes = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).and_then(|n| n.checked_mul(4));
+    match bytes {
+        Some(b) if b as u64 <= budget => Ok(shape),
+        _ => Err(script_msg(format!(
+            "shape {shape:?} is too large: its f32 elements need more than the {} of memory this machine has",
+            gib(budget)
+        ))),
+    }
+}
+
+/// Bytes of physical memory (`MemTotal` on Linux), else a 64 GiB guess.
+fn memory_budget() -> u64 {
+    static BUDGET: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|text| {
+                let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+                let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+                kib.checked_mul(1024)
+            })
+            .unwrap_or(64 << 30)
+    })
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(dims: &[i64]) -> Array {
+        dims.iter().map(|&d| Dynamic::from_int(d)).collect()
+    }
+
+    #[test]
+    fn shapes_whose_element_count_overflows_or_outgrows_memory_are_refused() {
+        assert_eq!(shape_of(&shape(&[2, 3])).unwrap(), vec![2, 3]);
+        assert_eq!(shape_of(&shape(&[0, 1 << 40])).unwrap(), vec![0, 1 << 40]);
+        for dims in [&[1 << 32, 1 << 32, 1 << 32][..], &[1_000_000, 1_000_000], &[1 << 62]] {
+            let err = shape_of(&shape(dims)).unwrap_err().to_string();
+            assert!(err.contains("is too large"), "{err}");
+        }
+    }
 }

@@ -25,5 +25,5 @@ pub mod tensor;
 pub mod train;
 pub mod train_pieces;
 
-pub use engine::{new_engine, Echo};
+pub use engine::{new_engine, new_engine_with_limits, Echo, ScriptLimits};
 pub use error::Diagnostic;

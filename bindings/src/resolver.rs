@@ -1,6 +1,7 @@
 //! `import` resolution: bare names come from the embedded stdlib (`import "recipe" as recipe;`),
 //! anything else is a `.rhai` file next to the importing script or in the current directory,
-//! read through the sandbox. Modules are compiled once per engine.
+//! read through the sandbox. Modules are compiled once per engine; a module that imports itself,
+//! directly or through others, is an `import cycle` error rather than a stack overflow.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -21,11 +22,13 @@ pub fn stdlib_source(name: &str) -> Option<&'static str> {
 pub struct Resolver {
     sandbox: Sandbox,
     cache: RefCell<HashMap<String, SharedModule>>,
+    /// (source name, import path) of the modules being evaluated, outermost first.
+    resolving: RefCell<Vec<(String, String)>>,
 }
 
 impl Resolver {
     pub fn new(sandbox: Sandbox) -> Self {
-        Resolver { sandbox, cache: RefCell::new(HashMap::new()) }
+        Resolver { sandbox, cache: RefCell::new(HashMap::new()), resolving: RefCell::new(Vec::new()) }
     }
 
     /// (source name, text) of an import path.
@@ -67,11 +70,20 @@ impl ModuleResolver for Resolver {
             return Ok(m.clone());
         }
         let (name, text) = self.locate(path, pos)?;
+        let resolving = self.resolving.borrow();
+        if let Some(start) = resolving.iter().position(|(n, _)| *n == name) {
+            let mut chain: Vec<&str> = resolving[start..].iter().map(|(_, p)| p.as_str()).collect();
+            chain.push(path);
+            return Err(runtime_at(format!("import cycle: {}", chain.join(" → ")), pos));
+        }
+        drop(resolving);
         let in_module = |e: Box<EvalAltResult>| Box::new(EvalAltResult::ErrorInModule(name.clone(), e, pos));
         let mut ast = engine.compile(crate::script::without_bom(&text)).map_err(|e| in_module(e.into()))?;
         ast.set_source(name.as_str());
-        let module: SharedModule =
-            Module::eval_ast_as_new(Scope::new(), &ast, engine).map_err(in_module)?.into();
+        self.resolving.borrow_mut().push((name.clone(), path.to_string()));
+        let evaluated = Module::eval_ast_as_new(Scope::new(), &ast, engine);
+        self.resolving.borrow_mut().pop();
+        let module: SharedModule = evaluated.map_err(in_module)?.into();
         self.cache.borrow_mut().insert(path.to_string(), module.clone());
         Ok(module)
     }

@@ -9,7 +9,7 @@ use medbridge_runtime::sandbox::Sandbox;
 use rhai::{Dynamic, Engine, Map, Scope, AST};
 use serde_json::json;
 
-use crate::engine::{new_engine, Echo};
+use crate::engine::{new_engine_with_limits, Echo, ScriptLimits};
 use crate::error::{diagnose, Diagnostic};
 
 /// Everything `medbridge run` (or the REPL) needs to open a session.
@@ -126,7 +126,13 @@ pub fn read_script(path: &Path) -> Result<String, Diagnostic> {
 }
 
 /// Compile and run a script in `session`; records the script, args and device in the run dir.
-pub fn run_file(session: Arc<Session>, path: &Path, args: Map, echo: Echo) -> Result<Dynamic, Diagnostic> {
+pub fn run_file(
+    session: Arc<Session>,
+    path: &Path,
+    args: Map,
+    echo: Echo,
+    limits: ScriptLimits,
+) -> Result<Dynamic, Diagnostic> {
     let source = read_script(path)?;
     let name = path.display().to_string();
     let record = |e: medbridge_runtime::Error| Diagnostic {
@@ -144,7 +150,7 @@ pub fn run_file(session: Arc<Session>, path: &Path, args: Map, echo: Echo) -> Re
         "medbridge": env!("CARGO_PKG_VERSION"),
     });
     session.run.record_run(&info).map_err(record)?;
-    let mut engine = new_engine(session, echo);
+    let mut engine = new_engine_with_limits(session, echo, limits);
     engine.set_strict_variables(true);
     let mut scope = scope_with_args(args);
     let ast = compile(&engine, &scope, path, &source)?;
@@ -152,9 +158,9 @@ pub fn run_file(session: Arc<Session>, path: &Path, args: Map, echo: Echo) -> Re
 }
 
 /// Compile a script without running it.
-pub fn check_file(session: Arc<Session>, path: &Path) -> Result<(), Diagnostic> {
+pub fn check_file(session: Arc<Session>, path: &Path, limits: ScriptLimits) -> Result<(), Diagnostic> {
     let source = read_script(path)?;
-    let mut engine = new_engine(session, Echo::LogOnly);
+    let mut engine = new_engine_with_limits(session, Echo::LogOnly, limits);
     engine.set_strict_variables(true);
     compile(&engine, &scope_with_args(Map::new()), path, &source).map(|_| ())
 }

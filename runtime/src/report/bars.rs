@@ -37,6 +37,10 @@ const MARGIN: i32 = 16;
 const LABEL_PT: f64 = 16.0;
 const BAR_W: i32 = 18;
 const Y_AXIS_W: i32 = 78;
+/// More groups or series than these make a canvas no screen shows (and, far enough above, one
+/// whose size overflows plotters' pixel arithmetic).
+pub const MAX_GROUPS: usize = 500;
+pub const MAX_SERIES: usize = 50;
 
 impl BarChart {
     /// Every shape problem, named: no groups or series, lengths that do not match the groups,
@@ -47,6 +51,12 @@ impl BarChart {
         }
         if self.series.is_empty() {
             bail!("bar chart: `series` is empty");
+        }
+        if self.groups.len() > MAX_GROUPS {
+            bail!("bar chart: {} groups is more than the {MAX_GROUPS} one chart can show", self.groups.len());
+        }
+        if self.series.len() > MAX_SERIES {
+            bail!("bar chart: {} series is more than the {MAX_SERIES} one chart can show", self.series.len());
         }
         for s in &self.series {
             if s.values.len() != self.groups.len() {

@@ -42,6 +42,9 @@ const VALUE_PT: f64 = 15.0;
 const BAR_W: i32 = 22;
 /// Axis titles are a shade lighter than the labels they explain.
 const AXIS_INK: RGBColor = RGBColor(60, 60, 60);
+/// More rows or columns than this make a canvas no screen shows (and, far enough above, one
+/// whose size overflows plotters' pixel arithmetic).
+pub const MAX_CELLS_PER_SIDE: usize = 200;
 
 impl Heatmap {
     /// Every shape problem, named: empty axes, ragged rows, infinite values, a bad scale.
@@ -52,6 +55,11 @@ impl Heatmap {
                 self.rows.len(),
                 self.cols.len()
             );
+        }
+        for (axis, n) in [("rows", self.rows.len()), ("columns", self.cols.len())] {
+            if n > MAX_CELLS_PER_SIDE {
+                bail!("heatmap: {n} {axis} is more than the {MAX_CELLS_PER_SIDE} one heatmap can show");
+            }
         }
         if self.values.len() != self.rows.len() {
             bail!("heatmap: {} rows are named but `values` has {} rows", self.rows.len(), self.values.len());

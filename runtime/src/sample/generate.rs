@@ -114,6 +114,15 @@ fn generate_on_pool(
     for row in jobs.iter().flat_map(|j| &j.rows) {
         row.logits.validate()?;
     }
+    // Positions past the model's context have no meaning for it, and a huge max_new_tokens would
+    // size the KV cache past any memory: refuse both before sampling.
+    let context = vlm.model.config().text.max_position_embeddings;
+    if opts.max_new_tokens > context {
+        crate::bail!(
+            "sampler option max_new_tokens = {} is more than the model's context length of {context} tokens (max_position_embeddings)",
+            opts.max_new_tokens
+        );
+    }
     let stop = Stops {
         token_ids: opts.stop_token_ids.clone().unwrap_or_else(|| vlm.processor.eos_token_ids().to_vec()),
         strings: &opts.stop_strings,
@@ -128,6 +137,12 @@ fn generate_on_pool(
             .encode(job.request.image.as_ref(), &job.request.prompt)
             .with_context(|| format!("sampling question {id}: encoding the prompt"))?;
         let len = enc.input_ids.len();
+        if len + opts.max_new_tokens > context {
+            crate::bail!(
+                "sampling question {id}: a prompt of {len} tokens plus max_new_tokens = {} is more than the model's context length of {context} tokens (max_position_embeddings)",
+                opts.max_new_tokens
+            );
+        }
         if !opts.fits(chunk.len(), held_rows, longest, len, job.rows.len()) {
             run_chunk(vlm, &chunk, opts, &stop, cancel, &mut out)?;
             bar.inc(chunk.len() as u64);

@@ -39,6 +39,26 @@ impl Qwen25VL {
         }
         let state = Arc::new(LoraState::new(cfg.seed));
         let mut model = self.detached()?;
+        // A rank above min(in, out) adds no capacity and, far enough above, more memory than any
+        // machine has; refuse it before allocating anything, naming the narrowest layer.
+        let mut narrowest: Option<(String, usize)> = None;
+        model.visit_all(&mut |name, p| {
+            if let Param::Linear(linear) = p {
+                if cfg.matches(name) {
+                    let (out, inp) = linear.weight.dims2()?;
+                    if narrowest.as_ref().is_none_or(|(_, n)| out.min(inp) < *n) {
+                        narrowest = Some((name.to_string(), out.min(inp)));
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        if let Some((layer, dim)) = narrowest.filter(|(_, dim)| cfg.rank > *dim) {
+            crate::bail!(
+                "lora rank {} is larger than layer `{layer}` allows: a rank is at most min(in, out) = {dim} of every targeted layer",
+                cfg.rank
+            );
+        }
         let mut trainable = Vec::new();
         model.visit_all(&mut |name, p| {
             if let Param::Linear(linear) = p {
