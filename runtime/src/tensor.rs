@@ -26,6 +26,18 @@ pub fn check_logits_finite(values: &[f32], what: &str, at: impl FnOnce() -> Stri
     )
 }
 
+/// The first index of the largest logit: greedy decoding's choice, the same for the model's own
+/// `generate` and the sampler.
+pub fn first_argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in logits.iter().enumerate() {
+        if x > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
 /// Build an f32 tensor from row-major values; `values.len()` must equal the shape's element count.
 pub fn from_values(values: Vec<f64>, shape: &[usize], device: &Device) -> Result<Tensor> {
     let expected: usize = shape.iter().product();

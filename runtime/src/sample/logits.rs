@@ -16,6 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use super::rng::SampleRng;
 use crate::bail;
 use crate::error::{Context, Result};
+use crate::tensor::first_argmax;
 
 /// Below this weight relative to the top token, tokens are sorted for top-p only if the heavier
 /// ones do not already reach p (the exact answer either way; it just avoids sorting the whole
@@ -85,7 +86,7 @@ pub fn sampling_distribution(logits: &[f32], options: &LogitsOptions) -> Result<
     options.validate()?;
     let max = check_logits(logits)?;
     if options.is_greedy() {
-        return Ok(vec![(argmax(logits), 1.0)]);
+        return Ok(vec![(first_argmax(logits), 1.0)]);
     }
     let tempered = Tempered::new(logits, max, options.temperature);
     Ok(match filtered(logits, &tempered, options) {
@@ -107,7 +108,7 @@ pub fn choose(logits: &[f32], options: &LogitsOptions, rng: &mut SampleRng) -> R
     let max = check_logits(logits)?;
     let u = rng.next_uniform();
     if options.is_greedy() {
-        let token = argmax(logits);
+        let token = first_argmax(logits);
         let raw = log_softmax_at(logits, max, token) as f32;
         return Ok(TokenChoice { token, logprob: 0.0, logprob_tempered: raw, logprob_raw: raw });
     }
@@ -253,17 +254,6 @@ fn check_logits(logits: &[f32]) -> Result<f32> {
         bail!("sampler: every logit is -inf, no token can be chosen");
     }
     Ok(max)
-}
-
-/// The first index of the largest logit.
-fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in logits.iter().enumerate() {
-        if x > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// `log softmax(logits)[token]` at temperature 1, in f64.

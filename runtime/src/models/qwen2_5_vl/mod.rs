@@ -29,7 +29,7 @@ mod parity_tests;
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 
 pub use cache::KvCache;
 pub use config::{Config, TextConfig, TokenIds, VisionConfig};
@@ -295,10 +295,10 @@ impl Qwen25VL {
         let (logits, mut cache) = self.prefill(&ids, None, pixel_values, grids)?;
         let mut last = logits.narrow(1, input_ids.len() - 1, 1)?;
         loop {
-            let row = last.flatten_all()?;
-            let values = row.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            // One copy of the row to the host serves both the finiteness check and the choice.
+            let values = last.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
             crate::tensor::check_logits_finite(&values, "generate", || format!("new token {}", out.len()))?;
-            let next = row.argmax(D::Minus1)?.to_scalar::<u32>()?;
+            let next = crate::tensor::first_argmax(&values);
             out.push(next);
             if eos_ids.contains(&next) || out.len() == max_new_tokens {
                 return Ok(out);
