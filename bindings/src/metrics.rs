@@ -149,8 +149,11 @@ pub mod metrics_api {
     /// Plot the Pass@k curve with its CI band and Acc@1 marked, as PNG and SVG.
     #[rhai_fn(name = "plot", return_raw)]
     pub fn plot(ctx: NativeCallContext, r: &mut Report, path: &str) -> Result<Array, Box<EvalAltResult>> {
-        let target = session(&ctx)?.sandbox.resolve_write(path).script()?;
-        Ok(paths(plot_pass_curves(&[("model", r)], &target, &PlotOptions::default()).script()?))
+        let s = session(&ctx)?;
+        let target = s.sandbox.resolve_write(path).script()?;
+        Ok(paths(
+            plot_pass_curves(&[("model", r)], &target, &PlotOptions::default(), Some(&s.cancel)).script()?,
+        ))
     }
 
     /// The released `format_failure_rate`: the share of questions none of whose samples follows
@@ -208,11 +211,15 @@ pub mod metrics_api {
         let mut out = Map::new();
         out.insert("table".into(), table.into());
         if let Some(p) = o.string("plot")? {
-            let target = session(&ctx)?.sandbox.resolve_write(&p).script()?;
+            let s = session(&ctx)?;
+            let target = s.sandbox.resolve_write(&p).script()?;
             let named: Vec<(&str, &Report)> =
                 labels.iter().map(String::as_str).zip(refs.iter().copied()).collect();
             let opts = PlotOptions { title: o.string("title")?, ..PlotOptions::default() };
-            out.insert("files".into(), paths(plot_pass_curves(&named, &target, &opts).script()?).into());
+            out.insert(
+                "files".into(),
+                paths(plot_pass_curves(&named, &target, &opts, Some(&s.cancel)).script()?).into(),
+            );
         }
         Ok(out)
     }

@@ -176,8 +176,9 @@ pub mod report_api {
             decimals: o.count("decimals")?,
         };
         heatmap.check().script()?;
-        let target = session(&ctx)?.sandbox.resolve_write(path).script()?;
-        Ok(paths(medbridge_runtime::report::plot_heatmap(&heatmap, &target).script()?))
+        let s = session(&ctx)?;
+        let target = s.sandbox.resolve_write(path).script()?;
+        Ok(paths(medbridge_runtime::report::plot_heatmap(&heatmap, &target, Some(&s.cancel)).script()?))
     }
 
     /// Grouped bars, one group per entry of `groups` and one bar per series, with optional ±
@@ -211,7 +212,8 @@ pub mod report_api {
             y_range,
         };
         chart.check().script()?;
-        let target = session(&ctx)?.sandbox.resolve_write(path).script()?;
-        Ok(paths(medbridge_runtime::report::plot_bars(&chart, &target).script()?))
+        let s = session(&ctx)?;
+        let target = s.sandbox.resolve_write(path).script()?;
+        Ok(paths(medbridge_runtime::report::plot_bars(&chart, &target, Some(&s.cancel)).script()?))
     }
 }

@@ -9,10 +9,11 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::figure::{fail, save_figure, text_size, Figure, PALETTE};
+use super::figure::{check_text, fail, save_figure, text_size, Figure, PALETTE};
 use super::font::FAMILY;
 use crate::bail;
 use crate::error::Result;
+use crate::run::CancelFlag;
 
 /// One named row of values, one per group, with optional half-widths of its error bars.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -43,8 +44,9 @@ pub const MAX_GROUPS: usize = 500;
 pub const MAX_SERIES: usize = 50;
 
 impl BarChart {
-    /// Every shape problem, named: no groups or series, lengths that do not match the groups,
-    /// negative or non-finite error bars, an empty range.
+    /// Every shape problem, named: no groups or series, too many of them or names too long to
+    /// draw, lengths that do not match the groups, negative or non-finite error bars, an empty
+    /// range.
     pub fn check(&self) -> Result<()> {
         if self.groups.is_empty() {
             bail!("bar chart: `groups` is empty");
@@ -58,7 +60,14 @@ impl BarChart {
         if self.series.len() > MAX_SERIES {
             bail!("bar chart: {} series is more than the {MAX_SERIES} one chart can show", self.series.len());
         }
+        for (i, g) in self.groups.iter().enumerate() {
+            check_text("bar chart", &format!("group {i}"), g)?;
+        }
+        for (what, text) in [("the title", &self.title), ("the y label", &self.y_label)] {
+            check_text("bar chart", what, text.as_deref().unwrap_or_default())?;
+        }
         for s in &self.series {
+            check_text("bar chart", "a series name", &s.name)?;
             if s.values.len() != self.groups.len() {
                 bail!(
                     "bar chart: series {:?} has {} values for {} groups",
@@ -115,10 +124,15 @@ impl BarChart {
     }
 }
 
-/// Draws `chart` to `<path>.png` and `<path>.svg` and returns both paths.
-pub fn plot_bars(chart: &BarChart, path: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
+/// Draws `chart` to `<path>.png` and `<path>.svg` and returns both paths; `cancel` is checked
+/// before each drawing.
+pub fn plot_bars(
+    chart: &BarChart,
+    path: impl AsRef<Path>,
+    cancel: Option<&CancelFlag>,
+) -> Result<Vec<PathBuf>> {
     chart.check()?;
-    save_figure(&Layout::new(chart)?, path.as_ref())
+    save_figure(&Layout::new(chart)?, path.as_ref(), cancel)
 }
 
 /// Pixel layout from the text sizes: the legend wraps into rows above the plot, and group labels
@@ -304,7 +318,7 @@ mod tests {
     #[test]
     fn writes_png_and_svg_with_legend_and_labels() {
         let dir = tempfile::tempdir().unwrap();
-        let files = plot_bars(&probe_chart(), dir.path().join("probe.png")).unwrap();
+        let files = plot_bars(&probe_chart(), dir.path().join("probe.png"), None).unwrap();
         assert_eq!(files, [dir.path().join("probe.png"), dir.path().join("probe.svg")]);
         assert!(image::open(&files[0]).unwrap().width() >= 640);
         let svg = std::fs::read_to_string(&files[1]).unwrap();
@@ -317,7 +331,7 @@ mod tests {
     fn mismatched_lengths_are_refused_by_name() {
         let mut c = probe_chart();
         c.series[1].values.pop();
-        let e = plot_bars(&c, "/tmp/never").unwrap_err().to_string();
+        let e = plot_bars(&c, "/tmp/never", None).unwrap_err().to_string();
         assert!(e.contains("\"ResNet-18 (224)\" has 3 values for 4 groups"), "{e}");
         let mut c = probe_chart();
         c.series[0].errors = Some(vec![0.1]);
@@ -329,6 +343,37 @@ mod tests {
         c.y_range = Some((1.0, 0.0));
         assert!(c.check().is_err());
         assert!(BarChart::default().check().unwrap_err().to_string().contains("groups"));
+    }
+
+    /// Sizes a screen cannot show are errors naming them before any pixel is allocated: too many
+    /// groups, a name too long to draw, a canvas too large; and a cancelled flag draws nothing.
+    #[test]
+    fn sizes_beyond_a_chart_and_cancellation_are_refused_before_drawing() {
+        let groups = |n: usize| (0..n).map(|i| format!("g{i}")).collect::<Vec<_>>();
+        let chart = |g: usize, s: usize| BarChart {
+            groups: groups(g),
+            series: (0..s)
+                .map(|i| BarSeries { name: format!("s{i}"), values: vec![0.5; g], errors: None })
+                .collect(),
+            ..Default::default()
+        };
+        let e = chart(100_000, 1).check().unwrap_err().to_string();
+        assert_eq!(e, "bar chart: 100000 groups is more than the 500 one chart can show");
+        let mut long = chart(2, 1);
+        long.groups[1] = "x".repeat(5_000);
+        let e = long.check().unwrap_err().to_string();
+        assert_eq!(e, "bar chart: group 1 has 5000 characters, more than the 1000 one chart can show");
+        long.title = Some("t".repeat(2_000));
+        long.groups[1] = "g1".into();
+        assert!(long.check().unwrap_err().to_string().contains("the title has 2000 characters"));
+        // 500 groups of 50 bars is within the counts but not within a canvas.
+        let e = plot_bars(&chart(500, 50), "/tmp/never", None).unwrap_err().to_string();
+        assert!(e.starts_with("plot: the figure would be 462") && e.contains("16384 pixels a side"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let flag = CancelFlag::new();
+        flag.cancel();
+        let e = plot_bars(&probe_chart(), dir.path().join("p"), Some(&flag)).unwrap_err();
+        assert!(e.is_cancelled() && !dir.path().join("p.png").exists(), "{e}");
     }
 
     #[test]

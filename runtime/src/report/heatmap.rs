@@ -9,10 +9,11 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::figure::{fail, save_figure, text_size, Figure};
+use super::figure::{check_text, fail, save_figure, text_size, Figure};
 use super::font::FAMILY;
 use crate::bail;
 use crate::error::Result;
+use crate::run::CancelFlag;
 
 /// What to draw. `values[r][c]` is row `r` (source), column `c` (target); NaN marks a missing cell.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -45,6 +46,8 @@ const AXIS_INK: RGBColor = RGBColor(60, 60, 60);
 /// More rows or columns than this make a canvas no screen shows (and, far enough above, one
 /// whose size overflows plotters' pixel arithmetic).
 pub const MAX_CELLS_PER_SIDE: usize = 200;
+/// Decimals past what an f64 holds only print noise (and, by the million, exhaust memory).
+pub const MAX_DECIMALS: usize = 15;
 
 impl Heatmap {
     /// Every shape problem, named: empty axes, ragged rows, infinite values, a bad scale.
@@ -60,6 +63,23 @@ impl Heatmap {
             if n > MAX_CELLS_PER_SIDE {
                 bail!("heatmap: {n} {axis} is more than the {MAX_CELLS_PER_SIDE} one heatmap can show");
             }
+        }
+        for (axis, names) in [("row", &self.rows), ("column", &self.cols)] {
+            for (i, name) in names.iter().enumerate() {
+                check_text("heatmap", &format!("{axis} {i}'s name"), name)?;
+            }
+        }
+        let titles = [
+            ("the title", &self.title),
+            ("the label", &self.label),
+            ("the row title", &self.row_title),
+            ("the column title", &self.col_title),
+        ];
+        for (what, text) in titles {
+            check_text("heatmap", what, text.as_deref().unwrap_or_default())?;
+        }
+        if let Some(d) = self.decimals.filter(|&d| d > MAX_DECIMALS) {
+            bail!("heatmap: decimals = {d} is more than the {MAX_DECIMALS} an f64 holds");
         }
         if self.values.len() != self.rows.len() {
             bail!("heatmap: {} rows are named but `values` has {} rows", self.rows.len(), self.values.len());
@@ -98,10 +118,15 @@ impl Heatmap {
     }
 }
 
-/// Draws `heatmap` to `<path>.png` and `<path>.svg` and returns both paths.
-pub fn plot_heatmap(heatmap: &Heatmap, path: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
+/// Draws `heatmap` to `<path>.png` and `<path>.svg` and returns both paths; `cancel` is checked
+/// before each drawing.
+pub fn plot_heatmap(
+    heatmap: &Heatmap,
+    path: impl AsRef<Path>,
+    cancel: Option<&CancelFlag>,
+) -> Result<Vec<PathBuf>> {
     heatmap.check()?;
-    save_figure(&Layout::new(heatmap)?, path.as_ref())
+    save_figure(&Layout::new(heatmap)?, path.as_ref(), cancel)
 }
 
 /// Blue–white–red, the ColorBrewer "RdBu" stops, for `t` in [-1, 1].
@@ -316,7 +341,7 @@ mod tests {
     #[test]
     fn writes_png_and_svg_with_annotations() {
         let dir = tempfile::tempdir().unwrap();
-        let files = plot_heatmap(&transfer(), dir.path().join("transfer")).unwrap();
+        let files = plot_heatmap(&transfer(), dir.path().join("transfer"), None).unwrap();
         assert_eq!(files, [dir.path().join("transfer.png"), dir.path().join("transfer.svg")]);
         let png = image::open(&files[0]).unwrap();
         assert!(png.width() > 300 && png.height() > 200);
@@ -330,7 +355,7 @@ mod tests {
     fn ragged_or_mismatched_matrices_are_refused_by_name() {
         let mut ragged = transfer();
         ragged.values[1].pop();
-        let e = plot_heatmap(&ragged, "/tmp/never").unwrap_err().to_string();
+        let e = plot_heatmap(&ragged, "/tmp/never", None).unwrap_err().to_string();
         assert!(e.contains("row 1") && e.contains("pneumoniamnist") && e.contains("ragged"), "{e}");
         let mut short = transfer();
         short.values.pop();
@@ -339,6 +364,13 @@ mod tests {
         inf.values[0][0] = f64::INFINITY;
         assert!(inf.check().is_err());
         assert!(Heatmap::default().check().is_err());
+        let e = Heatmap { decimals: Some(1_000_000), ..transfer() }.check().unwrap_err().to_string();
+        assert_eq!(e, "heatmap: decimals = 1000000 is more than the 15 an f64 holds");
+        let e = Heatmap { col_title: Some("c".repeat(1_001)), ..transfer() }.check().unwrap_err().to_string();
+        assert!(e.contains("the column title has 1001 characters"), "{e}");
+        let mut wide = transfer();
+        wide.rows[2] = "r".repeat(1_001);
+        assert!(wide.check().unwrap_err().to_string().contains("row 2's name has 1001 characters"));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! | file | job |
 //! | --- | --- |
-//! | `figure.rs` | palette, text measuring, one drawing written as both PNG and SVG |
+//! | `figure.rs` | palette, text measuring, bounds on text and canvas size, one drawing written as both PNG and SVG |
 //! | `font.rs` | the embedded DejaVu Sans every figure uses |
 //! | `plot.rs` | Pass@k curves with bootstrap bands and Acc@1 lines |
 //! | `heatmap.rs` | annotated source × target matrix on a colour scale centred at 0 |

@@ -8,11 +8,16 @@ use plotters::coord::Shift;
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 
-use super::figure::{fail, save_figure, Figure, PALETTE};
+use super::figure::{check_text, fail, save_figure, Figure, MAX_SIDE, PALETTE};
 use super::font::FAMILY;
 use crate::bail;
 use crate::error::Result;
 use crate::metrics::SupportReport;
+use crate::run::CancelFlag;
+
+/// The most reports one plot overlays: each adds two legend lines, and beyond this many the
+/// legend no longer fits beside the curves (and the colours repeat).
+pub const MAX_CURVES: usize = 12;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlotOptions {
@@ -29,22 +34,34 @@ impl Default for PlotOptions {
 }
 
 /// Plots one or several labelled reports overlaid. `path`'s extension is replaced: the plot is
-/// written as both `<path>.png` and `<path>.svg`, which are returned.
+/// written as both `<path>.png` and `<path>.svg`, which are returned. `cancel` is checked before
+/// each drawing.
 pub fn plot_pass_curves(
     reports: &[(&str, &SupportReport)],
     path: impl AsRef<Path>,
     options: &PlotOptions,
+    cancel: Option<&CancelFlag>,
 ) -> Result<Vec<PathBuf>> {
     if reports.is_empty() {
         bail!("plot: no reports to plot");
     }
+    if reports.len() > MAX_CURVES {
+        bail!("plot: {} reports is more than the {MAX_CURVES} one Pass@k plot can show", reports.len());
+    }
+    for (label, _) in reports {
+        check_text("plot", "a report's label", label)?;
+    }
+    check_text("plot", "the title", options.title.as_deref().unwrap_or_default())?;
     if let Some((label, _)) = reports.iter().find(|(_, r)| r.n() == 0) {
         bail!("plot: report {label:?} has no samples, so no Pass@k curve");
     }
     if options.width < 200 || options.height < 150 {
         bail!("plot: size {}x{} is too small (at least 200x150)", options.width, options.height);
     }
-    save_figure(&PassCurves { reports, options }, path.as_ref())
+    if options.width > MAX_SIDE || options.height > MAX_SIDE {
+        bail!("plot: size {}x{} is too large (at most {MAX_SIDE} a side)", options.width, options.height);
+    }
+    save_figure(&PassCurves { reports, options }, path.as_ref(), cancel)
 }
 
 struct PassCurves<'a, 'r> {
@@ -179,6 +196,7 @@ mod tests {
             &[("base", &a), ("grpo", &b)],
             dir.path().join("plots/pass.png"),
             &PlotOptions::default(),
+            None,
         )
         .unwrap();
         assert_eq!(written, [dir.path().join("plots/pass.png"), dir.path().join("plots/pass.svg")]);
@@ -200,9 +218,42 @@ mod tests {
     fn refuses_reports_without_samples() {
         let empty =
             SupportReport::new(vec![record("1", "t", 0, Some(0), &[])], BootstrapOptions::default()).unwrap();
-        let err =
-            plot_pass_curves(&[("greedy only", &empty)], "/tmp/x", &PlotOptions::default()).unwrap_err();
+        let err = plot_pass_curves(&[("greedy only", &empty)], "/tmp/x", &PlotOptions::default(), None)
+            .unwrap_err();
         assert!(err.to_string().contains("greedy only"), "{err}");
-        assert!(plot_pass_curves(&[], "/tmp/x", &PlotOptions::default()).is_err());
+        assert!(plot_pass_curves(&[], "/tmp/x", &PlotOptions::default(), None).is_err());
+    }
+
+    /// More curves than a legend holds, labels and titles too long to draw and canvases too
+    /// large are errors naming them; a cancelled flag draws nothing.
+    #[test]
+    fn sizes_beyond_a_plot_and_cancellation_are_refused() {
+        let r = report(0);
+        let many: Vec<(&str, &SupportReport)> = vec![("m", &r); 100_000];
+        let e = plot_pass_curves(&many, "/tmp/x", &PlotOptions::default(), None).unwrap_err().to_string();
+        assert_eq!(e, "plot: 100000 reports is more than the 12 one Pass@k plot can show");
+        let dir = tempfile::tempdir().unwrap();
+        let twelve = &many[..MAX_CURVES];
+        assert_eq!(
+            plot_pass_curves(twelve, dir.path().join("twelve"), &PlotOptions::default(), None).unwrap().len(),
+            2
+        );
+        let long = "l".repeat(1_001);
+        let e =
+            plot_pass_curves(&[(long.as_str(), &r)], "/tmp/x", &PlotOptions::default(), None).unwrap_err();
+        assert!(e.to_string().contains("a report's label has 1001 characters"), "{e}");
+        let titled = PlotOptions { title: Some(long.clone()), ..Default::default() };
+        assert!(plot_pass_curves(&[("m", &r)], "/tmp/x", &titled, None)
+            .unwrap_err()
+            .to_string()
+            .contains("the title"));
+        let huge = PlotOptions { width: 1_000_000, height: 1_000_000, ..Default::default() };
+        let e = plot_pass_curves(&[("m", &r)], "/tmp/x", &huge, None).unwrap_err().to_string();
+        assert!(e.contains("1000000x1000000 is too large"), "{e}");
+        let flag = CancelFlag::new();
+        flag.cancel();
+        let e = plot_pass_curves(&[("m", &r)], dir.path().join("c"), &PlotOptions::default(), Some(&flag))
+            .unwrap_err();
+        assert!(e.is_cancelled() && !dir.path().join("c.png").exists(), "{e}");
     }
 }
