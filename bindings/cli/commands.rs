@@ -11,6 +11,8 @@ use crate::{LimitArgs, RunArgs};
 
 pub const SCRIPT_ERROR: u8 = 1;
 pub const USAGE_ERROR: u8 = 2;
+/// A run stopped by Ctrl-C: 128 + SIGINT, as shells report it.
+pub const CANCELLED: u8 = 130;
 
 pub fn session_options(script: Option<&Path>, opts: &RunArgs, cancel: CancelFlag) -> SessionOptions {
     SessionOptions {
@@ -20,14 +22,23 @@ pub fn session_options(script: Option<&Path>, opts: &RunArgs, cancel: CancelFlag
         allow_read: opts.allow_read.clone(),
         quiet: opts.quiet,
         cancel,
+        max_memory: opts.limits.max_memory,
     }
 }
 
-/// Ctrl-C sets the flag that long primitives and the engine poll.
-pub fn install_cancel_handler(cancel: &CancelFlag) {
+/// Ctrl-C sets the flag that long primitives and the engine poll. With `second_stops`, a second
+/// Ctrl-C while the flag is still set ends the process at once with [`CANCELLED`], in case
+/// something does not poll.
+pub fn install_cancel_handler(cancel: &CancelFlag, second_stops: bool) {
     let flag = cancel.clone();
     // A second handler (tests calling twice) is not an error worth stopping for.
-    let _ = ctrlc::set_handler(move || flag.cancel());
+    let _ = ctrlc::set_handler(move || {
+        if second_stops && flag.is_cancelled() {
+            eprintln!("error: cancelled by the user (second Ctrl-C)");
+            std::process::exit(i32::from(CANCELLED));
+        }
+        flag.cancel();
+    });
 }
 
 pub fn run(script: &Path, set: &[String], opts: &RunArgs) -> u8 {
@@ -52,8 +63,8 @@ pub fn run(script: &Path, set: &[String], opts: &RunArgs) -> u8 {
         return USAGE_ERROR;
     }
     let cancel = CancelFlag::new();
-    install_cancel_handler(&cancel);
-    let session = match open_session(&session_options(Some(script), opts, cancel)) {
+    install_cancel_handler(&cancel, true);
+    let session = match open_session(&session_options(Some(script), opts, cancel.clone())) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
@@ -72,7 +83,11 @@ pub fn run(script: &Path, set: &[String], opts: &RunArgs) -> u8 {
                 eprintln!("error: {e}");
             }
             eprintln!("run directory: {run_dir}");
-            SCRIPT_ERROR
+            if cancel.is_cancelled() {
+                CANCELLED
+            } else {
+                SCRIPT_ERROR
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `medbridge`: run, check and document experiment scripts, or explore in a REPL.
 //!
-//! Exit codes: 0 success, 1 script error, 2 usage error (bad flag, bad device, unreadable file).
+//! Exit codes: 0 success, 1 script error, 2 usage error (bad flag, bad device, unreadable file),
+//! 130 a run stopped by Ctrl-C.
 
 mod bench;
 mod commands;
@@ -37,7 +38,8 @@ pub struct RunArgs {
     limits: LimitArgs,
 }
 
-/// How large a script's strings and arrays may grow (`run`, `repl`, `check`).
+/// How large a script's strings and arrays, and a sampling call's memory, may grow (`run`, `repl`,
+/// `check`).
 #[derive(clap::Args, Clone)]
 pub struct LimitArgs {
     /// Largest string a script may build, in bytes (default 64 MiB).
@@ -46,6 +48,10 @@ pub struct LimitArgs {
     /// Most elements in one script array or map (default 10,000,000).
     #[arg(long = "max-array-size", value_name = "N")]
     max_array_size: Option<usize>,
+    /// Memory one evaluate/sample/generate/grpo call may use, e.g. 8GiB or 512MiB (default 75% of
+    /// the memory this process may use).
+    #[arg(long = "max-memory", value_name = "SIZE", value_parser = medbridge_runtime::run::memory::parse_size)]
+    max_memory: Option<u64>,
 }
 
 impl LimitArgs {

@@ -1,6 +1,7 @@
 //! Conversions between script values and runtime values: JSON-like data, nested numeric arrays.
 //! Option maps have their own module, `options.rs`.
 
+use medbridge_runtime::run::memory::{process_memory_limit, Size};
 use rhai::{Array, Dynamic};
 
 use crate::error::{script_msg, ScriptResult};
@@ -59,7 +60,7 @@ fn walk(array: &Array, out: &mut Vec<f64>, depth: usize) -> ScriptResult<Vec<usi
 }
 
 /// A shape given as an array of non-negative ints, refused when its f32 elements could not fit in
-/// this machine's memory (a product that overflows would otherwise wrap to a small tensor).
+/// the memory this process may use (a product that overflows would otherwise wrap to a small tensor).
 pub fn shape_of(array: &Array) -> ScriptResult<Vec<usize>> {
     let shape = array
         .iter()
@@ -71,34 +72,15 @@ pub fn shape_of(array: &Array) -> ScriptResult<Vec<usize>> {
             ))),
         })
         .collect::<ScriptResult<Vec<usize>>>()?;
-    let budget = memory_budget();
+    let limit = process_memory_limit();
     let bytes = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).and_then(|n| n.checked_mul(4));
     match bytes {
-        Some(b) if b as u64 <= budget => Ok(shape),
+        Some(b) if b as u64 <= limit => Ok(shape),
         _ => Err(script_msg(format!(
-            "shape {shape:?} is too large: its f32 elements need more than the {} of memory this machine has",
-            gib(budget)
+            "shape {shape:?} is too large: its f32 elements need more than the {} of memory this process may use",
+            Size(limit)
         ))),
     }
-}
-
-/// Bytes of physical memory (`MemTotal` on Linux), else a 64 GiB guess.
-fn memory_budget() -> u64 {
-    static BUDGET: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *BUDGET.get_or_init(|| {
-        std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|text| {
-                let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-                let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-                kib.checked_mul(1024)
-            })
-            .unwrap_or(64 << 30)
-    })
-}
-
-fn gib(bytes: u64) -> String {
-    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
 #[cfg(test)]

@@ -3,8 +3,9 @@
 
 use std::fmt;
 
+use medbridge_runtime::run::memory::Size;
 use medbridge_runtime::Error;
-use rhai::{EvalAltResult, Position};
+use rhai::{Engine, EvalAltResult, Position};
 
 /// What native functions return to Rhai.
 pub type ScriptResult<T> = Result<T, Box<EvalAltResult>>;
@@ -56,8 +57,9 @@ impl fmt::Display for Diagnostic {
 }
 
 /// Locate an error: errors inside functions and modules are followed to the innermost position,
-/// and the message keeps the chain of calls that led there.
-pub fn diagnose(err: &EvalAltResult, file: &str) -> Diagnostic {
+/// and the message keeps the chain of calls that led there. `engine` is the one that raised it,
+/// for the limits a size error names.
+pub fn diagnose(err: &EvalAltResult, file: &str, engine: &Engine) -> Diagnostic {
     let mut file = file.to_string();
     let mut prefix = Vec::new();
     let mut current = err;
@@ -92,12 +94,31 @@ pub fn diagnose(err: &EvalAltResult, file: &str) -> Diagnostic {
         EvalAltResult::ErrorRuntime(value, _) => value.to_string(),
         EvalAltResult::ErrorTerminated(_, _) => "cancelled by the user (Ctrl-C)".to_string(),
         EvalAltResult::ErrorFunctionNotFound(signature, _) => function_not_found(signature),
+        EvalAltResult::ErrorDataTooLarge(what, _) => too_large(what, engine),
         other => strip_position(&other.to_string(), other.position()),
     };
     if !prefix.is_empty() {
         message = format!("{}: {message}", prefix.join(": "));
     }
     Diagnostic { file, line: pos.line(), column: pos.position(), message }
+}
+
+/// A string, array or map past the engine's limit, with the limit and the flag that raises it.
+fn too_large(what: &str, engine: &Engine) -> String {
+    let limit = if what.contains("string") {
+        format!(
+            "a string may hold at most {} ({} bytes); give a larger --max-string-size BYTES to allow more",
+            Size(engine.max_string_size() as u64),
+            engine.max_string_size()
+        )
+    } else {
+        let (kind, unit) = if what.contains("map") { ("a map", "entries") } else { ("an array", "elements") };
+        format!(
+            "{kind} may hold at most {} {unit}; give a larger --max-array-size N to allow more",
+            engine.max_array_size().max(engine.max_map_size())
+        )
+    };
+    format!("{what} too large: {limit}")
 }
 
 /// Rhai names the missing signature; list the ones that exist under that name, both in the

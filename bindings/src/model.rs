@@ -265,15 +265,20 @@ pub mod model_api {
         let max_new = o.count_or_default("max_new_tokens")?;
         let temperature = o.float_or_default("temperature")?;
         let top_p = o.float_or_default("top_p")?;
-        if temperature == 0.0 {
-            return m.generate_greedy(image.as_ref(), &prompt, max_new).script();
-        }
-        let mut opts = SamplerOptions { n: 1, max_new_tokens: max_new.max(1), ..SamplerOptions::default() };
-        opts.logits.temperature = temperature as f32;
-        opts.logits.top_p = top_p as f32;
-        opts.seed = seed_or_next(&ctx, o.int("seed")?)?;
-        let request = SampleRequest { question_id: "generate".into(), image, prompt };
+        // Greedy decoding goes through the sampler too, so it checks the context and the memory
+        // budget first and stops at Ctrl-C between tokens; it draws no seed, so scripts replay.
         let s = session(&ctx)?;
+        let mut opts =
+            SamplerOptions { n: 1, max_new_tokens: max_new, memory: s.memory, ..SamplerOptions::default() };
+        opts.logits.temperature = temperature as f32;
+        if temperature > 0.0 {
+            opts.logits.top_p = top_p as f32;
+            opts.seed = seed_or_next(&ctx, o.int("seed")?)?;
+        }
+        if max_new == 0 {
+            return Ok(String::new());
+        }
+        let request = SampleRequest { question_id: "generate".into(), image, prompt };
         let mut out = sample(m, &[request], &opts, Some(&s.cancel), s.progress).script()?;
         Ok(out.pop().and_then(|mut v| v.pop()).map(|x| x.text).unwrap_or_default())
     }

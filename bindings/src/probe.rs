@@ -230,11 +230,12 @@ fn probe_map(
 ) -> ScriptResult<Map> {
     let pool = Pool::parse(&o.string_or_default("pool")?).script()?;
     let source = VlmFeatures::new(model, pool).script()?;
-    let device = session(ctx)?.device.clone();
+    let s = session(ctx)?;
     let cache = cache_dir(ctx)?;
+    let batch = o.count_or_default("batch")?;
     let inputs =
-        probe_inputs(&source, train, test, o.count_or_default("batch")?, Some(&cache), &device).script()?;
-    let report = method.run(&inputs).script()?;
+        probe_inputs(&source, train, test, batch, Some(&cache), &s.device, Some(&s.cancel)).script()?;
+    let report = method.run(&inputs, Some(&s.cancel)).script()?;
     Ok(report_map(&report, &flag_of(test)))
 }
 
@@ -333,7 +334,7 @@ pub mod probe_api {
             seed: seed_or_next(&ctx, o.int("seed")?)?,
             device: session(&ctx)?.device.clone(),
         };
-        let r = vision_baseline(&train, &test, &opts).script()?;
+        let r = vision_baseline(&train, &test, &opts, Some(&session(&ctx)?.cancel)).script()?;
         let mut m = Map::new();
         m.insert("arch".into(), r.arch.as_str().into());
         m.insert("flag".into(), r.flag.clone().into());

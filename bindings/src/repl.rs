@@ -67,7 +67,7 @@ impl Repl {
                 self.pending = entry;
                 Outcome::Incomplete
             }
-            Err(e) => Outcome::Error(diagnose(&EvalAltResult::from(e), "<repl>").to_string()),
+            Err(e) => Outcome::Error(diagnose(&EvalAltResult::from(e), "<repl>", &self.engine).to_string()),
             Ok(ast) => self.run(ast),
         }
     }
@@ -85,7 +85,7 @@ impl Repl {
                 self.functions.clear_statements();
                 Outcome::Value((!value.is_unit()).then(|| value.to_string()))
             }
-            Err(e) => Outcome::Error(diagnose(&e, "<repl>").to_string()),
+            Err(e) => Outcome::Error(diagnose(&e, "<repl>", &self.engine).to_string()),
         }
     }
 
@@ -139,6 +139,7 @@ mod tests {
             allow_read: vec![],
             quiet: true,
             cancel,
+            max_memory: None,
         };
         let session = open_session(&opts).unwrap();
         Repl::new(new_engine(session, Echo::LogOnly), scope_with_args(rhai::Map::new()))

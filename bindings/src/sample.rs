@@ -166,6 +166,7 @@ pub fn sampler_options(
     if let Some(b) = o.count("max_batch_tokens")? {
         base.max_batch_tokens = b;
     }
+    base.memory = session(ctx)?.memory;
     base.validate().script()?;
     Ok(base)
 }

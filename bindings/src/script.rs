@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use medbridge_runtime::run::{CancelFlag, ProgressMode, RunDir, Session};
+use medbridge_runtime::run::{CancelFlag, MemoryBudget, ProgressMode, RunDir, Session};
 use medbridge_runtime::sandbox::Sandbox;
 use rhai::{Dynamic, Engine, Map, Scope, AST};
 use serde_json::json;
@@ -22,6 +22,8 @@ pub struct SessionOptions {
     pub allow_read: Vec<PathBuf>,
     pub quiet: bool,
     pub cancel: CancelFlag,
+    /// `--max-memory` in bytes; `None` leaves the machine's default budget.
+    pub max_memory: Option<u64>,
 }
 
 /// Create the run directory and sandbox and select the device.
@@ -42,7 +44,11 @@ pub fn open_session(opts: &SessionOptions) -> medbridge_runtime::Result<Arc<Sess
     let (roots, bases) = Sandbox::standard_roots(script_dir.as_deref(), &opts.allow_read);
     let sandbox = Sandbox::new(roots, bases, run.path())?;
     let progress = if opts.quiet { ProgressMode::Quiet } else { ProgressMode::Auto };
-    Ok(Arc::new(Session::new(device, sandbox, run, opts.cancel.clone(), progress)))
+    let session = Session::new(device, sandbox, run, opts.cancel.clone(), progress);
+    Ok(Arc::new(match opts.max_memory {
+        Some(bytes) => session.with_memory(MemoryBudget::given(bytes)),
+        None => session,
+    }))
 }
 
 /// Parse `--set name=value`: ints, floats and bools when they look like one, else a string.
@@ -84,7 +90,7 @@ pub fn compile(engine: &Engine, scope: &Scope, path: &Path, source: &str) -> Res
     let source = without_bom(source);
     let name = path.display().to_string();
     let mut ast = engine.compile_into_self_contained(scope, source).map_err(|e| {
-        let mut d = diagnose(&e, &name);
+        let mut d = diagnose(&e, &name, engine);
         if d.line.is_none() {
             if let Some((line, column)) = locate_import(source, &d.message) {
                 (d.line, d.column) = (Some(line), Some(column));
@@ -154,7 +160,7 @@ pub fn run_file(
     engine.set_strict_variables(true);
     let mut scope = scope_with_args(args);
     let ast = compile(&engine, &scope, path, &source)?;
-    engine.eval_ast_with_scope::<Dynamic>(&mut scope, &ast).map_err(|e| diagnose(&e, &name))
+    engine.eval_ast_with_scope::<Dynamic>(&mut scope, &ast).map_err(|e| diagnose(&e, &name, &engine))
 }
 
 /// Compile a script without running it.

@@ -79,6 +79,7 @@ mod tests {
             allow_read: vec![],
             quiet: true,
             cancel: CancelFlag::new(),
+            max_memory: None,
         })
         .unwrap();
         let engine = new_engine(session, Echo::LogOnly);

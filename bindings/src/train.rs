@@ -393,8 +393,13 @@ pub mod train_api {
         (opts.save_every, opts.resume, opts.seed, opts.max_bad_steps) =
             (shared.save_every, shared.resume, shared.seed, shared.max_bad_steps);
         opts.eval = periodic_eval(&ctx, &o, "sft")?;
-        let train_ctx =
-            TrainContext { run: Some(&s.run), cancel: s.cancel.clone(), progress: s.progress, out_dir: None };
+        let train_ctx = TrainContext {
+            run: Some(&s.run),
+            cancel: s.cancel.clone(),
+            progress: s.progress,
+            out_dir: None,
+            memory: s.memory,
+        };
         let (trained, summary) = run_sft(&model, &task, &opts, &train_ctx).script()?;
         let floats = |v: &[f64]| -> Array { v.iter().map(|&x| Dynamic::from_float(x)).collect() };
         let mut out = Map::new();
@@ -501,8 +506,13 @@ pub mod train_api {
         opts.eval = periodic_eval(&ctx, &o, "grpo")?;
         let settings = opts.describe();
         s.run.record_settings("grpo", settings.clone()).script()?;
-        let train_ctx =
-            TrainContext { run: Some(&s.run), cancel: s.cancel.clone(), progress: s.progress, out_dir: None };
+        let train_ctx = TrainContext {
+            run: Some(&s.run),
+            cancel: s.cancel.clone(),
+            progress: s.progress,
+            out_dir: None,
+            memory: s.memory,
+        };
         let (trained, summary) = grpo_with_rewards(&model, &task, &opts, custom, &train_ctx).script()?;
         let floats = |v: &[f64]| -> Array { v.iter().map(|&x| Dynamic::from_float(x)).collect() };
         let mut out = Map::new();

@@ -56,6 +56,7 @@ fn documented_options_are_exactly_the_accepted_ones() {
         allow_read: vec![],
         quiet: true,
         cancel: CancelFlag::new(),
+        max_memory: None,
     })
     .unwrap();
     let engine = new_engine(session, Echo::LogOnly);

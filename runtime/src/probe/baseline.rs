@@ -23,6 +23,7 @@ use crate::probe::features::single_flag;
 use crate::probe::head::{loss, scores, targets};
 use crate::probe::nets::{Net, ResNet18, SmallCnn};
 use crate::probe::seeded_init::seeded_var_builder;
+use crate::run::CancelFlag;
 
 /// Which network to train.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,8 +87,14 @@ pub struct BaselineReport {
     pub seconds: f64,
 }
 
-/// Train `opts.arch` from scratch on `train` and report on `test` (both one MedMNIST flag).
-pub fn vision_baseline(train: &Dataset, test: &Dataset, opts: &BaselineOptions) -> Result<BaselineReport> {
+/// Train `opts.arch` from scratch on `train` and report on `test` (both one MedMNIST flag),
+/// polling `cancel` at every training batch.
+pub fn vision_baseline(
+    train: &Dataset,
+    test: &Dataset,
+    opts: &BaselineOptions,
+    cancel: Option<&CancelFlag>,
+) -> Result<BaselineReport> {
     let started = Instant::now();
     let flag = single_flag(train, "train")?;
     if single_flag(test, "test")? != flag {
@@ -119,7 +126,8 @@ pub fn vision_baseline(train: &Dataset, test: &Dataset, opts: &BaselineOptions) 
     let params = ParamsAdamW { lr: opts.lr, weight_decay: 0.0, ..Default::default() };
     let mut adam = AdamW::new(vars.all_vars(), params)?;
 
-    let mut train_loss = Vec::with_capacity(opts.epochs);
+    // Grown per epoch: a huge `epochs` must not reserve memory before the first one runs.
+    let mut train_loss = Vec::new();
     let mut order: Vec<usize> = (0..train.len()).collect();
     for epoch in 0..opts.epochs {
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(
@@ -127,7 +135,10 @@ pub fn vision_baseline(train: &Dataset, test: &Dataset, opts: &BaselineOptions) 
         ));
         let (mut total, mut batches) = (0.0, 0);
         // A last batch of one image is dropped: batch-norm statistics of one image are undefined.
-        for rows in order.chunks(opts.batch).filter(|rows| rows.len() > 1) {
+        for (batch, rows) in order.chunks(opts.batch).filter(|rows| rows.len() > 1).enumerate() {
+            if let Some(flag) = cancel {
+                flag.check(|| format!("vision_baseline at epoch {epoch} of {}, batch {batch}", opts.epochs))?;
+            }
             let items: Vec<&Item> = rows.iter().map(|&r| &train.items()[r]).collect();
             let x = pixels(&items, shape, &opts.device)?;
             let labels: Vec<Vec<i64>> = items.iter().map(|i| i.labels.clone()).collect();
@@ -205,7 +216,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (train, test) = synthetic(dir.path(), "bloodmnist", 320, 300);
         let opts = BaselineOptions { epochs: 3, batch: 32, lr: 3e-3, ..Default::default() };
-        let report = vision_baseline(&train, &test, &opts).unwrap();
+        let report = vision_baseline(&train, &test, &opts, None).unwrap();
         let majority = (0..8).map(|c| test.iter().filter(|i| i.label == Some(c)).count()).max().unwrap()
             as f64
             / test.len() as f64;
@@ -221,10 +232,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (train, test) = synthetic(dir.path(), "dermamnist", 48, 16);
         let opts = BaselineOptions { epochs: 2, batch: 16, seed: 3, ..Default::default() };
-        let first = vision_baseline(&train, &test, &opts).unwrap();
-        let again = vision_baseline(&train, &test, &opts).unwrap();
+        let first = vision_baseline(&train, &test, &opts, None).unwrap();
+        let again = vision_baseline(&train, &test, &opts, None).unwrap();
         assert_eq!((&first.train_loss, first.acc), (&again.train_loss, again.acc));
-        let other = vision_baseline(&train, &test, &BaselineOptions { seed: 4, ..opts }).unwrap();
+        let other = vision_baseline(&train, &test, &BaselineOptions { seed: 4, ..opts }, None).unwrap();
         assert_ne!(other.train_loss, again.train_loss);
     }
 
@@ -233,7 +244,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (train, test) = synthetic(dir.path(), "chestmnist", 8, 6);
         let opts = BaselineOptions { arch: Arch::ResNet18, epochs: 1, batch: 4, ..Default::default() };
-        let report = vision_baseline(&train, &test, &opts).unwrap();
+        let report = vision_baseline(&train, &test, &opts, None).unwrap();
         assert!(report.acc.is_finite() && report.train_loss[0].is_finite());
         // 11.17M weights: torchvision's resnet18 (11.69M) less its 7x7 stem, plus the 3x3 one.
         assert!((11_000_000..11_300_000).contains(&report.n_params), "{}", report.n_params);
@@ -246,6 +257,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (train, test) = synthetic(dir.path(), "pneumoniamnist", 4, 4);
         let bad = BaselineOptions { batch: 1, ..Default::default() };
-        assert!(vision_baseline(&train, &test, &bad).unwrap_err().to_string().contains("batch >= 2"));
+        assert!(vision_baseline(&train, &test, &bad, None).unwrap_err().to_string().contains("batch >= 2"));
     }
 }

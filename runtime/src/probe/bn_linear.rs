@@ -28,6 +28,7 @@ use crate::data::medmnist_info::TaskType;
 use crate::error::{Context, Result};
 use crate::probe::head::{check_features, loss, scores, targets, top5_accuracy, Targets};
 use crate::probe::report::ProbeReport;
+use crate::run::CancelFlag;
 
 /// How the BatchNorm + linear probe is trained; the defaults are `linprobe.py`'s.
 #[derive(Clone, Debug, PartialEq)]
@@ -61,7 +62,8 @@ impl Default for BnLinearOptions {
 }
 
 /// Train on `train` (`[N, D]` features with their raw label rows) and evaluate on `test`, as
-/// `logistic::linear_probe` does.
+/// `logistic::linear_probe` does; `cancel` is polled at every SGD step.
+#[allow(clippy::too_many_arguments)]
 pub fn bn_linear_probe(
     train: &Tensor,
     train_labels: &[Vec<i64>],
@@ -70,6 +72,7 @@ pub fn bn_linear_probe(
     task: TaskType,
     n_classes: usize,
     opts: &BnLinearOptions,
+    cancel: Option<&CancelFlag>,
 ) -> Result<ProbeReport> {
     let dim = check_features("bn_linear", train, train_labels, test, test_labels, n_classes)?;
     check_options(opts, train_labels.len())?;
@@ -78,14 +81,14 @@ pub fn bn_linear_probe(
     let y = targets(task, train_labels, n_classes, train.device())?;
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let (weight, bias) = torch_linear_init(dim, n_classes, &mut rng, train.device())?;
-    let orders: Vec<Vec<usize>> = (0..opts.epochs)
-        .map(|_| {
-            let mut order: Vec<usize> = (0..train_labels.len()).collect();
-            order.shuffle(&mut rng);
-            order
-        })
-        .collect();
-    let head = BnLinearHead::fit(&train, &y, weight, bias, &orders, opts)?;
+    // Each epoch's order is drawn when the epoch starts, from the stream the weights came from,
+    // so the epoch count costs no memory up front.
+    let order = |_epoch: usize| {
+        let mut order: Vec<usize> = (0..train_labels.len()).collect();
+        order.shuffle(&mut rng);
+        order
+    };
+    let head = BnLinearHead::fit(&train, &y, weight, bias, order, opts, cancel)?;
     let test_scores = scores(task, &head.logits(&test)?)?;
     let score = medmnist_evaluate(task, test_labels, &test_scores).context("bn_linear: test metrics")?;
     Ok(ProbeReport {
@@ -135,15 +138,16 @@ pub(crate) struct BnLinearHead {
 }
 
 impl BnLinearHead {
-    /// Train from the given initial layer, one epoch per entry of `orders` (each a permutation of
-    /// the rows of `x`, cut into batches of `opts.batch`).
+    /// Train from the given initial layer for `opts.epochs` epochs, epoch `e` visiting the rows
+    /// of `x` in the permutation `order(e)`, cut into batches of `opts.batch`.
     pub(crate) fn fit(
         x: &Tensor,
         y: &Targets,
         weight: Tensor,
         bias: Tensor,
-        orders: &[Vec<usize>],
+        mut order: impl FnMut(usize) -> Vec<usize>,
         opts: &BnLinearOptions,
+        cancel: Option<&CancelFlag>,
     ) -> Result<BnLinearHead> {
         let (n, dim) = x.dims2()?;
         let device = x.device();
@@ -153,14 +157,20 @@ impl BnLinearHead {
         let mut running_mean = Tensor::zeros(dim, DType::F32, device)?;
         let mut running_var = Tensor::ones(dim, DType::F32, device)?;
         let m = opts.bn_momentum;
-        let mut epoch_loss = Vec::with_capacity(orders.len());
-        for (epoch, order) in orders.iter().enumerate() {
+        let mut epoch_loss = Vec::new();
+        for epoch in 0..opts.epochs {
+            let order = order(epoch);
             if order.len() != n {
                 crate::bail!("bn_linear: epoch {epoch}'s order has {} rows, the features {n}", order.len());
             }
-            let lr = cosine_lr(opts.lr, epoch, orders.len());
+            let lr = cosine_lr(opts.lr, epoch, opts.epochs);
             let mut loss_sum = 0.0;
-            for rows in order.chunks(opts.batch) {
+            for (batch, rows) in order.chunks(opts.batch).enumerate() {
+                if let Some(flag) = cancel {
+                    flag.check(|| {
+                        format!("linear_probe (bn_linear) at epoch {epoch} of {}, batch {batch}", opts.epochs)
+                    })?;
+                }
                 let b = rows.len();
                 let index = Tensor::from_vec(rows.iter().map(|&r| r as u32).collect(), b, device)?;
                 let xb = x.index_select(&index, 0)?;
@@ -269,7 +279,7 @@ mod tests {
         let y = targets(TaskType::MultiClass, &r.train.label_rows(), r.classes, dev).unwrap();
         let weight = reference_fixture::tensor(&b.init_weight, (r.classes, r.dim), dev);
         let bias = reference_fixture::tensor(&b.init_bias, r.classes, dev);
-        let head = BnLinearHead::fit(&train, &y, weight, bias, &b.orders, &opts).unwrap();
+        let head = BnLinearHead::fit(&train, &y, weight, bias, |e| b.orders[e].clone(), &opts, None).unwrap();
         let lrs: Vec<f64> = (0..b.epochs).map(|e| cosine_lr(b.lr, e, b.epochs)).collect();
         assert!(lrs.iter().zip(&b.lrs).all(|(a, w)| (a - w).abs() < 1e-12), "{lrs:?} vs {:?}", b.lrs);
         // f32 against float64 after 9 SGD steps: the largest difference measured is 6e-7 (the
@@ -303,7 +313,7 @@ mod tests {
         let run = |seed| {
             let opts = BnLinearOptions { seed, ..opts.clone() };
             let labels = (r.train.label_rows(), r.test.label_rows());
-            bn_linear_probe(&train, &labels.0, &test, &labels.1, TaskType::MultiClass, r.classes, &opts)
+            bn_linear_probe(&train, &labels.0, &test, &labels.1, TaskType::MultiClass, r.classes, &opts, None)
                 .unwrap()
         };
         let report = run(3);
@@ -322,7 +332,7 @@ mod tests {
         let (train, test) = (r.train.features(r.dim, &dev), r.test.features(r.dim, &dev));
         let (y, ty) = (r.train.label_rows(), r.test.label_rows());
         let probe = |train: &Tensor, test: &Tensor, opts: &BnLinearOptions| {
-            bn_linear_probe(train, &y, test, &ty, TaskType::MultiClass, r.classes, opts)
+            bn_linear_probe(train, &y, test, &ty, TaskType::MultiClass, r.classes, opts, None)
                 .unwrap_err()
                 .to_string()
         };
@@ -336,7 +346,25 @@ mod tests {
         let err = probe(&train, &test, &BnLinearOptions { lr: 0.0, ..Default::default() });
         assert!(err.contains("lr must be > 0, got 0"), "{err}");
         let empty = Tensor::zeros((0, 16), DType::F32, &dev).unwrap();
-        let err = bn_linear_probe(&empty, &[], &test, &ty, TaskType::MultiClass, 6, &opts).unwrap_err();
+        let err = bn_linear_probe(&empty, &[], &test, &ty, TaskType::MultiClass, 6, &opts, None).unwrap_err();
         assert!(err.to_string().contains("train features have shape [0, 16]"), "{err}");
+    }
+
+    /// A billion epochs cost nothing up front (each order is drawn when its epoch starts), and
+    /// a cancelled flag stops the first SGD step.
+    #[test]
+    fn epochs_are_drawn_lazily_and_cancellation_stops_the_first_step() {
+        let r = reference_fixture::load();
+        let dev = Device::Cpu;
+        let (train, test) = (r.train.features(r.dim, &dev), r.test.features(r.dim, &dev));
+        let flag = CancelFlag::new();
+        flag.cancel();
+        let opts = BnLinearOptions { batch: 16, epochs: 1_000_000_000, ..Default::default() };
+        let (y, ty) = (r.train.label_rows(), r.test.label_rows());
+        let err =
+            bn_linear_probe(&train, &y, &test, &ty, TaskType::MultiClass, r.classes, &opts, Some(&flag))
+                .unwrap_err();
+        assert!(err.is_cancelled(), "{err}");
+        assert!(err.to_string().contains("at epoch 0 of 1000000000, batch 0"), "{err}");
     }
 }

@@ -17,6 +17,7 @@ use crate::probe::cache::{CacheKey, FeatureCache};
 use crate::probe::logistic::ProbeOptions;
 use crate::probe::method::ProbeMethod;
 use crate::probe::report::ProbeReport;
+use crate::run::CancelFlag;
 
 /// Something that turns images into one feature row each.
 pub trait FeatureSource {
@@ -72,13 +73,14 @@ impl Default for DatasetProbeOptions {
 }
 
 /// Features of every item of `ds`, in order, from the cache when it holds them. The flag is true
-/// when they came from the cache.
+/// when they came from the cache. `cancel` is polled before each batch is extracted.
 pub fn dataset_features(
     source: &dyn FeatureSource,
     ds: &Dataset,
     batch: usize,
     cache: Option<&FeatureCache>,
     device: &Device,
+    cancel: Option<&CancelFlag>,
 ) -> Result<(Tensor, bool)> {
     if ds.is_empty() {
         crate::bail!("probe features: the dataset is empty");
@@ -90,6 +92,11 @@ pub fn dataset_features(
         let images: Vec<Image> = ds.iter().map(|i| i.image.clone()).collect();
         let mut parts = Vec::with_capacity(images.len().div_ceil(batch));
         for (b, chunk) in images.chunks(batch).enumerate() {
+            if let Some(flag) = cancel {
+                flag.check(|| {
+                    format!("extracting probe features, batch {b} of {}", images.len().div_ceil(batch))
+                })?;
+            }
             let part = source
                 .extract(chunk)
                 .with_context(|| format!("feature source {}: batch {b}", source.source_id()))?;
@@ -135,6 +142,7 @@ pub fn probe_inputs(
     batch: usize,
     cache_dir: Option<&Path>,
     device: &Device,
+    cancel: Option<&CancelFlag>,
 ) -> Result<ProbeInputs> {
     let flag = single_flag(train, "train")?;
     if single_flag(test, "test")? != flag {
@@ -142,8 +150,8 @@ pub fn probe_inputs(
     }
     let info = flag_info(&flag)?;
     let cache = cache_dir.map(FeatureCache::new);
-    let (train_x, _) = dataset_features(source, train, batch, cache.as_ref(), device)?;
-    let (test_x, _) = dataset_features(source, test, batch, cache.as_ref(), device)?;
+    let (train_x, _) = dataset_features(source, train, batch, cache.as_ref(), device, cancel)?;
+    let (test_x, _) = dataset_features(source, test, batch, cache.as_ref(), device, cancel)?;
     let labels = |ds: &Dataset| -> Vec<Vec<i64>> { ds.iter().map(|i| i.labels.clone()).collect() };
     Ok(ProbeInputs {
         task: info.task,
@@ -163,8 +171,9 @@ pub fn probe_datasets(
     test: &Dataset,
     opts: &DatasetProbeOptions,
 ) -> Result<ProbeReport> {
-    let inputs = probe_inputs(source, train, test, opts.batch, opts.cache_dir.as_deref(), &opts.device)?;
-    ProbeMethod::Logistic(opts.probe.clone()).run(&inputs)
+    let inputs =
+        probe_inputs(source, train, test, opts.batch, opts.cache_dir.as_deref(), &opts.device, None)?;
+    ProbeMethod::Logistic(opts.probe.clone()).run(&inputs, None)
 }
 
 pub(crate) fn single_flag(ds: &Dataset, which: &str) -> Result<String> {
@@ -251,17 +260,17 @@ mod tests {
             project(images)
         });
         let cache = FeatureCache::new(dir.path().join("cache"));
-        let (first, hit) = dataset_features(&source, &train, 100, Some(&cache), &Device::Cpu).unwrap();
+        let (first, hit) = dataset_features(&source, &train, 100, Some(&cache), &Device::Cpu, None).unwrap();
         assert!(!hit);
         assert_eq!(calls.get(), 4, "400 images in batches of 100");
-        let (second, hit) = dataset_features(&source, &train, 100, Some(&cache), &Device::Cpu).unwrap();
+        let (second, hit) = dataset_features(&source, &train, 100, Some(&cache), &Device::Cpu, None).unwrap();
         assert!(hit);
         assert_eq!(calls.get(), 4, "the second call must not extract again");
         let diff = (first - second).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert_eq!(diff, 0.0);
         // A different subset of the same data is a different entry.
         let (sub, _) = train.split(0.5, 1).unwrap();
-        let (_, hit) = dataset_features(&source, &sub, 100, Some(&cache), &Device::Cpu).unwrap();
+        let (_, hit) = dataset_features(&source, &sub, 100, Some(&cache), &Device::Cpu, None).unwrap();
         assert!(!hit);
     }
 
@@ -276,7 +285,7 @@ mod tests {
         let short = FnFeatures::new("short", |_: &[Image]| {
             Ok(Tensor::zeros((1, 4), candle_core::DType::F32, &Device::Cpu)?)
         });
-        let err = dataset_features(&short, &a, 10, None, &Device::Cpu).unwrap_err();
+        let err = dataset_features(&short, &a, 10, None, &Device::Cpu, None).unwrap_err();
         assert!(err.to_string().contains("returned shape [1, 4] for 10 images"), "{err}");
     }
 }

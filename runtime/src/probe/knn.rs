@@ -23,6 +23,7 @@ use crate::data::medmnist_info::TaskType;
 use crate::error::{Context, Result};
 use crate::probe::head::{check_features, has_top5, targets, Targets};
 use crate::probe::report::ProbeReport;
+use crate::run::CancelFlag;
 
 /// Test rows compared with the whole training set at once: bounds the similarity block's memory.
 const CHUNK: usize = 256;
@@ -62,7 +63,8 @@ impl Default for KnnOptions {
 }
 
 /// Vote on `test` rows with the labels of their nearest `train` rows; arguments as
-/// `logistic::linear_probe`'s.
+/// `logistic::linear_probe`'s (`cancel` is polled per block of test rows).
+#[allow(clippy::too_many_arguments)]
 pub fn knn_probe(
     train: &Tensor,
     train_labels: &[Vec<i64>],
@@ -71,6 +73,7 @@ pub fn knn_probe(
     task: TaskType,
     n_classes: usize,
     opts: &KnnOptions,
+    cancel: Option<&CancelFlag>,
 ) -> Result<ProbeReport> {
     let dim = check_features("knn", train, train_labels, test, test_labels, n_classes)?;
     if opts.k == 0 || opts.k > train_labels.len() {
@@ -81,7 +84,7 @@ pub fn knn_probe(
     } else {
         (train.to_dtype(DType::F32)?, test.to_dtype(DType::F32)?)
     };
-    let neighbours = nearest(&train, &test, opts.k, opts.metric)?;
+    let neighbours = nearest(&train, &test, opts.k, opts.metric, cancel)?;
     let cpu = candle_core::Device::Cpu;
     let scores = match targets(task, train_labels, n_classes, &cpu)? {
         Targets::Classes(ids) => {
@@ -129,7 +132,13 @@ pub(crate) fn quarter_fold(x: &Tensor) -> Result<Tensor> {
 }
 
 /// For each test row, the indices of its `k` most similar training rows, most similar first.
-fn nearest(train: &Tensor, test: &Tensor, k: usize, metric: KnnMetric) -> Result<Vec<Vec<usize>>> {
+fn nearest(
+    train: &Tensor,
+    test: &Tensor,
+    k: usize,
+    metric: KnnMetric,
+    cancel: Option<&CancelFlag>,
+) -> Result<Vec<Vec<usize>>> {
     let KnnMetric::Cosine = metric;
     let unit = |x: &Tensor| -> Result<Tensor> {
         // F.normalize: divide by the norm, floored at 1e-12 so a zero row stays zero.
@@ -141,6 +150,9 @@ fn nearest(train: &Tensor, test: &Tensor, k: usize, metric: KnnMetric) -> Result
     let n_test = test.dim(0)?;
     let mut out = Vec::with_capacity(n_test);
     for start in (0..n_test).step_by(CHUNK) {
+        if let Some(flag) = cancel {
+            flag.check(|| format!("knn_probe at test row {start} of {n_test}"))?;
+        }
         let rows = CHUNK.min(n_test - start);
         let sims = test.narrow(0, start, rows)?.matmul(&train_t)?.to_vec2::<f32>()?;
         for s in sims {
@@ -184,7 +196,7 @@ mod tests {
 
     fn assert_matches(r: &Reference, train: &Tensor, test: &Tensor, want: &Knn) {
         let ids: Vec<u32> = r.train.y.iter().map(|&l| l as u32).collect();
-        let neighbours = nearest(train, test, want.k, KnnMetric::Cosine).unwrap();
+        let neighbours = nearest(train, test, want.k, KnnMetric::Cosine, None).unwrap();
         let scores: Vec<Vec<f64>> = neighbours.iter().map(|row| votes(row, &ids, r.classes)).collect();
         let pred: Vec<usize> = scores
             .iter()
@@ -197,7 +209,7 @@ mod tests {
 
         let opts = KnnOptions { k: want.k, ..Default::default() };
         let (y, ty) = (r.train.label_rows(), r.test.label_rows());
-        let report = knn_probe(train, &y, test, &ty, TaskType::MultiClass, r.classes, &opts).unwrap();
+        let report = knn_probe(train, &y, test, &ty, TaskType::MultiClass, r.classes, &opts, None).unwrap();
         assert_eq!((report.acc, report.top5), (want.top1, Some(want.top5)), "k = {}", want.k);
     }
 
@@ -239,6 +251,7 @@ mod tests {
             TaskType::MultiClass,
             r.classes,
             &opts,
+            None,
         )
         .unwrap();
         assert_eq!((report.acc, report.dim), (r.knn_released_view.knn.top1, 4));
@@ -252,11 +265,12 @@ mod tests {
         let t = Tensor::new(&[[1f32, 0.05], [0.05, 1.0]], &dev).unwrap();
         let opts = KnnOptions { k: 2, ..Default::default() };
         let y = [vec![0], vec![0], vec![1], vec![1]];
-        let report = knn_probe(&x, &y, &t, &[vec![0], vec![1]], TaskType::BinaryClass, 2, &opts).unwrap();
+        let report =
+            knn_probe(&x, &y, &t, &[vec![0], vec![1]], TaskType::BinaryClass, 2, &opts, None).unwrap();
         assert_eq!((report.acc, report.auc, report.top5), (1.0, 1.0, None));
         let y = [vec![1, 0], vec![1, 1], vec![0, 1], vec![0, 1]];
         let report =
-            knn_probe(&x, &y, &t, &[vec![1, 0], vec![0, 1]], TaskType::MultiLabel, 2, &opts).unwrap();
+            knn_probe(&x, &y, &t, &[vec![1, 0], vec![0, 1]], TaskType::MultiLabel, 2, &opts, None).unwrap();
         assert_eq!((report.acc, report.auc), (1.0, 1.0), "finding 1 at 0.5 is below MedMNIST's threshold");
     }
 
@@ -266,7 +280,7 @@ mod tests {
         let x = Tensor::zeros((3, 6), DType::F32, &dev).unwrap();
         let y = [vec![0], vec![1], vec![1]];
         let probe = |train: &Tensor, test: &Tensor, opts: &KnnOptions| {
-            knn_probe(train, &y, test, &y, TaskType::BinaryClass, 2, opts).unwrap_err().to_string()
+            knn_probe(train, &y, test, &y, TaskType::BinaryClass, 2, opts, None).unwrap_err().to_string()
         };
         let err = probe(&x, &x, &KnnOptions::default());
         assert!(err.contains("k = 20 must be between 1 and the 3 training rows"), "{err}");
@@ -277,8 +291,8 @@ mod tests {
         let err = probe(&x, &x, &KnnOptions { k: 2, released_view: true, ..Default::default() });
         assert!(err.contains("they have 6 columns, not a multiple of 4"), "{err}");
         let empty = Tensor::zeros((0, 6), DType::F32, &dev).unwrap();
-        let err =
-            knn_probe(&empty, &[], &x, &y, TaskType::BinaryClass, 2, &KnnOptions::default()).unwrap_err();
+        let err = knn_probe(&empty, &[], &x, &y, TaskType::BinaryClass, 2, &KnnOptions::default(), None)
+            .unwrap_err();
         assert!(err.to_string().contains("knn: train features have shape [0, 6]"), "{err}");
         let err = KnnMetric::parse("euclidean").unwrap_err().to_string();
         assert!(err.contains("unknown kNN metric `euclidean`"), "{err}");

@@ -20,6 +20,7 @@ use crate::data::medmnist_info::TaskType;
 use crate::error::{Context, Result};
 use crate::probe::head::{check_features, loss, scores, targets, top5_accuracy};
 use crate::probe::report::{L2Score, ProbeReport};
+use crate::run::CancelFlag;
 
 /// How the probe is trained.
 #[derive(Clone, Debug, PartialEq)]
@@ -48,6 +49,8 @@ impl Default for ProbeOptions {
 
 /// Train on `train` (`[N, D]` features with their raw label rows) and evaluate on `test`.
 /// `n_classes` is the number of classes (findings for multi-label tasks); binary tasks have 2.
+/// `cancel` is polled at every optimisation step.
+#[allow(clippy::too_many_arguments)]
 pub fn linear_probe(
     train: &Tensor,
     train_labels: &[Vec<i64>],
@@ -56,6 +59,7 @@ pub fn linear_probe(
     task: TaskType,
     n_classes: usize,
     opts: &ProbeOptions,
+    cancel: Option<&CancelFlag>,
 ) -> Result<ProbeReport> {
     check_options(opts)?;
     let dim = check_features("linear_probe", train, train_labels, test, test_labels, n_classes)?;
@@ -75,7 +79,7 @@ pub fn linear_probe(
         let (fit_x, fit_y) = pick(&fit_rows)?;
         let (val_x, val_y) = pick(&val_rows)?;
         for &l2 in &opts.l2 {
-            let model = LogisticModel::fit(&fit_x, &fit_y, task, n_classes, l2, opts)?;
+            let model = LogisticModel::fit(&fit_x, &fit_y, task, n_classes, l2, opts, cancel)?;
             let logits = model.logits(&val_x)?;
             let val_loss = loss(&logits, &targets(task, &val_y, n_classes, val_x.device())?)?
                 .to_dtype(DType::F64)?
@@ -86,7 +90,7 @@ pub fn linear_probe(
         val_scores.iter().min_by(|a, b| a.val_loss.total_cmp(&b.val_loss)).map_or(opts.l2[0], |s| s.l2)
     };
 
-    let model = LogisticModel::fit(&train, train_labels, task, n_classes, l2_chosen, opts)?;
+    let model = LogisticModel::fit(&train, train_labels, task, n_classes, l2_chosen, opts, cancel)?;
     let test_scores = scores(task, &model.logits(&test)?)?;
     let score = medmnist_evaluate(task, test_labels, &test_scores).context("linear_probe: test metrics")?;
     Ok(ProbeReport {
@@ -120,6 +124,7 @@ impl LogisticModel {
         n_classes: usize,
         l2: f64,
         opts: &ProbeOptions,
+        cancel: Option<&CancelFlag>,
     ) -> Result<LogisticModel> {
         let device = x.device();
         let mean = x.mean_keepdim(0)?;
@@ -133,7 +138,10 @@ impl LogisticModel {
         let bias = Var::zeros(n_classes, DType::F32, device)?;
         let params = ParamsAdamW { lr: opts.lr, weight_decay: 0.0, ..Default::default() };
         let mut adam = AdamW::new(vec![weight.clone(), bias.clone()], params)?;
-        for _ in 0..opts.epochs {
+        for epoch in 0..opts.epochs {
+            if let Some(flag) = cancel {
+                flag.check(|| format!("linear_probe at epoch {epoch} of {} (l2 = {l2})", opts.epochs))?;
+            }
             let logits = z.matmul(weight.as_tensor())?.broadcast_add(bias.as_tensor())?;
             let penalty = (weight.as_tensor().sqr()?.sum_all()? * (l2 / 2.0))?;
             adam.backward_step(&(loss(&logits, &y)? + penalty)?)?;
@@ -222,11 +230,11 @@ mod tests {
     fn recovers_a_separable_problem() {
         let (x, y) = blobs(300, 5, 3, 4.0, 0.0, 1);
         let opts = ProbeOptions { l2: vec![1e-4], ..Default::default() };
-        let model = LogisticModel::fit(&x, &y, TaskType::MultiClass, 3, 1e-4, &opts).unwrap();
+        let model = LogisticModel::fit(&x, &y, TaskType::MultiClass, 3, 1e-4, &opts, None).unwrap();
         let predicted = predict(&model, &x).unwrap();
         assert!(predicted.iter().zip(&y).all(|(p, l)| *p as i64 == l[0]));
         let (tx, ty) = blobs(150, 5, 3, 4.0, 0.0, 2);
-        let report = linear_probe(&x, &y, &tx, &ty, TaskType::MultiClass, 3, &opts).unwrap();
+        let report = linear_probe(&x, &y, &tx, &ty, TaskType::MultiClass, 3, &opts, None).unwrap();
         assert_eq!(report.acc, 1.0);
         assert_eq!(report.auc, 1.0);
     }
@@ -235,9 +243,9 @@ mod tests {
     fn l2_selection_regularises_noisy_tiny_problems_more() {
         let opts = ProbeOptions::default();
         let (x, y) = blobs(40, 30, 2, 0.3, 0.5, 3);
-        let noisy = linear_probe(&x, &y, &x, &y, TaskType::BinaryClass, 2, &opts).unwrap();
+        let noisy = linear_probe(&x, &y, &x, &y, TaskType::BinaryClass, 2, &opts, None).unwrap();
         let (x, y) = blobs(1000, 5, 2, 3.0, 0.0, 4);
-        let clean = linear_probe(&x, &y, &x, &y, TaskType::BinaryClass, 2, &opts).unwrap();
+        let clean = linear_probe(&x, &y, &x, &y, TaskType::BinaryClass, 2, &opts, None).unwrap();
         assert_eq!(noisy.val_scores.len(), opts.l2.len());
         assert!(noisy.l2_chosen > clean.l2_chosen, "noisy {} vs clean {}", noisy.l2_chosen, clean.l2_chosen);
     }
@@ -251,7 +259,7 @@ mod tests {
             .map(|c| (0..4).map(|j| i64::from(c[0] == j || c[0] == (j + 1) % 4)).collect())
             .collect();
         let opts = ProbeOptions { l2: vec![1e-3], ..Default::default() };
-        let report = linear_probe(&x, &y, &x, &y, TaskType::MultiLabel, 4, &opts).unwrap();
+        let report = linear_probe(&x, &y, &x, &y, TaskType::MultiLabel, 4, &opts, None).unwrap();
         assert!(report.auc > 0.95 && report.acc > 0.9, "{report:?}");
     }
 
@@ -259,14 +267,24 @@ mod tests {
     fn bad_inputs_are_named() {
         let (x, y) = blobs(20, 3, 2, 1.0, 0.0, 6);
         let opts = ProbeOptions::default();
-        let err = linear_probe(&x, &y[..10], &x, &y, TaskType::MultiClass, 2, &opts).unwrap_err();
+        let err = linear_probe(&x, &y[..10], &x, &y, TaskType::MultiClass, 2, &opts, None).unwrap_err();
         assert!(err.to_string().contains("train features have shape [20, 3]"), "{err}");
-        let err = linear_probe(&x, &y, &x, &y, TaskType::MultiClass, 1, &opts).unwrap_err();
+        let err = linear_probe(&x, &y, &x, &y, TaskType::MultiClass, 1, &opts, None).unwrap_err();
         assert!(err.to_string().contains("one class id in 0..1"), "{err}");
         let bad = ProbeOptions { l2: vec![], ..Default::default() };
-        assert!(linear_probe(&x, &y, &x, &y, TaskType::MultiClass, 2, &bad)
+        assert!(linear_probe(&x, &y, &x, &y, TaskType::MultiClass, 2, &bad, None)
             .unwrap_err()
             .to_string()
             .contains("l2"));
+    }
+
+    #[test]
+    fn a_cancelled_flag_stops_the_fit_at_its_first_epoch() {
+        let (x, y) = blobs(20, 3, 2, 1.0, 0.0, 6);
+        let flag = CancelFlag::new();
+        flag.cancel();
+        let opts = ProbeOptions::default();
+        let err = linear_probe(&x, &y, &x, &y, TaskType::MultiClass, 2, &opts, Some(&flag)).unwrap_err();
+        assert!(err.is_cancelled() && err.to_string().contains("linear_probe at epoch 0 of 300"), "{err}");
     }
 }

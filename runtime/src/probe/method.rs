@@ -7,6 +7,7 @@ use crate::probe::features::ProbeInputs;
 use crate::probe::knn::{knn_probe, KnnOptions};
 use crate::probe::logistic::{linear_probe, ProbeOptions};
 use crate::probe::report::ProbeReport;
+use crate::run::CancelFlag;
 
 /// A probe and its settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,19 +29,15 @@ impl ProbeMethod {
         }
     }
 
-    /// Fit on `inputs`' training features and score its test features.
-    pub fn run(&self, inputs: &ProbeInputs) -> Result<ProbeReport> {
+    /// Fit on `inputs`' training features and score its test features, polling `cancel` at every
+    /// optimisation step (every block of test rows for kNN).
+    pub fn run(&self, inputs: &ProbeInputs, cancel: Option<&CancelFlag>) -> Result<ProbeReport> {
         let i = inputs;
+        let (x, y, tx, ty) = (&i.train, &i.train_labels, &i.test, &i.test_labels);
         match self {
-            ProbeMethod::Logistic(o) => {
-                linear_probe(&i.train, &i.train_labels, &i.test, &i.test_labels, i.task, i.n_classes, o)
-            }
-            ProbeMethod::BnLinear(o) => {
-                bn_linear_probe(&i.train, &i.train_labels, &i.test, &i.test_labels, i.task, i.n_classes, o)
-            }
-            ProbeMethod::Knn(o) => {
-                knn_probe(&i.train, &i.train_labels, &i.test, &i.test_labels, i.task, i.n_classes, o)
-            }
+            ProbeMethod::Logistic(o) => linear_probe(x, y, tx, ty, i.task, i.n_classes, o, cancel),
+            ProbeMethod::BnLinear(o) => bn_linear_probe(x, y, tx, ty, i.task, i.n_classes, o, cancel),
+            ProbeMethod::Knn(o) => knn_probe(x, y, tx, ty, i.task, i.n_classes, o, cancel),
         }
         .with_context(|| format!("{} probe on {}", self.name(), i.flag))
     }
@@ -77,7 +74,7 @@ mod tests {
             ProbeMethod::Knn(KnnOptions::default()),
         ];
         for method in &methods {
-            let report = method.run(&inputs).unwrap();
+            let report = method.run(&inputs, None).unwrap();
             assert_eq!(report.method, method.name());
             assert_eq!((report.n_train, report.n_test, report.dim), (64, 32, 16));
             // Six classes: chance is 1/6, and the features carry the class.
@@ -87,7 +84,8 @@ mod tests {
 
     #[test]
     fn errors_name_the_method_and_the_flag() {
-        let err = ProbeMethod::Knn(KnnOptions { k: 100, ..Default::default() }).run(&inputs()).unwrap_err();
+        let err =
+            ProbeMethod::Knn(KnnOptions { k: 100, ..Default::default() }).run(&inputs(), None).unwrap_err();
         let err = format!("{err:#}");
         assert!(err.contains("knn probe on reference") && err.contains("k = 100"), "{err}");
     }

@@ -1,11 +1,11 @@
 //! `Session`: what every primitive of one run shares — device, seed, sandbox, run directory,
-//! cancel flag and progress mode. The bindings hold one `Arc<Session>` per engine.
+//! cancel flag, progress mode and memory budget. The bindings hold one `Arc<Session>` per engine.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::Device;
 
-use super::{CancelFlag, ProgressMode, RunDir};
+use super::{CancelFlag, MemoryBudget, ProgressMode, RunDir};
 use crate::sandbox::Sandbox;
 
 #[derive(Debug)]
@@ -15,6 +15,8 @@ pub struct Session {
     pub run: RunDir,
     pub cancel: CancelFlag,
     pub progress: ProgressMode,
+    /// What one sampling call may add to memory (`--max-memory`, else the machine's default).
+    pub memory: MemoryBudget,
     seed: AtomicU64,
     draws: AtomicU64,
 }
@@ -36,9 +38,15 @@ impl Session {
             run,
             cancel,
             progress,
+            memory: MemoryBudget::machine_default(),
             seed: AtomicU64::new(DEFAULT_SEED),
             draws: AtomicU64::new(0),
         }
+    }
+
+    /// The same session under another memory budget (`--max-memory`).
+    pub fn with_memory(self, memory: MemoryBudget) -> Self {
+        Session { memory, ..self }
     }
 
     /// Set the global seed and restart the stream of derived seeds.

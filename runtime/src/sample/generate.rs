@@ -10,9 +10,12 @@
 //! Each sample keeps the log-probability of every token under `softmax(logits / temperature)`:
 //! the old-policy log-probs GRPO compares its training forward pass against.
 
+use std::ops::Range;
+
 use candle_core::{DType, Device, Tensor};
 
 use super::logits::{choose, LogitsOptions};
+use super::memory::{sampling_memory, PassShape, SamplingMemory};
 use super::options::SamplerOptions;
 use super::rng::SampleRng;
 use crate::device::on_cpu_pool;
@@ -20,6 +23,7 @@ use crate::error::{Context, Result};
 use crate::image::Image;
 use crate::models::qwen2_5_vl::{Encoded, KvCache};
 use crate::models::vlm::Vlm;
+use crate::run::memory::Size;
 use crate::run::{CancelFlag, ProgressMode};
 
 /// One prompt to sample from; `question_id` keys the samples' random streams.
@@ -85,6 +89,7 @@ pub fn sample(
     cancel: Option<&CancelFlag>,
     progress: ProgressMode,
 ) -> Result<Vec<Vec<Sample>>> {
+    opts.validate()?;
     let rows: Vec<RowSpec> =
         (0..opts.n as u64).map(|sample_index| RowSpec { logits: opts.logits, sample_index }).collect();
     let jobs: Vec<Job> = requests.iter().map(|request| Job { request, rows: rows.clone() }).collect();
@@ -114,50 +119,112 @@ fn generate_on_pool(
     for row in jobs.iter().flat_map(|j| &j.rows) {
         row.logits.validate()?;
     }
+    let stop = Stops {
+        token_ids: opts.stop_token_ids.clone().unwrap_or_else(|| vlm.processor.eos_token_ids().to_vec()),
+        strings: &opts.stop_strings,
+    };
+    let passes = plan(vlm, jobs, opts)?;
+    let bar = progress.bar(jobs.len() as u64, "sampling");
+    let mut out = Vec::with_capacity(jobs.len());
+    for pass in passes {
+        if let Some(flag) = cancel {
+            flag.check(|| format!("sampling, before question {}", jobs[pass.start].request.question_id))?;
+        }
+        let chunk = jobs[pass.clone()]
+            .iter()
+            .map(|job| {
+                let enc = vlm.encode(job.request.image.as_ref(), &job.request.prompt).with_context(|| {
+                    format!("sampling question {}: encoding the prompt", job.request.question_id)
+                })?;
+                Ok((job, enc))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        run_chunk(vlm, &chunk, opts, &stop, cancel, &mut out)?;
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+/// The forward passes `jobs` will be decoded in, after checking, before any work, that every
+/// prompt and its completion fit the model's context and that the call fits the memory budget.
+fn plan(vlm: &Vlm, jobs: &[Job], opts: &SamplerOptions) -> Result<Vec<Range<usize>>> {
     // Positions past the model's context have no meaning for it, and a huge max_new_tokens would
     // size the KV cache past any memory: refuse both before sampling.
-    let context = vlm.model.config().text.max_position_embeddings;
+    let text = &vlm.model.config().text;
+    let context = text.max_position_embeddings;
     if opts.max_new_tokens > context {
         crate::bail!(
             "sampler option max_new_tokens = {} is more than the model's context length of {context} tokens (max_position_embeddings)",
             opts.max_new_tokens
         );
     }
-    let stop = Stops {
-        token_ids: opts.stop_token_ids.clone().unwrap_or_else(|| vlm.processor.eos_token_ids().to_vec()),
-        strings: &opts.stop_strings,
-    };
-    let bar = progress.bar(jobs.len() as u64, "sampling");
-    let mut out = Vec::with_capacity(jobs.len());
-    let mut chunk: Vec<(&Job, Encoded)> = Vec::new();
-    let (mut held_rows, mut longest) = (0, 0);
+    let mut prompts = Vec::with_capacity(jobs.len());
     for job in jobs {
         let id = &job.request.question_id;
-        let enc = vlm
-            .encode(job.request.image.as_ref(), &job.request.prompt)
+        let len = vlm
+            .processor
+            .prompt_len(job.request.image.as_ref(), &job.request.prompt)
             .with_context(|| format!("sampling question {id}: encoding the prompt"))?;
-        let len = enc.input_ids.len();
         if len + opts.max_new_tokens > context {
             crate::bail!(
                 "sampling question {id}: a prompt of {len} tokens plus max_new_tokens = {} is more than the model's context length of {context} tokens (max_position_embeddings)",
                 opts.max_new_tokens
             );
         }
-        if !opts.fits(chunk.len(), held_rows, longest, len, job.rows.len()) {
-            run_chunk(vlm, &chunk, opts, &stop, cancel, &mut out)?;
-            bar.inc(chunk.len() as u64);
-            chunk.clear();
-            (held_rows, longest) = (0, 0);
-        }
-        held_rows += job.rows.len();
-        longest = longest.max(len);
-        chunk.push((job, enc));
+        prompts.push((len, job.rows.len()));
     }
-    if !chunk.is_empty() {
-        run_chunk(vlm, &chunk, opts, &stop, cancel, &mut out)?;
+    let passes = opts.passes(&prompts);
+    let shapes: Vec<PassShape> = passes
+        .iter()
+        .map(|p| PassShape {
+            prompts: p.len(),
+            rows: prompts[p.clone()].iter().map(|&(_, rows)| rows).sum(),
+            longest_prompt: prompts[p.clone()].iter().map(|&(len, _)| len).max().unwrap_or(0),
+        })
+        .collect();
+    let need = sampling_memory(text, vlm.model.dtype(), &shapes, opts.max_new_tokens);
+    opts.memory.check("sampling", need.total(), &breakdown(&need, opts), &what_to_lower(&need, opts))?;
+    Ok(passes)
+}
+
+/// What the estimate is made of, for the over-budget error.
+fn breakdown(need: &SamplingMemory, opts: &SamplerOptions) -> String {
+    let peak = need.peak_pass;
+    format!(
+        "KV cache {} for {} rows decoded at once from {} prompt(s) of up to {} tokens, each row holding {} positions; \
+         logits and activations {}; {} kept samples of up to max_new_tokens = {} tokens, {}",
+        Size(need.kv_cache),
+        peak.rows,
+        peak.prompts,
+        peak.longest_prompt,
+        need.positions,
+        Size(need.activations),
+        need.samples,
+        opts.max_new_tokens,
+        Size(need.records)
+    )
+}
+
+/// The options that shrink the estimate, with their values.
+fn what_to_lower(need: &SamplingMemory, opts: &SamplerOptions) -> String {
+    let mut options = Vec::new();
+    if opts.n > 1 {
+        options.push(format!("n = {} (samples per prompt)", opts.n));
     }
-    bar.finish_and_clear();
-    Ok(out)
+    options.push(format!("max_new_tokens = {}", opts.max_new_tokens));
+    if need.peak_pass.prompts > 1 {
+        options.push(match opts.batch {
+            Some(b) => format!("batch = {b} (prompts per forward pass)"),
+            None => format!("max_batch_tokens = {} (positions per forward pass)", opts.max_batch_tokens),
+        });
+    }
+    let last = options.pop().unwrap_or_default();
+    if options.is_empty() {
+        format!("lower {last}")
+    } else {
+        format!("lower {} or {last}", options.join(", "))
+    }
 }
 
 struct Stops<'a> {

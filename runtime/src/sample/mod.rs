@@ -7,17 +7,20 @@
 //! | `logits.rs` | temperature, top-k, top-p, min-p and the categorical draw |
 //! | `rng.rs` | one ChaCha20 stream per (seed, question id, sample index) |
 //! | `options.rs` | `SamplerOptions`, shared by `sample`, `evaluate` and GRPO |
-//! | `generate.rs` | left-padded batches, shared prefills, live-row decoding, stops |
+//! | `generate.rs` | left-padded batches, shared prefills, live-row decoding, stops; the memory budget checked before the first prefill |
+//! | `memory.rs` | the memory a sampling call needs (KV cache, logits, kept samples), estimated from its shape |
 //! | `bench.rs` | shared-prefill against separate-prefill tokens/s (`medbridge bench`) |
 
 pub mod bench;
 pub mod generate;
 pub mod logits;
+pub mod memory;
 pub mod options;
 pub mod rng;
 
 pub use bench::{bench_sampling, BenchReport};
 pub use generate::{generate, sample, FinishReason, Job, RowSpec, Sample, SampleRequest};
 pub use logits::{choose, choose_batch, sampling_distribution, LogitsOptions, TokenChoice};
+pub use memory::{sampling_memory, PassShape, SamplingMemory};
 pub use options::{SamplerOptions, DEFAULT_MAX_BATCH_TOKENS};
 pub use rng::SampleRng;

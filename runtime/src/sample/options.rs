@@ -4,9 +4,13 @@
 //! One `SamplerOptions` value serves `sample`, `evaluate` and GRPO rollouts, so a script that
 //! builds it once with `sampler(#{...})` gets the same policy everywhere.
 
+use std::ops::Range;
+
 use super::logits::LogitsOptions;
+use super::memory::kept_samples_bytes;
 use crate::bail;
 use crate::error::Result;
+use crate::run::MemoryBudget;
 
 /// Cached positions (prompt plus new tokens, padding included, summed over rows) one forward pass
 /// may hold when `batch` is not set. Small enough for a CPU: about 0.6 GB of f32 keys and values
@@ -28,6 +32,9 @@ pub struct SamplerOptions {
     pub batch: Option<usize>,
     /// The memory budget used when `batch` is `None`.
     pub max_batch_tokens: usize,
+    /// What the whole call may hold (KV cache, logits, kept samples), checked before it starts:
+    /// the run's `--max-memory`, else the machine's default.
+    pub memory: MemoryBudget,
 }
 
 impl Default for SamplerOptions {
@@ -41,6 +48,7 @@ impl Default for SamplerOptions {
             seed: 0,
             batch: None,
             max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
+            memory: MemoryBudget::machine_default(),
         }
     }
 }
@@ -63,6 +71,15 @@ impl SamplerOptions {
         if let Some(i) = self.stop_strings.iter().position(String::is_empty) {
             bail!("sampler option stop_strings[{i}] is empty: it would stop every sample at once");
         }
+        // The samples of even one prompt, one token each, must fit before their rows are laid
+        // out; the whole call, at full length, is checked once its prompts are known
+        // (`generate`), after the context length.
+        self.memory.check(
+            "sampling",
+            kept_samples_bytes(self.n as u64, 1),
+            &format!("at least, for the {} samples of one prompt", self.n),
+            &format!("lower n = {}", self.n),
+        )?;
         Ok(())
     }
 
@@ -82,10 +99,29 @@ impl SamplerOptions {
         match self.batch {
             Some(batch) => prompts < batch,
             None => {
-                let positions = longest.max(prompt_len) + self.max_new_tokens;
-                (held_rows + rows) * positions <= self.max_batch_tokens
+                let positions = longest.max(prompt_len).saturating_add(self.max_new_tokens);
+                held_rows.saturating_add(rows).saturating_mul(positions) <= self.max_batch_tokens
             }
         }
+    }
+
+    /// The forward passes `prompts` (each a prompt length and its rows) are decoded in: runs of
+    /// consecutive prompts, each as long as [`Self::fits`] allows.
+    pub(crate) fn passes(&self, prompts: &[(usize, usize)]) -> Vec<Range<usize>> {
+        let mut passes = Vec::new();
+        let (mut start, mut held_rows, mut longest) = (0, 0, 0);
+        for (i, &(len, rows)) in prompts.iter().enumerate() {
+            if !self.fits(i - start, held_rows, longest, len, rows) {
+                passes.push(start..i);
+                (start, held_rows, longest) = (i, 0, 0);
+            }
+            held_rows += rows;
+            longest = longest.max(len);
+        }
+        if start < prompts.len() {
+            passes.push(start..prompts.len());
+        }
+        passes
     }
 }
 
@@ -122,8 +158,14 @@ mod tests {
         assert!(!budget.fits(2, 8, 40, 90, 4));
         // One prompt always fits, whatever its size.
         assert!(budget.fits(0, 0, 0, 5000, 16));
-        let fixed = SamplerOptions { batch: Some(3), ..budget };
+        let fixed = SamplerOptions { batch: Some(3), ..budget.clone() };
         assert!(fixed.fits(2, 32, 5000, 5000, 16));
         assert!(!fixed.fits(3, 3, 1, 1, 1));
+
+        // Five prompts of 200 positions fit 1000; a long one goes alone; the rest start anew.
+        let prompts = [(40, 4), (40, 4), (40, 4), (40, 4), (40, 4), (40, 4), (5000, 16), (10, 1)];
+        assert_eq!(budget.passes(&prompts), [0..5, 5..6, 6..7, 7..8]);
+        assert_eq!(fixed.passes(&prompts), [0..3, 3..6, 6..8]);
+        assert!(budget.passes(&[]).is_empty());
     }
 }

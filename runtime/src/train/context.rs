@@ -1,5 +1,6 @@
 //! Where a training call reports and how it stops: the run directory for metrics and warnings,
-//! the cancel flag, the progress mode, and where its checkpoints go.
+//! the cancel flag, the progress mode, where its checkpoints go, and the memory budget of its
+//! sampling.
 //!
 //! Under a run directory each call gets its own checkpoint folder, `checkpoints/{trainer}/` for
 //! the first `sft` (or `grpo`) of the run, then `checkpoints/{trainer}-2/`, `-3/`, … for later
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use crate::error::{Error, Result};
-use crate::run::{CancelFlag, ProgressMode, RunDir};
+use crate::run::{CancelFlag, MemoryBudget, ProgressMode, RunDir};
 
 /// Where a training primitive reports and how it stops.
 #[derive(Debug, Clone)]
@@ -24,6 +25,8 @@ pub struct TrainContext<'a> {
     /// Checkpoints go here; without it, under the run directory's `checkpoints/` (one folder per
     /// call, see the module header), else nowhere.
     pub out_dir: Option<PathBuf>,
+    /// What one rollout or evaluation sampling call may hold (the run's `--max-memory`).
+    pub memory: MemoryBudget,
 }
 
 impl TrainContext<'_> {
@@ -98,6 +101,7 @@ mod tests {
             cancel: CancelFlag::new(),
             progress: ProgressMode::Quiet,
             out_dir: None,
+            memory: MemoryBudget::machine_default(),
         };
         let root = tmp.path().join("checkpoints");
         let claims: Vec<PathBuf> = ["sft", "grpo", "sft", "sft"]

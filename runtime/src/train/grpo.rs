@@ -188,6 +188,7 @@ pub fn grpo_with_rewards(
         ..SamplerOptions::default()
     };
     sampler.logits.temperature = opts.step.temperature as f32;
+    sampler.memory = ctx.memory;
     sampler.logits.top_p = opts.top_p as f32;
     let settings = LoopSettings {
         total: opts.steps,
@@ -373,13 +374,19 @@ mod tests {
     use std::cell::Cell;
 
     use super::*;
-    use crate::run::{CancelFlag, ProgressMode, RunDir};
+    use crate::run::{CancelFlag, MemoryBudget, ProgressMode, RunDir};
     use crate::train::data_order::DataOrder;
     use crate::train::rewards::RewardKind;
     use crate::train::sft::tests::{synthetic_task, tiny_vlm};
 
     fn quiet() -> TrainContext<'static> {
-        TrainContext { run: None, cancel: CancelFlag::new(), progress: ProgressMode::Quiet, out_dir: None }
+        TrainContext {
+            run: None,
+            cancel: CancelFlag::new(),
+            progress: ProgressMode::Quiet,
+            out_dir: None,
+            memory: MemoryBudget::machine_default(),
+        }
     }
 
     fn small(steps: u64) -> GrpoOptions {

@@ -264,7 +264,7 @@ fn sequence(enc: &EncodedConversation) -> Sequence<'_> {
 pub(crate) mod tests {
     use super::*;
     use crate::image::Image;
-    use crate::run::{CancelFlag, ProgressMode, RunDir};
+    use crate::run::{CancelFlag, MemoryBudget, ProgressMode, RunDir};
     use crate::task::mcq::{AnswerFormat, McqItem};
     use candle_core::Device;
     use rand::{Rng, SeedableRng};
@@ -298,7 +298,13 @@ pub(crate) mod tests {
     }
 
     fn quiet() -> TrainContext<'static> {
-        TrainContext { run: None, cancel: CancelFlag::new(), progress: ProgressMode::Quiet, out_dir: None }
+        TrainContext {
+            run: None,
+            cancel: CancelFlag::new(),
+            progress: ProgressMode::Quiet,
+            out_dir: None,
+            memory: MemoryBudget::machine_default(),
+        }
     }
 
     pub(crate) fn greedy_accuracy(vlm: &Vlm, task: &McqTask) -> f64 {

@@ -251,6 +251,7 @@ mod tests {
             cancel: CancelFlag::new(),
             progress: ProgressMode::Quiet,
             out_dir: None,
+            memory: crate::run::MemoryBudget::machine_default(),
         };
         let checkpoints = tmp.path().join("checkpoints");
 

@@ -232,10 +232,8 @@ impl ProcessedImage {
     }
 }
 
-/// Resize, rescale, normalise and patchify one image. Grey input is replicated to RGB.
-pub fn preprocess_image(image: &Image, cfg: &PreprocessorConfig) -> Result<ProcessedImage> {
-    let rgb = image.to_rgb();
-    let (width, height) = (rgb.width() as usize, rgb.height() as usize);
+/// The `(height, width)` an image of `width`x`height` pixels is resized to before patchifying.
+fn output_size(width: usize, height: usize, cfg: &PreprocessorConfig) -> Result<(usize, usize)> {
     let (out_h, out_w) = if cfg.do_resize {
         smart_resize(height, width, cfg.factor(), cfg.min_pixels, cfg.max_pixels)?
     } else {
@@ -247,6 +245,22 @@ pub fn preprocess_image(image: &Image, cfg: &PreprocessorConfig) -> Result<Proce
             cfg.factor()
         );
     }
+    Ok((out_h, out_w))
+}
+
+/// Number of `<|image_pad|>` tokens `image` occupies, without resizing it: what
+/// [`ProcessedImage::num_image_tokens`] of [`preprocess_image`]'s result says.
+pub fn image_token_count(image: &Image, cfg: &PreprocessorConfig) -> Result<usize> {
+    let (out_h, out_w) = output_size(image.width() as usize, image.height() as usize, cfg)?;
+    let side = cfg.patch_size * cfg.merge_size;
+    Ok((out_h / side) * (out_w / side))
+}
+
+/// Resize, rescale, normalise and patchify one image. Grey input is replicated to RGB.
+pub fn preprocess_image(image: &Image, cfg: &PreprocessorConfig) -> Result<ProcessedImage> {
+    let rgb = image.to_rgb();
+    let (width, height) = (rgb.width() as usize, rgb.height() as usize);
+    let (out_h, out_w) = output_size(width, height, cfg)?;
     let pixels = if (out_h, out_w) == (height, width) {
         rgb.pixels().to_vec()
     } else {

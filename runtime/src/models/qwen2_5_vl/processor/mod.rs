@@ -19,7 +19,7 @@ use serde_json::Value;
 use tokenizers::Tokenizer;
 
 use self::chat_template::{ChatMessage, ChatTemplate};
-use self::image::{preprocess_image, PreprocessorConfig, ProcessedImage};
+use self::image::{image_token_count, preprocess_image, PreprocessorConfig, ProcessedImage};
 use crate::error::{Context, Error, Result};
 use crate::image::Image;
 
@@ -200,9 +200,18 @@ impl Processor {
     pub fn encode(&self, image: Option<&Image>, prompt: &str) -> Result<Encoded> {
         let processed = image.map(|img| self.preprocess_image(img)).transpose()?;
         let text = self.template.render(&[ChatMessage::user(image.is_some(), prompt)], true)?;
-        let input_ids = self.tokenize(&self.expand_image_pads(&text, processed.as_ref())?, true)?;
+        let input_ids =
+            self.tokenize(&self.expand_image_pads(&text, self.pads(processed.as_ref()))?, true)?;
         let (pixel_values, grid_thw) = split(processed);
         Ok(Encoded { input_ids, pixel_values, grid_thw })
+    }
+
+    /// `encode(image, prompt).input_ids.len()`, without resizing or patchifying the image: how
+    /// long a prompt is, for planning memory before any pixels are made.
+    pub fn prompt_len(&self, image: Option<&Image>, prompt: &str) -> Result<usize> {
+        let pads = image.map(|img| image_token_count(img, &self.image_config)).transpose()?;
+        let text = self.template.render(&[ChatMessage::user(image.is_some(), prompt)], true)?;
+        Ok(self.tokenize(&self.expand_image_pads(&text, pads)?, true)?.len())
     }
 
     /// [`Processor::encode`]'s ids followed by the assistant's `answer` as the template closes
@@ -224,7 +233,7 @@ impl Processor {
             )
         })?;
         let mut input_ids =
-            self.tokenize(&self.expand_image_pads(&prompt_text, processed.as_ref())?, true)?;
+            self.tokenize(&self.expand_image_pads(&prompt_text, self.pads(processed.as_ref()))?, true)?;
         let completion_ids = self.tokenize(completion, false)?;
         let mut completion_mask = vec![false; input_ids.len()];
         completion_mask.resize(input_ids.len() + completion_ids.len(), true);
@@ -238,19 +247,21 @@ impl Processor {
         preprocess_image(image, &self.image_config)
     }
 
-    /// Replace the rendered `<|image_pad|>` with one pad per merged patch of `image`.
-    fn expand_image_pads(&self, text: &str, image: Option<&ProcessedImage>) -> Result<String> {
+    /// `<|image_pad|>` tokens a processed image occupies.
+    fn pads(&self, image: Option<&ProcessedImage>) -> Option<usize> {
+        image.map(|img| img.num_image_tokens(self.image_config.merge_size))
+    }
+
+    /// Replace the rendered `<|image_pad|>` with `pads` of them (one per merged patch of the
+    /// image); `None` when there is no image.
+    fn expand_image_pads(&self, text: &str, pads: Option<usize>) -> Result<String> {
         let found = text.matches(IMAGE_PAD).count();
-        let expected = usize::from(image.is_some());
+        let expected = usize::from(pads.is_some());
         if found != expected {
             crate::bail!("the templated prompt holds {found} {IMAGE_PAD} tokens for {expected} image(s)");
         }
-        Ok(match image {
-            Some(img) => text.replacen(
-                IMAGE_PAD,
-                &IMAGE_PAD.repeat(img.num_image_tokens(self.image_config.merge_size)),
-                1,
-            ),
+        Ok(match pads {
+            Some(n) => text.replacen(IMAGE_PAD, &IMAGE_PAD.repeat(n), 1),
             None => text.to_string(),
         })
     }
@@ -376,6 +387,22 @@ mod tests {
         let text_only = processor.encode(None, prompt).unwrap();
         assert_eq!(text_only.input_ids, ids(&exp["tiny_text_ids"]));
         assert!(text_only.pixel_values.is_none() && text_only.grid_thw.is_none());
+    }
+
+    #[test]
+    fn prompt_len_is_the_encoded_length_without_the_pixels() {
+        let processor = Processor::tiny().unwrap();
+        let prompt = "Which organ is shown?";
+        assert_eq!(
+            processor.prompt_len(None, prompt).unwrap(),
+            processor.encode(None, prompt).unwrap().input_ids.len()
+        );
+        for (w, h, channels) in [(28, 28, 1), (37, 23, 3), (300, 41, 3), (5, 9, 1)] {
+            let image =
+                Image::new(w, h, channels, vec![90u8; (w * h * u32::from(channels)) as usize]).unwrap();
+            let encoded = processor.encode(Some(&image), prompt).unwrap().input_ids.len();
+            assert_eq!(processor.prompt_len(Some(&image), prompt).unwrap(), encoded, "{w}x{h}");
+        }
     }
 
     #[test]
