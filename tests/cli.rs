@@ -1,8 +1,10 @@
 //! The `medbridge` binary as a user meets it: checking every shipped script, the bad-script
 //! corpus, exit codes, `--set` arguments, the sandbox, determinism and the generated docs.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -54,10 +56,75 @@ fn every_script_and_stdlib_module_passes_check() {
     }
 }
 
+/// Address space one corpus case may map (`ulimit -v`, in KiB): 4 GiB, about ten times the
+/// 0.37 GB a tiny-model run maps at its peak on two cores (`VmPeak` of an evaluate, a probe, a
+/// plot and a generate), and far below what the corpus provokes (tens of GiB to terabytes). Under
+/// it the default memory budget is 3 GiB. CUDA maps far more address space, so the CUDA build runs
+/// the corpus without it.
+const CORPUS_ADDRESS_SPACE_KIB: u64 = 4 << 20;
+
+/// Wall-clock bound on one corpus case (the slowest, a string or array doubling to its limit in
+/// a debug build, takes a few seconds).
+const CORPUS_SECONDS: u64 = 120;
+
+/// Run the binary under an address-space limit (when given) and a wall-clock limit; past the
+/// time limit the process is killed and the test fails.
+fn medbridge_bounded(args: &[&str], cwd: &Path, address_space_kib: Option<u64>, limit: Duration) -> Output {
+    let bin = env!("CARGO_BIN_EXE_medbridge");
+    let mut cmd = match address_space_kib {
+        Some(kib) => {
+            let mut sh = Command::new("sh");
+            sh.arg("-c").arg(format!("ulimit -v {kib} && exec \"$0\" \"$@\"")).arg(bin);
+            sh
+        }
+        None => Command::new(bin),
+    };
+    cmd.args(args).current_dir(cwd).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().expect("binary runs");
+    wait_bounded(child, limit, &format!("{args:?}")).0
+}
+
+/// Wait for `child` at most `limit`, reading its output on the side so a full pipe cannot stall
+/// it; also returns how long it took.
+fn wait_bounded(mut child: Child, limit: Duration, what: &str) -> (Output, Duration) {
+    let read = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = read(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = read(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let took = start.elapsed();
+    (Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }, took)
+}
+
+/// Every case of `tests/bad_scripts/` fails as its `// expect:` header says (exit code 1, the
+/// position and a message naming the culprit), under an address-space limit and a time limit,
+/// without a panic, an abort or an overflow: the issue-20 defects among them (allocations that
+/// aborted, a canvas that overflowed, an import cycle that overflowed the stack) stay errors.
 #[test]
 fn bad_scripts_fail_with_file_line_col_and_exit_1() {
     let corpus = rhai_files(&root().join("tests/bad_scripts"));
     assert!(corpus.len() >= 5);
+    let address_space = (!cfg!(feature = "cuda")).then_some(CORPUS_ADDRESS_SPACE_KIB);
+    let bounded =
+        |args: &[&str]| medbridge_bounded(args, &root(), address_space, Duration::from_secs(CORPUS_SECONDS));
     for f in corpus {
         let text = std::fs::read_to_string(&f).unwrap();
         let header = text.lines().next().unwrap().strip_prefix("// expect: ").expect("corpus header");
@@ -70,17 +137,17 @@ fn bad_scripts_fail_with_file_line_col_and_exit_1() {
             "check" => vec!["check", path],
             _ => vec!["run", path, "--quiet", "--out", out_dir.to_str().unwrap()],
         };
-        let out = medbridge(&args, &root());
+        let out = bounded(&args);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{}: {err}", f.display());
         assert!(err.contains(&format!("{path}:{at}: ")), "{}: expected {at} in {err}", f.display());
         assert!(err.contains(message), "{}: expected `{message}` in {err}", f.display());
         for crash in ["panicked", "abort", "overflow"] {
-            assert!(!err.contains(crash), "{}: {err}", f.display());
+            assert!(!err.contains(crash) && !stdout(&out).contains(crash), "{}: {err}", f.display());
         }
         if via == "check" {
             // Errors a compile can see are also reported before a run starts anything.
-            let run = medbridge(&["run", path, "--quiet", "--out", out_dir.to_str().unwrap()], &root());
+            let run = bounded(&["run", path, "--quiet", "--out", out_dir.to_str().unwrap()]);
             assert_eq!(run.status.code(), Some(1));
         }
     }
@@ -489,4 +556,150 @@ fn a_leading_byte_order_mark_is_skipped() {
     let run = medbridge(&["run", "s.rhai", "--quiet", "--out", "run"], dir.path());
     assert!(run.status.success(), "{}", stderr(&run));
     assert_eq!(stdout(&run).trim(), "42");
+}
+
+/// A long `generate` (4,000 greedy tokens of the tiny model: tens of seconds in a debug build)
+/// and a long `linear_probe` (a hundred million epochs).
+const LONG_PRIMITIVES: [(&str, &str); 2] = [
+    (
+        "generate",
+        r#"let m = new_model("qwen2_5_vl_tiny", #{seed: 0});
+           print("started");
+           m.generate(#{prompt: "Which organ?", max_new_tokens: 4000});"#,
+    ),
+    (
+        "linear_probe",
+        r#"let m = new_model("qwen2_5_vl_tiny", #{seed: 0});
+           let data = synth_medmnist(#{tasks: ["pathmnist"], n_train: 16, n_val: 4, n_test: 8, seed: 0});
+           let train = medmnist("pathmnist", #{root: data, split: "train"});
+           let test = medmnist("pathmnist", #{root: data});
+           print("started");
+           linear_probe(m, train, test, #{epochs: 100000000});"#,
+    ),
+];
+
+/// Read `child`'s stdout until a line equal to `marker`, at most `limit`; the rest of the output
+/// keeps flowing to the returned receiver.
+fn wait_for_line(child: &mut Child, marker: &str, limit: Duration) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let start = Instant::now();
+    loop {
+        let left = limit.checked_sub(start.elapsed()).unwrap_or_else(|| panic!("no `{marker}` in {limit:?}"));
+        match rx.recv_timeout(left) {
+            Ok(line) if line == marker => return rx,
+            Ok(_) => {}
+            Err(e) => panic!("waiting for `{marker}`: {e}"),
+        }
+    }
+}
+
+fn interrupt(child: &Child) {
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success(), "kill -INT failed");
+}
+
+/// Ctrl-C reaches the primitive that is running: `run` stops within 2 s with exit code 130,
+/// saying where it stopped, on screen and in `output.log`.
+#[test]
+fn ctrl_c_stops_a_long_generate_and_a_long_linear_probe_within_two_seconds() {
+    for (what, body) in LONG_PRIMITIVES {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("s.rhai"), body).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_medbridge"))
+            .args(["run", "s.rhai", "--quiet", "--out", "run"])
+            .current_dir(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _rest = wait_for_line(&mut child, "started", Duration::from_secs(120));
+        // Let the primitive get into its loop (decoding, or extracting and fitting).
+        std::thread::sleep(Duration::from_millis(500));
+        interrupt(&child);
+        let (out, took) = wait_bounded(child, Duration::from_secs(30), what);
+        let err = stderr(&out);
+        assert!(took < Duration::from_secs(2), "{what}: stopped {took:?} after Ctrl-C: {err}");
+        assert_eq!(out.status.code(), Some(130), "{what}: {err}");
+        assert!(err.contains("cancelled by the user"), "{what}: {err}");
+        let log = std::fs::read_to_string(dir.path().join("run/output.log")).unwrap();
+        assert!(log.contains("cancelled by the user"), "{what}: {log}");
+    }
+}
+
+/// In the REPL, Ctrl-C stops the running entry and the next one runs within a second; the
+/// session goes on (piped input still counts the cancelled entry as failed when it exits).
+#[test]
+fn ctrl_c_in_the_repl_returns_to_the_prompt_within_a_second() {
+    use std::io::Write;
+    for (what, body) in LONG_PRIMITIVES {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_medbridge"))
+            .args(["repl", "--quiet", "--out", "run"])
+            .current_dir(dir.path())
+            .env("HOME", dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // One entry per line: the REPL runs each as it arrives.
+        let entry = body.lines().map(str::trim).collect::<Vec<_>>().join(" ");
+        writeln!(stdin, "{entry}\nprint(\"back\");").unwrap();
+        let rest = wait_for_line(&mut child, "started", Duration::from_secs(120));
+        std::thread::sleep(Duration::from_millis(500));
+        interrupt(&child);
+        let sent = Instant::now();
+        let line = rest.recv_timeout(Duration::from_secs(30)).expect("the REPL goes on");
+        let took = sent.elapsed();
+        assert_eq!(line, "back", "{what}");
+        assert!(took < Duration::from_secs(1), "{what}: the next entry ran {took:?} after Ctrl-C");
+        drop(stdin);
+        let (out, _) = wait_bounded(child, Duration::from_secs(30), what);
+        assert!(stderr(&out).contains("cancelled"), "{what}: {}", stderr(&out));
+        assert_eq!(out.status.code(), Some(1), "{what}");
+    }
+}
+
+/// `--max-memory` is the budget every sampling primitive checks before it starts: `evaluate`,
+/// `sample`, `generate` and `grpo`'s rollouts are refused under a tiny one with an error naming
+/// the flag, and run under the default. A size that does not parse is a usage error.
+#[test]
+fn max_memory_bounds_every_sampling_primitive() {
+    let setup = r#"let task = mcq_task([#{question: "q", options: ["a", "b"], answer: 0}], #{});
+                   let m = new_model("qwen2_5_vl_tiny", #{seed: 0});"#;
+    let calls = [
+        "evaluate(m, task, #{n: 2, max_new_tokens: 4})",
+        "sample(m, [#{prompt: \"q\"}], sampler(#{n: 2, max_new_tokens: 4}))",
+        "m.generate(#{prompt: \"q\", max_new_tokens: 4})",
+        "grpo(m, task, #{steps: 1, batch: 1, group: 2, max_new_tokens: 2})",
+    ];
+    for call in calls {
+        let source = format!("{setup}\n{call};");
+        let (out, _dir) = run_source(&source, &["--max-memory", "64KiB"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{call}: {err}");
+        assert!(err.contains("more than the memory budget of 64.0 KiB (--max-memory)"), "{call}: {err}");
+        assert!(
+            err.contains("or raise the budget with --max-memory (e.g. --max-memory 1GiB)"),
+            "{call}: {err}"
+        );
+        let (out, _dir) = run_source(&source, &["--max-memory", "1GiB"]);
+        assert!(out.status.success(), "{call}: {}", stderr(&out));
+    }
+    let (out, _dir) = run_source("print(1);", &["--max-memory", "8 parsecs"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("unknown unit `parsecs`"), "{}", stderr(&out));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("s.rhai"), "print(1);").unwrap();
+    assert!(medbridge(&["check", "s.rhai", "--max-memory", "512MiB"], dir.path()).status.success());
 }
