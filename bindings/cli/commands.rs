@@ -11,8 +11,8 @@ use crate::{LimitArgs, RunArgs};
 
 pub const SCRIPT_ERROR: u8 = 1;
 pub const USAGE_ERROR: u8 = 2;
-/// A run stopped by Ctrl-C: 128 + SIGINT, as shells report it.
-pub const CANCELLED: u8 = 130;
+/// A run or a sweep stopped by Ctrl-C: 128 + SIGINT, as shells report it.
+pub const INTERRUPTED: u8 = 130;
 
 pub fn session_options(script: Option<&Path>, opts: &RunArgs, cancel: CancelFlag) -> SessionOptions {
     SessionOptions {
@@ -26,16 +26,25 @@ pub fn session_options(script: Option<&Path>, opts: &RunArgs, cancel: CancelFlag
     }
 }
 
-/// Ctrl-C sets the flag that long primitives and the engine poll. With `second_stops`, a second
-/// Ctrl-C while the flag is still set ends the process at once with [`CANCELLED`], in case
-/// something does not poll.
-pub fn install_cancel_handler(cancel: &CancelFlag, second_stops: bool) {
+/// Ctrl-C sets the flag that long primitives and the engine poll.
+pub fn install_cancel_handler(cancel: &CancelFlag) {
+    set_cancel_handler(cancel, false);
+}
+
+/// As [`install_cancel_handler`], and a second Ctrl-C while the flag is still set ends the
+/// process at once with [`INTERRUPTED`], in case something does not poll. For `run` only: the
+/// REPL keeps its session, and a sweep stops its cells before it exits.
+pub fn install_run_cancel_handler(cancel: &CancelFlag) {
+    set_cancel_handler(cancel, true);
+}
+
+fn set_cancel_handler(cancel: &CancelFlag, second_stops: bool) {
     let flag = cancel.clone();
     // A second handler (tests calling twice) is not an error worth stopping for.
     let _ = ctrlc::set_handler(move || {
         if second_stops && flag.is_cancelled() {
             eprintln!("error: cancelled by the user (second Ctrl-C)");
-            std::process::exit(i32::from(CANCELLED));
+            std::process::exit(i32::from(INTERRUPTED));
         }
         flag.cancel();
     });
@@ -63,7 +72,7 @@ pub fn run(script: &Path, set: &[String], opts: &RunArgs) -> u8 {
         return USAGE_ERROR;
     }
     let cancel = CancelFlag::new();
-    install_cancel_handler(&cancel, true);
+    install_run_cancel_handler(&cancel);
     let session = match open_session(&session_options(Some(script), opts, cancel.clone())) {
         Ok(s) => s,
         Err(e) => {
@@ -84,7 +93,7 @@ pub fn run(script: &Path, set: &[String], opts: &RunArgs) -> u8 {
             }
             eprintln!("run directory: {run_dir}");
             if cancel.is_cancelled() {
-                CANCELLED
+                INTERRUPTED
             } else {
                 SCRIPT_ERROR
             }

@@ -48,7 +48,7 @@ pub fn repl(opts: &RunArgs) -> u8 {
         return USAGE_ERROR;
     }
     let cancel = CancelFlag::new();
-    install_cancel_handler(&cancel, false);
+    install_cancel_handler(&cancel);
     let session = match open_session(&session_options(None, opts, cancel.clone())) {
         Ok(s) => s,
         Err(e) => {
