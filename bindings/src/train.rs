@@ -6,6 +6,7 @@
 
 use medbridge_runtime::models::qwen2_5_vl::LoraConfig;
 use medbridge_runtime::models::Vlm;
+use medbridge_runtime::run::Session;
 use medbridge_runtime::task::McqTask;
 use medbridge_runtime::train::{
     grpo_with_rewards, sft as run_sft, CareOptions, EvalPoint, GrpoOptions, LossAggregation, PeriodicEval,
@@ -37,6 +38,18 @@ static PERIODIC_EVAL: OptionSet = OptionSet::new(
         &EVAL_SAMPLER_KEYS,
     ],
 );
+
+/// Where a training call of the run reports and how it stops: the run's directory, cancel flag,
+/// progress mode and memory budget.
+fn train_context(s: &Session) -> TrainContext<'_> {
+    TrainContext {
+        run: Some(&s.run),
+        cancel: s.cancel.clone(),
+        progress: s.progress,
+        out_dir: None,
+        memory: s.memory,
+    }
+}
 
 /// `eval_every` and `eval_options` of `sft` and `grpo`; `None` when neither is given.
 fn periodic_eval(ctx: &NativeCallContext, o: &Opts, what: &str) -> ScriptResult<Option<PeriodicEval>> {
@@ -393,13 +406,7 @@ pub mod train_api {
         (opts.save_every, opts.resume, opts.seed, opts.max_bad_steps) =
             (shared.save_every, shared.resume, shared.seed, shared.max_bad_steps);
         opts.eval = periodic_eval(&ctx, &o, "sft")?;
-        let train_ctx = TrainContext {
-            run: Some(&s.run),
-            cancel: s.cancel.clone(),
-            progress: s.progress,
-            out_dir: None,
-            memory: s.memory,
-        };
+        let train_ctx = train_context(&s);
         let (trained, summary) = run_sft(&model, &task, &opts, &train_ctx).script()?;
         let floats = |v: &[f64]| -> Array { v.iter().map(|&x| Dynamic::from_float(x)).collect() };
         let mut out = Map::new();
@@ -506,13 +513,7 @@ pub mod train_api {
         opts.eval = periodic_eval(&ctx, &o, "grpo")?;
         let settings = opts.describe();
         s.run.record_settings("grpo", settings.clone()).script()?;
-        let train_ctx = TrainContext {
-            run: Some(&s.run),
-            cancel: s.cancel.clone(),
-            progress: s.progress,
-            out_dir: None,
-            memory: s.memory,
-        };
+        let train_ctx = train_context(&s);
         let (trained, summary) = grpo_with_rewards(&model, &task, &opts, custom, &train_ctx).script()?;
         let floats = |v: &[f64]| -> Array { v.iter().map(|&x| Dynamic::from_float(x)).collect() };
         let mut out = Map::new();

@@ -13,7 +13,6 @@ use crate::error::Result;
 use crate::image::Image;
 use crate::models::qwen2_5_vl::LoraConfig;
 use crate::models::Vlm;
-use crate::run::{CancelFlag, MemoryBudget, ProgressMode};
 use crate::task::mcq::{AnswerFormat, McqItem, McqTask};
 use crate::train::{grpo, sft, GrpoOptions, GrpoStepOptions, Schedule, SftOptions, TrainContext};
 
@@ -128,13 +127,7 @@ pub fn bench_training(
     workload: &TrainingWorkload,
     repeats: usize,
 ) -> Result<TrainingBench> {
-    let ctx = TrainContext {
-        run: None,
-        cancel: CancelFlag::new(),
-        progress: ProgressMode::Quiet,
-        out_dir: None,
-        memory: MemoryBudget::machine_default(),
-    };
+    let ctx = TrainContext::quiet();
     let sft_seconds = steady_seconds(repeats, |steps| {
         let opts = SftOptions {
             steps: Some(steps),

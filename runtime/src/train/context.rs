@@ -30,6 +30,18 @@ pub struct TrainContext<'a> {
 }
 
 impl TrainContext<'_> {
+    /// No run directory, a fresh cancel flag, no progress bars and the machine's memory budget:
+    /// a training call that reports nowhere (benchmarks, tests).
+    pub fn quiet() -> TrainContext<'static> {
+        TrainContext {
+            run: None,
+            cancel: CancelFlag::new(),
+            progress: ProgressMode::Quiet,
+            out_dir: None,
+            memory: MemoryBudget::machine_default(),
+        }
+    }
+
     /// Claim this call's checkpoint folder for `trainer` (`"sft"` or `"grpo"`).
     pub(crate) fn claim_checkpoint_dir(&self, trainer: &str) -> Result<Option<PathBuf>> {
         if let Some(out) = &self.out_dir {
@@ -96,13 +108,7 @@ mod tests {
     fn each_call_claims_its_own_folder_per_trainer() {
         let tmp = tempfile::tempdir().unwrap();
         let run = RunDir::create(Some(tmp.path()), "t").unwrap();
-        let ctx = TrainContext {
-            run: Some(&run),
-            cancel: CancelFlag::new(),
-            progress: ProgressMode::Quiet,
-            out_dir: None,
-            memory: MemoryBudget::machine_default(),
-        };
+        let ctx = TrainContext { run: Some(&run), ..TrainContext::quiet() };
         let root = tmp.path().join("checkpoints");
         let claims: Vec<PathBuf> = ["sft", "grpo", "sft", "sft"]
             .iter()

@@ -374,20 +374,10 @@ mod tests {
     use std::cell::Cell;
 
     use super::*;
-    use crate::run::{CancelFlag, MemoryBudget, ProgressMode, RunDir};
+    use crate::run::RunDir;
     use crate::train::data_order::DataOrder;
     use crate::train::rewards::RewardKind;
     use crate::train::sft::tests::{synthetic_task, tiny_vlm};
-
-    fn quiet() -> TrainContext<'static> {
-        TrainContext {
-            run: None,
-            cancel: CancelFlag::new(),
-            progress: ProgressMode::Quiet,
-            out_dir: None,
-            memory: MemoryBudget::machine_default(),
-        }
-    }
 
     fn small(steps: u64) -> GrpoOptions {
         GrpoOptions {
@@ -414,13 +404,13 @@ mod tests {
     fn from_a_random_start_rewards_stay_at_zero_and_every_group_has_zero_variance() {
         let (vlm, task) = (tiny_vlm(), synthetic_task());
         let opts = GrpoOptions { lr: 1e-3, ..small(2) };
-        let (_, summary) = grpo(&vlm, &task, &opts, &quiet()).unwrap();
+        let (_, summary) = grpo(&vlm, &task, &opts, &TrainContext::quiet()).unwrap();
         assert_eq!(summary.rewards, vec![0.0, 0.0], "a random model never answers in format");
         assert_eq!(summary.zero_variance, vec![1.0, 1.0]);
         assert_eq!(summary.batch_filled, vec![false, false]);
         // Dynamic sampling draws up to its cap looking for signal, and reports that it found none.
         let opts = GrpoOptions { dynamic_sampling: true, max_draws: Some(5), ..opts };
-        let (_, summary) = grpo(&vlm, &task, &opts, &quiet()).unwrap();
+        let (_, summary) = grpo(&vlm, &task, &opts, &TrainContext::quiet()).unwrap();
         assert_eq!(summary.prompts_drawn, vec![5, 5]);
         assert_eq!((summary.zero_variance, summary.updates), (vec![1.0, 1.0], vec![0, 0]));
     }
@@ -430,7 +420,7 @@ mod tests {
         let (vlm, task) = (tiny_vlm(), synthetic_task());
         let tmp = tempfile::tempdir().unwrap();
         let run = RunDir::create(Some(tmp.path()), "grpo").unwrap();
-        let ctx = TrainContext { run: Some(&run), ..quiet() };
+        let ctx = TrainContext { run: Some(&run), ..TrainContext::quiet() };
         // Even examples get distinct rewards (a running count); odd ones a constant.
         let calls = Cell::new(0u32);
         let mut rewards = Rewards::default();
@@ -475,15 +465,22 @@ mod tests {
     fn resumed_run_repeats_the_uninterrupted_losses_and_rewards() {
         let (vlm, task) = (tiny_vlm(), synthetic_task());
         let opts = GrpoOptions { rewards: vec![], ..small(4) };
-        let (_, whole) = grpo_with_rewards(&vlm, &task, &opts, text_reward(), &quiet()).unwrap();
+        let (_, whole) =
+            grpo_with_rewards(&vlm, &task, &opts, text_reward(), &TrainContext::quiet()).unwrap();
         assert!(whole.rewards.iter().any(|&r| r > 0.0) && whole.updates.iter().all(|&u| u == 1));
         let tmp = tempfile::tempdir().unwrap();
-        let ctx = TrainContext { out_dir: Some(tmp.path().to_path_buf()), ..quiet() };
+        let ctx = TrainContext { out_dir: Some(tmp.path().to_path_buf()), ..TrainContext::quiet() };
         let first = GrpoOptions { steps: 2, ..opts.clone() };
         let (_, half) = grpo_with_rewards(&vlm, &task, &first, text_reward(), &ctx).unwrap();
         let resume = Some(tmp.path().join("checkpoint-2"));
-        let (_, rest) =
-            grpo_with_rewards(&vlm, &task, &GrpoOptions { resume, ..opts }, text_reward(), &quiet()).unwrap();
+        let (_, rest) = grpo_with_rewards(
+            &vlm,
+            &task,
+            &GrpoOptions { resume, ..opts },
+            text_reward(),
+            &TrainContext::quiet(),
+        )
+        .unwrap();
         assert_eq!((half.first_step, rest.first_step, rest.losses.len()), (0, 2, 2));
         let joined = |a: &[f64], b: &[f64]| [a, b].concat();
         for (name, w, r) in [
@@ -504,7 +501,7 @@ mod tests {
         let opts = GrpoOptions { rewards: vec![], care: Some(care), ..small(4) };
         let tmp = tempfile::tempdir().unwrap();
         let run = RunDir::create(Some(&tmp.path().join("whole")), "grpo").unwrap();
-        let ctx = TrainContext { run: Some(&run), ..quiet() };
+        let ctx = TrainContext { run: Some(&run), ..TrainContext::quiet() };
         let (_, whole) = grpo_with_rewards(&vlm, &task, &opts, text_reward(), &ctx).unwrap();
         assert!(whole.care_bonus.iter().any(|&b| b > 0.0), "{:?}", whole.care_bonus);
         assert_eq!(whole.confidence.len(), 4);
@@ -514,10 +511,10 @@ mod tests {
         }
 
         let half_dir = tmp.path().join("half");
-        let ctx = TrainContext { out_dir: Some(half_dir.clone()), ..quiet() };
+        let ctx = TrainContext { out_dir: Some(half_dir.clone()), ..TrainContext::quiet() };
         let first = GrpoOptions { steps: 2, ..opts.clone() };
         let (_, half) = grpo_with_rewards(&vlm, &task, &first, text_reward(), &ctx).unwrap();
-        let ctx = TrainContext { out_dir: Some(tmp.path().join("rest")), ..quiet() };
+        let ctx = TrainContext { out_dir: Some(tmp.path().join("rest")), ..TrainContext::quiet() };
         let resume = GrpoOptions { resume: Some(half_dir.join("checkpoint-2")), ..opts.clone() };
         let (_, rest) = grpo_with_rewards(&vlm, &task, &resume, text_reward(), &ctx).unwrap();
         let joined = |a: &[f64], b: &[f64]| [a, b].concat();
@@ -536,11 +533,13 @@ mod tests {
 
         // A checkpoint written without care cannot resume a care run exactly, and says so.
         let plain_dir = tmp.path().join("plain");
-        let ctx = TrainContext { out_dir: Some(plain_dir.clone()), ..quiet() };
+        let ctx = TrainContext { out_dir: Some(plain_dir.clone()), ..TrainContext::quiet() };
         let plain = GrpoOptions { care: None, steps: 1, ..opts.clone() };
         grpo_with_rewards(&vlm, &task, &plain, text_reward(), &ctx).unwrap();
         let resume = GrpoOptions { resume: Some(plain_dir), ..opts };
-        let err = grpo_with_rewards(&vlm, &task, &resume, text_reward(), &quiet()).unwrap_err().to_string();
+        let err = grpo_with_rewards(&vlm, &task, &resume, text_reward(), &TrainContext::quiet())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("holds no CARE reference"), "{err}");
     }
 
@@ -549,14 +548,15 @@ mod tests {
         let (vlm, task) = (tiny_vlm(), synthetic_task());
         let tmp = tempfile::tempdir().unwrap();
         let run = RunDir::create(Some(tmp.path()), "grpo").unwrap();
-        let ctx = TrainContext { run: Some(&run), ..quiet() };
+        let ctx = TrainContext { run: Some(&run), ..TrainContext::quiet() };
         let mut eval = PeriodicEval::every(2);
         eval.options.sampler.n = 3;
         eval.options.sampler.max_new_tokens = 4;
         eval.options.limit = Some(2);
         eval.k = 2;
         let opts = GrpoOptions { rewards: vec![], ..small(3) };
-        let (_, plain) = grpo_with_rewards(&vlm, &task, &opts, text_reward(), &quiet()).unwrap();
+        let (_, plain) =
+            grpo_with_rewards(&vlm, &task, &opts, text_reward(), &TrainContext::quiet()).unwrap();
         let with = GrpoOptions { eval: Some(eval), ..opts };
         let (_, summary) = grpo_with_rewards(&vlm, &task, &with, text_reward(), &ctx).unwrap();
         assert_eq!(summary.losses, plain.losses);
@@ -578,19 +578,24 @@ mod tests {
             step: GrpoStepOptions { group: 1, ..GrpoStepOptions::default() },
             ..GrpoOptions::default()
         };
-        assert!(grpo(&vlm, &task, &one, &quiet()).unwrap_err().to_string().contains("group"));
+        assert!(grpo(&vlm, &task, &one, &TrainContext::quiet()).unwrap_err().to_string().contains("group"));
         let bad = GrpoOptions { rewards: vec![("brevity".into(), 1.0)], ..GrpoOptions::default() };
-        assert!(grpo(&vlm, &task, &bad, &quiet()).unwrap_err().to_string().contains("brevity"));
+        assert!(grpo(&vlm, &task, &bad, &TrainContext::quiet()).unwrap_err().to_string().contains("brevity"));
         let cap = GrpoOptions { dynamic_sampling: true, max_draws: Some(1), ..small(1) };
-        assert!(grpo(&vlm, &task, &cap, &quiet()).unwrap_err().to_string().contains("max_draws (1)"));
+        assert!(grpo(&vlm, &task, &cap, &TrainContext::quiet())
+            .unwrap_err()
+            .to_string()
+            .contains("max_draws (1)"));
         let eval = GrpoOptions { eval: Some(PeriodicEval { k: 99, ..PeriodicEval::every(1) }), ..small(1) };
-        let err = grpo(&vlm, &task, &eval, &quiet()).unwrap_err().to_string();
+        let err = grpo(&vlm, &task, &eval, &TrainContext::quiet()).unwrap_err().to_string();
         assert!(err.contains("eval k = 99"), "{err}");
         let mut failing = Rewards::default();
         failing
             .push("mine", 1.0, RewardKind::Custom(Box::new(|_, _| crate::bail!("no answer tag"))))
             .unwrap();
-        let err = grpo_with_rewards(&vlm, &task, &small(1), failing, &quiet()).unwrap_err().to_string();
+        let err = grpo_with_rewards(&vlm, &task, &small(1), failing, &TrainContext::quiet())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("reward `mine`: no answer tag"), "{err}");
     }
 }

@@ -264,7 +264,7 @@ fn sequence(enc: &EncodedConversation) -> Sequence<'_> {
 pub(crate) mod tests {
     use super::*;
     use crate::image::Image;
-    use crate::run::{CancelFlag, MemoryBudget, ProgressMode, RunDir};
+    use crate::run::{ProgressMode, RunDir};
     use crate::task::mcq::{AnswerFormat, McqItem};
     use candle_core::Device;
     use rand::{Rng, SeedableRng};
@@ -297,16 +297,6 @@ pub(crate) mod tests {
         Vlm::new_preset("qwen2_5_vl_tiny", 3, &Device::Cpu).unwrap()
     }
 
-    fn quiet() -> TrainContext<'static> {
-        TrainContext {
-            run: None,
-            cancel: CancelFlag::new(),
-            progress: ProgressMode::Quiet,
-            out_dir: None,
-            memory: MemoryBudget::machine_default(),
-        }
-    }
-
     pub(crate) fn greedy_accuracy(vlm: &Vlm, task: &McqTask) -> f64 {
         let correct: f64 = (0..task.len())
             .map(|i| {
@@ -334,7 +324,7 @@ pub(crate) mod tests {
     fn lora_sft_learns_the_task_and_leaves_the_input_alone() {
         let (vlm, task) = (tiny_vlm(), synthetic_task());
         let before = vlm.logits(None, "hello").unwrap();
-        let (trained, summary) = sft(&vlm, &task, &fast(60), &quiet()).unwrap();
+        let (trained, summary) = sft(&vlm, &task, &fast(60), &TrainContext::quiet()).unwrap();
         let acc = greedy_accuracy(&trained, &task);
         assert!(acc >= 0.95, "train accuracy {acc}, losses {:?}", summary.losses);
         // The loss falls window by window (means over 10 steps).
@@ -359,12 +349,12 @@ pub(crate) mod tests {
     fn resumed_run_repeats_the_uninterrupted_losses() {
         let (vlm, task) = (tiny_vlm(), synthetic_task());
         let opts = SftOptions { schedule: Schedule::Cosine, warmup: 1, ..fast(4) };
-        let (_, whole) = sft(&vlm, &task, &opts, &quiet()).unwrap();
+        let (_, whole) = sft(&vlm, &task, &opts, &TrainContext::quiet()).unwrap();
         let tmp = tempfile::tempdir().unwrap();
-        let ctx = TrainContext { out_dir: Some(tmp.path().to_path_buf()), ..quiet() };
+        let ctx = TrainContext { out_dir: Some(tmp.path().to_path_buf()), ..TrainContext::quiet() };
         sft(&vlm, &task, &SftOptions { save_every: Some(2), ..opts.clone() }, &ctx).unwrap();
         let resume = Some(tmp.path().join("checkpoint-2"));
-        let (_, resumed) = sft(&vlm, &task, &SftOptions { resume, ..opts }, &quiet()).unwrap();
+        let (_, resumed) = sft(&vlm, &task, &SftOptions { resume, ..opts }, &TrainContext::quiet()).unwrap();
         assert_eq!(resumed.first_step, 2);
         for (a, b) in whole.losses[2..].iter().zip(&resumed.losses) {
             assert!((a - b).abs() < 1e-6, "{:?} vs {:?}", whole.losses, resumed.losses);
@@ -377,13 +367,13 @@ pub(crate) mod tests {
         let (vlm, task) = (tiny_vlm(), synthetic_task());
         let tmp = tempfile::tempdir().unwrap();
         let run = RunDir::create(Some(tmp.path()), "sft").unwrap();
-        let ctx = TrainContext { run: Some(&run), ..quiet() };
+        let ctx = TrainContext { run: Some(&run), ..TrainContext::quiet() };
         let mut eval = PeriodicEval::every(2);
         eval.options.sampler.n = 4;
         eval.options.sampler.max_new_tokens = 8;
         eval.options.limit = Some(4);
         eval.k = 4;
-        let (_, plain) = sft(&vlm, &task, &fast(5), &quiet()).unwrap();
+        let (_, plain) = sft(&vlm, &task, &fast(5), &TrainContext::quiet()).unwrap();
         let opts = SftOptions { eval: Some(eval.clone()), ..fast(5) };
         let (trained, summary) = sft(&vlm, &task, &opts, &ctx).unwrap();
         assert_eq!(summary.losses, plain.losses, "evaluation must not change the trajectory");
@@ -409,7 +399,7 @@ pub(crate) mod tests {
         let (vlm, task) = (tiny_vlm(), synthetic_task());
         let tmp = tempfile::tempdir().unwrap();
         let run = RunDir::create(Some(tmp.path()), "sft").unwrap();
-        let ctx = TrainContext { run: Some(&run), ..quiet() };
+        let ctx = TrainContext { run: Some(&run), ..TrainContext::quiet() };
         let (_, summary) = run_sft(&vlm, &task, &fast(3), &ctx, &|step| step == 1).unwrap();
         assert_eq!(summary.skipped_steps, vec![1]);
         assert!(summary.losses[2].is_finite());
@@ -419,7 +409,7 @@ pub(crate) mod tests {
         let log = std::fs::read_to_string(tmp.path().join("output.log")).unwrap();
         assert!(log.contains("sft step 1") && log.contains("not finite"), "{log}");
         let opts = SftOptions { max_bad_steps: 1, ..fast(5) };
-        let err = run_sft(&vlm, &task, &opts, &quiet(), &|_| true).unwrap_err().to_string();
+        let err = run_sft(&vlm, &task, &opts, &TrainContext::quiet(), &|_| true).unwrap_err().to_string();
         assert!(err.contains("max_bad_steps = 1"), "{err}");
     }
 
@@ -427,7 +417,7 @@ pub(crate) mod tests {
     fn cancellation_saves_a_checkpoint() {
         let (vlm, task) = (tiny_vlm(), synthetic_task());
         let tmp = tempfile::tempdir().unwrap();
-        let ctx = TrainContext { out_dir: Some(tmp.path().to_path_buf()), ..quiet() };
+        let ctx = TrainContext { out_dir: Some(tmp.path().to_path_buf()), ..TrainContext::quiet() };
         ctx.cancel.cancel();
         let err = sft(&vlm, &task, &fast(3), &ctx).unwrap_err();
         assert!(err.is_cancelled());
@@ -439,7 +429,7 @@ pub(crate) mod tests {
         let (vlm, task) = (tiny_vlm(), synthetic_task());
         let before = vlm.logits(None, "hello").unwrap();
         let opts = SftOptions { lora: None, full: true, lr: 1e-3, ..fast(2) };
-        let (trained, summary) = sft(&vlm, &task, &opts, &quiet()).unwrap();
+        let (trained, summary) = sft(&vlm, &task, &opts, &TrainContext::quiet()).unwrap();
         assert!(summary.losses.iter().all(|l| l.is_finite()));
         assert!(trained.model.trainable().iter().any(|(n, _)| n == "lm_head.weight"));
         let moved =
@@ -454,11 +444,20 @@ pub(crate) mod tests {
     fn bad_options_are_named() {
         let (vlm, task) = (tiny_vlm(), synthetic_task());
         let opts = SftOptions { full: true, ..fast(1) };
-        assert!(sft(&vlm, &task, &opts, &quiet()).unwrap_err().to_string().contains("`full` and `lora`"));
+        assert!(sft(&vlm, &task, &opts, &TrainContext::quiet())
+            .unwrap_err()
+            .to_string()
+            .contains("`full` and `lora`"));
         let opts = SftOptions { batch: 0, ..fast(1) };
-        assert!(sft(&vlm, &task, &opts, &quiet()).unwrap_err().to_string().contains("batch (0)"));
+        assert!(sft(&vlm, &task, &opts, &TrainContext::quiet())
+            .unwrap_err()
+            .to_string()
+            .contains("batch (0)"));
         let bad = LoraConfig { targets: vec!["no_such_proj".into()], ..LoraConfig::new(4, 8.0) };
         let opts = SftOptions { lora: Some(bad), ..fast(1) };
-        assert!(sft(&vlm, &task, &opts, &quiet()).unwrap_err().to_string().contains("no_such_proj"));
+        assert!(sft(&vlm, &task, &opts, &TrainContext::quiet())
+            .unwrap_err()
+            .to_string()
+            .contains("no_such_proj"));
     }
 }

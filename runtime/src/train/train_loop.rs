@@ -197,7 +197,7 @@ pub(crate) fn run<T: Trainer>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::{CancelFlag, ProgressMode, RunDir};
+    use crate::run::RunDir;
     use crate::train::sft::tests::{synthetic_task, tiny_vlm};
     use crate::train::trainable_copy::trainable_copy;
 
@@ -246,13 +246,7 @@ mod tests {
         let policy = vlm.with_model(trainable_copy(&vlm.model, None, false, 0).unwrap());
         let tmp = tempfile::tempdir().unwrap();
         let run_dir = RunDir::create(Some(tmp.path()), "loop").unwrap();
-        let ctx = TrainContext {
-            run: Some(&run_dir),
-            cancel: CancelFlag::new(),
-            progress: ProgressMode::Quiet,
-            out_dir: None,
-            memory: crate::run::MemoryBudget::machine_default(),
-        };
+        let ctx = TrainContext { run: Some(&run_dir), ..TrainContext::quiet() };
         let checkpoints = tmp.path().join("checkpoints");
 
         let mut first = Recording { calls: vec![], bad: Some(1) };
