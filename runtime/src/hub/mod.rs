@@ -214,6 +214,37 @@ pub fn not_cached(cfg: &HubConfig, repo: &RepoRef, what: &str, download_off: boo
     ))
 }
 
+/// Where a loader's files came from, for `run.json`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The hub id, or `None` for a local path.
+    pub repo: Option<String>,
+    /// The revision asked for (`main` unless pinned).
+    pub revision: Option<String>,
+    /// The commit the files are from.
+    pub commit: Option<String>,
+    /// Files fetched over the network by this call (empty when all came from the cache).
+    pub downloaded: Vec<String>,
+}
+
+impl Origin {
+    /// The record `run.json` keeps of a load: `source` as the script gave it, and for a hub id
+    /// the repo, the revision asked for, the commit the files are from and what was downloaded.
+    pub fn record(&self, source: &str) -> serde_json::Value {
+        match &self.repo {
+            None => serde_json::json!({ "source": source, "from": "path" }),
+            Some(repo) => serde_json::json!({
+                "source": source,
+                "from": "hub",
+                "repo": repo,
+                "revision": self.revision,
+                "commit": self.commit,
+                "downloaded": self.downloaded,
+            }),
+        }
+    }
+}
+
 /// A repo as the hub lists it at one commit.
 #[derive(Clone, Debug)]
 pub struct RemoteRepo {
@@ -292,8 +323,8 @@ impl Hub {
                             }
                         ),
                         (404, _) => format!(
-                            "no such repo: check the id's spelling{}; a private repo also answers 404 \
-                             without a token (set HF_TOKEN)",
+                            "no such repo (nor a local directory of that name): check the id's spelling{}; \
+                             a private repo also answers 404 without a token (set HF_TOKEN)",
                             if repo.kind == RepoKind::Model { "" } else { " and that it is a dataset id" }
                         ),
                         _ => String::new(),
@@ -389,11 +420,13 @@ impl Hub {
                     }
                     return Err(Error::msg(msg));
                 }
-                Err(ureq::Error::Transport(t)) => return Err(Error::msg(format!(
+                Err(ureq::Error::Transport(t)) => {
+                    return Err(Error::msg(format!(
                     "{what}: cannot reach {}: {t}. Check the network and HF_ENDPOINT, or run with --offline \
                          when the files are cached",
                     host_of(&current)
-                ))),
+                )))
+                }
             };
             let location = r.header("Location").map(str::to_string);
             let redirect = (300..400).contains(&r.status());

@@ -76,18 +76,7 @@ impl HubSource {
     }
 }
 
-/// Where a checkpoint came from, for `run.json`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Origin {
-    /// The hub id, or `None` for a local directory.
-    pub repo: Option<String>,
-    /// The revision asked for (`main` unless pinned).
-    pub revision: Option<String>,
-    /// The commit the files are from.
-    pub commit: Option<String>,
-    /// Files fetched over the network by this call (empty when all came from the cache).
-    pub downloaded: Vec<String>,
-}
+pub use crate::hub::Origin;
 
 /// Files the loader and the processor read, fetched when the repo has them (`config.json` and
 /// the weights are required; `Processor::from_dir` needs the tokenizer and preprocessor files).
