@@ -194,19 +194,20 @@ fn is_commit_hash(s: &str) -> bool {
 
 /// The error for a file that is not in the cache while downloads are off.
 pub fn not_cached(cfg: &HubConfig, repo: &RepoRef, what: &str, download_off: bool) -> Error {
-    let reason = if cfg.net.offline {
-        "and the network is off (--offline or HF_HUB_OFFLINE=1). Run once without --offline and with \
-         HF_HUB_OFFLINE unset on a machine with network"
-            .to_string()
+    let (reason, fix) = if cfg.net.offline {
+        (
+            "the network is off (--offline or HF_HUB_OFFLINE=1)",
+            "run once without --offline and with HF_HUB_OFFLINE unset",
+        )
     } else if download_off {
-        "and `download: false` was asked. Drop `download: false` to fetch it".to_string()
+        ("`download: false` forbids fetching it", "drop `download: false`")
     } else {
-        String::new()
+        ("it could not be fetched", "run again with network")
     };
     Error::msg(format!(
-        "{} is not a local directory and {what} is not in the Hugging Face cache ({}) {reason}, run \
-         `huggingface-cli download {}{}` there and copy the cache (set HF_HUB_CACHE or HF_HOME to it), \
-         or pass a local directory",
+        "{} is not a local directory and {what} is not in the Hugging Face cache ({}); {reason}. To get \
+         it: {fix}, or run `huggingface-cli download {}{}` on a machine with network and copy its cache \
+         here (HF_HUB_CACHE or HF_HOME pointing at it), or pass a local directory",
         repo.describe(),
         repo.cache_folder(&cfg.cache_dir).display(),
         if repo.kind == RepoKind::Dataset { "--repo-type dataset " } else { "" },
