@@ -6,7 +6,7 @@
 //! | --- | --- |
 //! | cache layout (`models--org--name/{refs,snapshots,blobs}`, `Repo`, `Cache`) | hf-hub |
 //! | repo info (`GET /api/{models,datasets}/{id}/revision/{rev}`: commit and file list), URLs | hf-hub's `Api` |
-//! | per-file metadata (`GET …/resolve/{commit}/{file}`, `Range: bytes=0-0`, no redirects) | here, as hf-hub does it |
+//! | per-file metadata (`GET …/resolve/{commit}/{file}`, `Range: bytes=0-0`, no redirects) | here, as hf-hub does it (its `metadata` is private, and panics on a 3xx without `Location`) |
 //! | the transfer itself (resume, checks, cancel, progress) | `transfer.rs`, which says why |
 //!
 //! Environment, as huggingface_hub reads it: `HF_ENDPOINT` (default `https://huggingface.co`),

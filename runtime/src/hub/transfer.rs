@@ -249,7 +249,7 @@ impl Transfer<'_> {
 
         let bar = net.progress.bytes_bar(size.unwrap_or(0), &short_label(&self.label));
         bar.set_position(start);
-        let mut reader = response.into_reader();
+        let mut reader = (*response).into_reader();
         let mut buf = vec![0u8; CHUNK];
         let mut done = start;
         let outcome = loop {
@@ -358,7 +358,7 @@ impl Transfer<'_> {
                 if first != start {
                     return Ok(Answer::Restart);
                 }
-                Ok(Answer::Body(response, total))
+                Ok(Answer::Body(Box::new(response), total))
             }
             200 => {
                 // A server that ignores `Range` sends the whole file: appending it would corrupt
@@ -372,7 +372,7 @@ impl Transfer<'_> {
                     Some(_) => None,
                     None => response.header("Content-Length").and_then(|v| v.trim().parse().ok()),
                 };
-                Ok(Answer::Body(response, total))
+                Ok(Answer::Body(Box::new(response), total))
             }
             code => Err(Failure::Fatal(Error::msg(format!(
                 "{}: unexpected answer {code} {} from {}",
@@ -385,7 +385,7 @@ impl Transfer<'_> {
 }
 
 enum Answer {
-    Body(ureq::Response, Option<u64>),
+    Body(Box<ureq::Response>, Option<u64>),
     /// The answer does not continue the partial file: download from byte 0.
     Restart,
 }

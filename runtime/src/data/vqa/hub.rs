@@ -328,7 +328,7 @@ mod tests {
             fetch_benchmark(VqaKind::PmcVqa, "xmcmic/PMC-VQA", None, Split::Test, true, &c).unwrap();
         assert_eq!(fetched.image_dirs.len(), 1);
         let task = load(VqaKind::PmcVqa, &fetched);
-        assert!(task.len() > 0 && task.items().iter().all(|i| i.image.is_some()));
+        assert!(!task.items().is_empty() && task.items().iter().all(|i| i.image.is_some()));
         server.clear_log();
         fetch_benchmark(VqaKind::PmcVqa, "xmcmic/PMC-VQA", None, Split::Test, true, &c).unwrap();
         assert!(server.requests().is_empty());
