@@ -5,6 +5,7 @@
 mod bench;
 mod commands;
 mod repl_cli;
+mod sweep;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -111,6 +112,9 @@ enum Command {
         #[arg(long, value_enum, value_delimiter = ',')]
         only: Vec<bench::BenchPart>,
     },
+    /// Run a script over a grid of `--set` values, each cell its own run directory, by local
+    /// worker processes or as a Slurm job array; rerun to resume. `sweep status DIR` shows it.
+    Sweep(sweep::SweepCommand),
     /// Every registered function, type and method, from the engine's metadata.
     Doc {
         #[arg(long, value_enum, default_value_t = DocFormat::Md)]
@@ -148,6 +152,7 @@ fn main() -> ExitCode {
                 },
             })
         }
+        Command::Sweep(cmd) => sweep::main(cmd),
         Command::Doc { format } => {
             match format {
                 DocFormat::Md => print!("{}", medbridge_bindings::docs::markdown()),

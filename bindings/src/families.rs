@@ -75,7 +75,7 @@ pub fn families() -> Vec<Family> {
         },
         Family {
             name: "run",
-            doc: "the run directory, metrics, seeds and sandboxed file access",
+            doc: "the run directory, metrics, seeds, sandboxed file access and a sweep's collected cells",
             module: exported_module!(crate::run::run_api),
             options: &[],
         },

@@ -10,7 +10,7 @@ use medbridge_runtime::hub::HubConfig;
 use medbridge_runtime::image::Image;
 use medbridge_runtime::models::qwen2_5_vl::load::{parse_dtype, HubSource};
 use medbridge_runtime::models::qwen2_5_vl::{Config, LoraConfig, LoraInit};
-use medbridge_runtime::models::Vlm;
+use medbridge_runtime::models::{RandomInit, Vlm};
 use medbridge_runtime::sample::{sample, SampleRequest, SamplerOptions};
 use medbridge_runtime::train::adapters::{check_targets, lora_config_of};
 use rhai::plugin::*;
@@ -91,33 +91,55 @@ const IMAGE_PROMPT: [OptionSpec; 2] = [
     opt("prompt", STR, Absent::Required, "the user turn's text"),
 ];
 
+/// Where and in what precision the weights live; `load_model` and `new_model` share them.
+const PLACEMENT: [OptionSpec; 2] = [
+    opt("device", STR, Absent::Means("the run's device"), "\"cpu\", \"cuda\" or \"cuda:N\""),
+    opt(
+        "dtype",
+        Kind::Str(&["f32", "float32", "bf16", "bfloat16", "f16", "float16", "f64", "float64"]),
+        Absent::Str("f32"),
+        "weight dtype",
+    ),
+];
+
 static LOAD_MODEL: OptionSet = OptionSet::new(
     "load_model",
-    &[&[
-        opt("device", STR, Absent::Means("the run's device"), "\"cpu\", \"cuda\" or \"cuda:N\""),
-        opt(
-            "dtype",
-            Kind::Str(&["f32", "float32", "bf16", "bfloat16", "f16", "float16", "f64", "float64"]),
-            Absent::Str("f32"),
-            "weight dtype",
-        ),
-        opt("adapter", STR, Absent::Means("none"), "a PEFT adapter directory to apply"),
-        opt(
-            "revision",
-            STR,
-            Absent::Str("main"),
-            "hub ids: the branch, tag or commit to load (recorded in run.json)",
-        ),
-        opt(
-            "download",
-            Kind::Bool,
-            Absent::Bool(true),
-            "hub ids: fetch what the Hugging Face cache lacks (never with --offline / HF_HUB_OFFLINE=1)",
-        ),
-    ]],
+    &[
+        &PLACEMENT,
+        &[
+            opt("adapter", STR, Absent::Means("none"), "a PEFT adapter directory to apply"),
+            opt(
+                "revision",
+                STR,
+                Absent::Str("main"),
+                "hub ids: the branch, tag or commit to load (recorded in run.json)",
+            ),
+            opt(
+                "download",
+                Kind::Bool,
+                Absent::Bool(true),
+                "hub ids: fetch what the Hugging Face cache lacks (never with --offline / HF_HUB_OFFLINE=1)",
+            ),
+        ],
+    ],
 );
 
-static NEW_MODEL: OptionSet = OptionSet::new("new_model", &[&[SEED]]);
+static NEW_MODEL: OptionSet = OptionSet::new(
+    "new_model",
+    &[
+        &PLACEMENT,
+        &[
+            SEED,
+            opt(
+                "layers",
+                COUNT,
+                Absent::Means("the preset's depth"),
+                "decoder layers kept (cut for tests and memory probes)",
+            ),
+            opt("vision_layers", COUNT, Absent::Means("the preset's depth"), "vision blocks kept"),
+        ],
+    ],
+);
 static ENCODE: OptionSet = OptionSet::new("encode", &[&IMAGE_PROMPT]);
 static LOGITS: OptionSet = OptionSet::new("logits", &[&IMAGE_PROMPT]);
 static GENERATE: OptionSet = OptionSet::new(
@@ -141,6 +163,14 @@ fn adapter_base(dir: &std::path::Path) -> Option<String> {
     let text = std::fs::read_to_string(dir.join("adapter_config.json")).ok()?;
     let config: serde_json::Value = serde_json::from_str(&text).ok()?;
     config.get("base_model_name_or_path")?.as_str().map(str::to_string)
+}
+
+/// The `device` option, or the run's device.
+fn placement_device(ctx: &NativeCallContext, o: &Opts) -> ScriptResult<candle_core::Device> {
+    match o.string("device")? {
+        Some(d) => medbridge_runtime::device::parse_device(&d).script(),
+        None => Ok(session(ctx)?.device.clone()),
+    }
 }
 
 /// `#{image, prompt}` of `encode`, `logits` and `generate`.
@@ -197,11 +227,8 @@ pub mod model_api {
         options: Map,
     ) -> Result<Model, Box<EvalAltResult>> {
         let o = LOAD_MODEL.parse(&options)?;
+        let device = placement_device(&ctx, &o)?;
         let s = session(&ctx)?;
-        let device = match o.string("device")? {
-            Some(d) => medbridge_runtime::device::parse_device(&d).script()?,
-            None => s.device.clone(),
-        };
         let dtype = parse_dtype(&o.string_or_default("dtype")?).script()?;
         // A local directory goes through the sandbox; anything else is a hub id, read from the
         // cache or downloaded into it (the only place outside the run directory a load writes).
@@ -232,8 +259,9 @@ pub mod model_api {
         }
     }
 
-    /// A random-initialised model: a preset name (`"qwen2_5_vl_tiny"`) or a config map of
-    /// `config.json` keys over the tiny preset, with the tiny tokenizer: `new_model("qwen2_5_vl_tiny", #{seed: 0})`.
+    /// A random-initialised model: a preset name (`"qwen2_5_vl_tiny"`, or the hub shapes of
+    /// `"qwen2_5_vl_3b"`/`"qwen2_5_vl_7b"`) or a config map of `config.json` keys over the tiny
+    /// preset, with the tiny tokenizer: `new_model("qwen2_5_vl_7b", #{seed: 0, dtype: "bf16", layers: 2})`.
     #[rhai_fn(name = "new_model", return_raw)]
     pub fn new_model(
         ctx: NativeCallContext,
@@ -241,15 +269,20 @@ pub mod model_api {
         options: Map,
     ) -> Result<Model, Box<EvalAltResult>> {
         let o = NEW_MODEL.parse(&options)?;
-        let seed = seed_or_next(&ctx, o.int("seed")?)?;
-        let device = session(&ctx)?.device.clone();
+        let init = RandomInit {
+            seed: seed_or_next(&ctx, o.int("seed")?)?,
+            dtype: parse_dtype(&o.string_or_default("dtype")?).script()?,
+            device: placement_device(&ctx, &o)?,
+            layers: o.count("layers")?,
+            vision_layers: o.count("vision_layers")?,
+        };
         if let Some(map) = preset.read_lock::<Map>() {
-            return Vlm::new_custom(config_from_map(&map)?, seed, &device).script();
+            return Vlm::new_custom(config_from_map(&map)?, &init).script();
         }
         let name = preset
             .into_string()
             .map_err(|t| script_msg(format!("new_model: expected a preset name or a config map, got {t}")))?;
-        Vlm::new_preset(&name, seed, &device).script()
+        Vlm::new_preset_with(&name, &init).script()
     }
 
     /// A random-initialised preset with the run's next seed.

@@ -5,6 +5,8 @@
 
 use rhai::plugin::*;
 
+use medbridge_runtime::sweep::{collect, SweepDir};
+
 use crate::context::session;
 use crate::convert::{from_json, to_json};
 use crate::error::{script_msg, IntoScript};
@@ -135,6 +137,30 @@ pub mod run_api {
     #[rhai_fn(return_raw)]
     pub fn exists(ctx: NativeCallContext, path: &str) -> Result<bool, Box<EvalAltResult>> {
         Ok(session(&ctx)?.sandbox.locate_read(path).script()?.is_some())
+    }
+
+    /// Every cell of a sweep directory (`medbridge sweep SCRIPT --grid ... --out DIR`), in grid
+    /// order, wherever it ran: `sweep_results("sweeps/transfer")` → `[#{index, name, args (the
+    /// cell's grid values), state ("done", "failed", "cancelled", "running" or "pending"), error,
+    /// exit_code, runtime_s, attempt, slurm_job, dir, log, run (its run.json), metrics (the last
+    /// value of each metric), json (every other top-level .json file of the run by stem, what the
+    /// script wrote with `write_json`), report (path of report/report.md or ())}, ...]`.
+    /// The directory must be readable (under the script's, the current or an `--allow-read`
+    /// directory).
+    #[rhai_fn(return_raw)]
+    pub fn sweep_results(ctx: NativeCallContext, dir: &str) -> Result<rhai::Array, Box<EvalAltResult>> {
+        let s = session(&ctx)?;
+        let root = s.sandbox.resolve_read(dir).script()?;
+        let read = |path: &std::path::Path| -> medbridge_runtime::Result<Option<String>> {
+            match s.sandbox.locate_read(&path.display().to_string())? {
+                Some(real) => std::fs::read_to_string(&real)
+                    .map(Some)
+                    .map_err(|e| medbridge_runtime::Error::io(&real, e)),
+                None => Ok(None),
+            }
+        };
+        let cells = collect(&SweepDir::new(root), &read).script()?;
+        cells.iter().map(from_json).collect()
     }
 
     /// The entries of a readable directory, sorted by name.

@@ -19,6 +19,7 @@ pub mod report;
 pub mod run;
 pub mod sample;
 pub mod sandbox;
+pub mod sweep;
 pub mod task;
 pub mod tensor;
 pub mod train;

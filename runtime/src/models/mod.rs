@@ -3,4 +3,4 @@
 pub mod qwen2_5_vl;
 pub mod vlm;
 
-pub use vlm::Vlm;
+pub use vlm::{RandomInit, Vlm};

@@ -15,6 +15,24 @@ use super::qwen2_5_vl::{
 use crate::error::{Context, Result};
 use crate::image::Image;
 
+/// How a random-initialised model is made: its seed, dtype and device, and optional depth cuts
+/// (`layers` decoder layers, `vision_layers` vision blocks) that keep every width.
+#[derive(Clone, Debug)]
+pub struct RandomInit {
+    pub seed: u64,
+    pub dtype: DType,
+    pub device: Device,
+    pub layers: Option<usize>,
+    pub vision_layers: Option<usize>,
+}
+
+impl RandomInit {
+    /// f32 at full depth.
+    pub fn new(seed: u64, device: &Device) -> Self {
+        Self { seed, dtype: DType::F32, device: device.clone(), layers: None, vision_layers: None }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Vlm {
     pub model: Qwen25VL,
@@ -57,32 +75,35 @@ impl Vlm {
         Self::pair(model, processor, path_or_id)
     }
 
-    /// A random-initialised preset (`qwen2_5_vl_tiny`) with the tiny tokenizer, or a config
-    /// adjusted to that tokenizer.
+    /// A random-initialised preset in f32 at full depth (see [`Vlm::new_preset_with`]).
     pub fn new_preset(name: &str, seed: u64, device: &Device) -> Result<Self> {
-        let processor = Processor::tiny()?;
+        Self::new_preset_with(name, &RandomInit::new(seed, device))
+    }
+
+    /// A random-initialised preset with the tiny tokenizer: `qwen2_5_vl_tiny`, or the hub shapes
+    /// of `qwen2_5_vl_3b`/`qwen2_5_vl_7b` with the hub's image processor.
+    pub fn new_preset_with(name: &str, init: &RandomInit) -> Result<Self> {
+        let processor = match presets::is_hub_shaped(name) {
+            true => Processor::tiny_tokenizer_with(presets::HUB_PREPROCESSOR_CONFIG)?,
+            false => Processor::tiny()?,
+        };
         let config = presets::preset(name, processor.vocab_size(), tiny_token_ids(&processor))?;
-        Self::new_random(config, processor, seed, name, device)
+        Self::new_random(config, processor, init, name)
     }
 
     /// A random-initialised model of `config` paired with the tiny tokenizer (whose vocabulary
     /// and special ids override the config's).
-    pub fn new_custom(mut config: Config, seed: u64, device: &Device) -> Result<Self> {
+    pub fn new_custom(mut config: Config, init: &RandomInit) -> Result<Self> {
         let processor = Processor::tiny()?;
         config.text.vocab_size = processor.vocab_size();
         config.tokens = tiny_token_ids(&processor);
         config.validate()?;
-        Self::new_random(config, processor, seed, "custom", device)
+        Self::new_random(config, processor, init, "custom")
     }
 
-    fn new_random(
-        config: Config,
-        processor: Processor,
-        seed: u64,
-        source: &str,
-        device: &Device,
-    ) -> Result<Self> {
-        let model = Qwen25VL::new_random(&config, seed, DType::F32, device)?;
+    fn new_random(config: Config, processor: Processor, init: &RandomInit, source: &str) -> Result<Self> {
+        let config = config.with_depth(init.layers, init.vision_layers)?;
+        let model = Qwen25VL::new_random(&config, init.seed, init.dtype, &init.device)?;
         Self::pair(model, processor, source)
     }
 

@@ -36,6 +36,11 @@ pub mod token_logprobs;
 mod train_loop;
 mod trainable_copy;
 
+#[cfg(test)]
+mod bf16_tests;
+#[cfg(test)]
+mod checkpointed_tests;
+
 pub use advantages::{group_advantages, scaled_group_advantages, Advantages, GroupStd, ScaleRewards};
 pub use answer_tokens::{answer_span, answer_span_of};
 pub use care::{answer_confidence, CareBonus, CareOptions};

@@ -4,7 +4,8 @@
 //! Only the scored positions (a completion's tokens) go through the LM head and the
 //! log-softmax, so their cost grows with the completion, not the prompt. Training steps score
 //! through [`score_tokens_for_training`], which takes the model's hand-derived training pass
-//! where it applies; [`TokenScores::backward`] then finishes the gradients either way.
+//! where it applies and the per-layer checkpointed autograd pass elsewhere (bf16, CUDA, a
+//! trainable vision tower); [`TokenScores::backward`] then finishes the gradients either way.
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var, D};
@@ -12,6 +13,7 @@ use candle_core::{DType, Tensor, Var, D};
 use crate::device::on_cpu_pool;
 use crate::error::{Context, Result};
 use crate::models::qwen2_5_vl::backprop::{TrainBatch, TrainForward};
+use crate::models::qwen2_5_vl::training::checkpointed::CheckpointedForward;
 use crate::models::qwen2_5_vl::{Grid, Qwen25VL};
 
 /// One sequence to score: prompt and completion ids, which ids are scored (predicted from
@@ -37,12 +39,17 @@ pub struct TokenScores {
     pub rows: Vec<usize>,
     /// The forward pass to continue backward from, when the hand-derived pass scored these.
     hand_backprop: Option<TrainForward>,
+    /// The layer inputs to recompute from, when the checkpointed autograd pass scored these.
+    checkpointed: Option<CheckpointedForward>,
 }
 
 impl TokenScores {
     /// Gradients of `loss` (a function of [`Self::logprobs`]) for every trainable tensor.
     pub fn backward(&self, loss: &Tensor) -> Result<GradStore> {
         let mut grads = loss.backward()?;
+        if let Some(pass) = &self.checkpointed {
+            pass.backward(&mut grads)?;
+        }
         if let Some(pass) = &self.hand_backprop {
             let d = match grads.remove(&self.logprobs) {
                 Some(g) => g.to_dtype(DType::F32)?.to_vec1::<f32>()?,
@@ -155,6 +162,33 @@ pub fn score_tokens(
         model.prefill_hidden(&batch.ids, Some(&batch.mask), batch.pixel_values.as_ref(), &batch.grids)
     })
     .context("forward pass over the training batch")?;
+    score_hidden(model, batch, &hidden, temperature, None)
+}
+
+/// [`score_tokens`] through the per-layer checkpointed forward: the same values and, after
+/// [`TokenScores::backward`], the same gradients, keeping only each layer's input.
+pub fn score_tokens_checkpointed(
+    model: &Qwen25VL,
+    seqs: &[Sequence],
+    pad_id: u32,
+    temperature: f64,
+) -> Result<TokenScores> {
+    let batch = Prepared::new(model, seqs, pad_id, temperature)?;
+    let (hidden, pass) = on_cpu_pool(|| {
+        model.checkpointed_hidden(&batch.ids, Some(&batch.mask), batch.pixel_values.as_ref(), &batch.grids)
+    })
+    .context("forward pass over the training batch")?;
+    score_hidden(model, batch, &hidden, temperature, Some(pass))
+}
+
+/// The scored tokens' log-probs and entropies from the final hidden states of `batch`.
+fn score_hidden(
+    model: &Qwen25VL,
+    batch: Prepared,
+    hidden: &Tensor,
+    temperature: f64,
+    checkpointed: Option<CheckpointedForward>,
+) -> Result<TokenScores> {
     let device = model.device();
     let n = batch.positions.len();
     // The LM head only where a token is scored: most of a VLM's sequence is prompt and image.
@@ -170,7 +204,7 @@ pub fn score_tokens(
     let entropy = (detached.exp()? * &detached)?.sum(D::Minus1)?.neg()?;
     let argmax: Vec<u32> = detached.argmax(D::Minus1)?.to_vec1()?;
     let argmax_hits = argmax.iter().zip(&batch.targets).filter(|(a, t)| a == t).count();
-    Ok(TokenScores { logprobs, entropy, argmax_hits, rows: batch.rows, hand_backprop: None })
+    Ok(TokenScores { logprobs, entropy, argmax_hits, rows: batch.rows, hand_backprop: None, checkpointed })
 }
 
 /// [`score_tokens`] for a training step: on the model's hand-derived training pass where it
@@ -183,7 +217,7 @@ pub fn score_tokens_for_training(
     temperature: f64,
 ) -> Result<TokenScores> {
     if !model.hand_backprop_applies() {
-        return score_tokens(model, seqs, pad_id, temperature);
+        return score_tokens_checkpointed(model, seqs, pad_id, temperature);
     }
     let batch = Prepared::new(model, seqs, pad_id, temperature)?;
     let pass = model
@@ -208,6 +242,7 @@ pub fn score_tokens_for_training(
         argmax_hits: pass.argmax_hits,
         rows: batch.rows,
         hand_backprop: Some(pass),
+        checkpointed: None,
     })
 }
 

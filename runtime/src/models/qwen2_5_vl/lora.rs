@@ -111,6 +111,16 @@ impl LoraState {
         self.training.store(on, Ordering::Relaxed)
     }
 
+    /// The dropout generator's state, to replay the same masks when a layer is recomputed.
+    pub(crate) fn dropout_state(&self) -> Result<ChaCha8Rng> {
+        Ok(self.dropout_rng.lock().map_err(|_| Error::msg("lora dropout generator poisoned"))?.clone())
+    }
+
+    pub(crate) fn set_dropout_state(&self, state: ChaCha8Rng) -> Result<()> {
+        *self.dropout_rng.lock().map_err(|_| Error::msg("lora dropout generator poisoned"))? = state;
+        Ok(())
+    }
+
     pub(crate) fn dropout_mask(&self, x: &Tensor, p: f64) -> Result<Option<Tensor>> {
         if p == 0.0 || !self.training.load(Ordering::Relaxed) {
             return Ok(None);

@@ -201,7 +201,7 @@ impl DecoderLayer {
         })
     }
 
-    fn forward(
+    pub(super) fn forward(
         &self,
         x: &Tensor,
         cos: &Tensor,

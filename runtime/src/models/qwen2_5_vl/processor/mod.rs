@@ -148,16 +148,23 @@ impl Processor {
     /// The tiny preset's processor: a 1024-token byte-level BPE with Qwen's special tokens,
     /// Qwen2.5-VL's chat template, and images kept between 28 and 56 px (files embedded at build time).
     pub fn tiny() -> Result<Self> {
+        Self::tiny_tokenizer_with(TINY_PREPROCESSOR_CONFIG)
+    }
+
+    /// The tiny tokenizer and chat template with another image processor: the hub-shaped presets
+    /// pair it with the hub's `preprocessor_config.json`, so images become as many tokens as they
+    /// would for the real checkpoint.
+    pub fn tiny_tokenizer_with(preprocessor_config: &str) -> Result<Self> {
         let tokenizer = parse_tokenizer(TINY_TOKENIZER.as_bytes()).context("tiny preset tokenizer.json")?;
         let config: Value =
             serde_json::from_str(TINY_TOKENIZER_CONFIG).context("tiny preset tokenizer_config.json")?;
         let template = ChatTemplate::from_tokenizer_config(&config, "tiny preset tokenizer_config.json")?;
-        let image_config = PreprocessorConfig::from_json_str(TINY_PREPROCESSOR_CONFIG)
-            .context("tiny preset preprocessor_config.json")?;
+        let image_config = PreprocessorConfig::from_json_str(preprocessor_config)
+            .context("preset preprocessor_config.json")?;
         let files = [
             ("tokenizer.json", TINY_TOKENIZER),
             ("tokenizer_config.json", TINY_TOKENIZER_CONFIG),
-            ("preprocessor_config.json", TINY_PREPROCESSOR_CONFIG),
+            ("preprocessor_config.json", preprocessor_config),
         ];
         let files = files.into_iter().map(|(n, t)| (n.to_string(), t.to_string())).collect();
         Ok(Self::new(tokenizer, template, image_config, None)?.with_files(files))
