@@ -15,6 +15,8 @@ pub struct Session {
     pub run: RunDir,
     pub cancel: CancelFlag,
     pub progress: ProgressMode,
+    /// `--offline`: loaders never touch the network (as with `HF_HUB_OFFLINE=1`).
+    pub offline: bool,
     seed: AtomicU64,
     draws: AtomicU64,
 }
@@ -36,8 +38,26 @@ impl Session {
             run,
             cancel,
             progress,
+            offline: false,
             seed: AtomicU64::new(DEFAULT_SEED),
             draws: AtomicU64::new(0),
+        }
+    }
+
+    /// Refuse network access for this run's loaders (`--offline`).
+    pub fn with_offline(mut self, offline: bool) -> Self {
+        self.offline = offline;
+        self
+    }
+
+    /// How this run's loaders may download: never when `--offline` or `HF_HUB_OFFLINE=1`, with
+    /// the run's progress bars and cancel flag otherwise.
+    pub fn net(&self) -> crate::hub::Net {
+        crate::hub::Net {
+            offline: self.offline || crate::hub::offline_from_env(),
+            progress: self.progress,
+            cancel: Some(self.cancel.clone()),
+            ..crate::hub::Net::default()
         }
     }
 
