@@ -21,6 +21,7 @@ pub fn session_options(script: Option<&Path>, opts: &RunArgs, cancel: CancelFlag
         device: opts.device.clone(),
         allow_read: opts.allow_read.clone(),
         quiet: opts.quiet,
+        offline: opts.offline,
         cancel,
         max_memory: opts.limits.max_memory,
     }
@@ -135,6 +136,7 @@ pub fn check(scripts: &[PathBuf], limits: &LimitArgs) -> u8 {
             device: "cpu".into(),
             allow_read: vec![],
             quiet: true,
+            offline: true,
             limits: limits.clone(),
         };
         let result = open_session(&session_options(Some(script), &opts, CancelFlag::new()))

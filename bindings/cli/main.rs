@@ -35,6 +35,10 @@ pub struct RunArgs {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    /// Never use the network: hub ids and MedMNIST files must already be in their caches
+    /// (the same as HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    offline: bool,
     #[command(flatten)]
     limits: LimitArgs,
 }

@@ -51,6 +51,13 @@ static MEDMNIST: OptionSet = OptionSet::new(
         opt("stratified", Kind::Bool, Absent::Bool(false), "take `limit` items balanced across labels"),
         SEED,
         opt("root", STR, Absent::Means("MEDMNIST_ROOT, else ~/.medmnist"), "folder holding the .npz files"),
+        opt(
+            "download",
+            Kind::Bool,
+            Absent::Bool(false),
+            "fetch the official file into MEDMNIST_ROOT when missing or failing its MD5 (from MEDMNIST_URL, else Zenodo)",
+        ),
+        opt("md5", STR, Absent::Means("the official checksum"), "the MD5 to expect (a mirror's own file)"),
     ]],
 );
 
@@ -145,6 +152,18 @@ static LOAD_VQA: OptionSet = OptionSet::new(
         TEMPLATE,
         opt("answer_format", ANSWER_FORMATS, Absent::Str("letter"), "what a completion must write"),
         TASK_PRESET,
+        opt(
+            "revision",
+            STR,
+            Absent::Str("main"),
+            "hub dataset ids: the branch, tag or commit (recorded in run.json)",
+        ),
+        opt(
+            "download",
+            Kind::Bool,
+            Absent::Bool(true),
+            "hub dataset ids: fetch the split's files when the Hugging Face cache lacks them",
+        ),
     ]],
 );
 
@@ -307,16 +326,31 @@ pub mod data_api {
     }
 
     /// Load a MedMNIST flag: `medmnist("pathmnist", #{split: "train", size: 28, limit: 500,
-    /// stratified: true, seed: 0, root: dir})`. Counts that differ from the official ones are a
-    /// warning, not an error.
+    /// stratified: true, seed: 0, root: dir, download: true, md5: "<hex>"})`. Counts that differ
+    /// from the official ones are a warning, not an error. `download: true` fetches the official
+    /// file into MEDMNIST_ROOT when it is missing or fails its MD5, as the medmnist package does.
     #[rhai_fn(name = "medmnist", return_raw)]
     pub fn medmnist(ctx: NativeCallContext, flag: &str, options: Map) -> Result<Dataset, Box<EvalAltResult>> {
         let o = MEDMNIST.parse(&options)?;
         let size = o.count_or_default("size")?;
+        let s = session(&ctx)?;
+        let download = o.bool_or_default("download")?;
         let root = match o.string("root")? {
-            Some(root) => Some(session(&ctx)?.sandbox.resolve_read(&root).script()?),
+            Some(root) => Some(s.sandbox.resolve_read(&root).script()?),
             None => None,
         };
+        // Downloads write only into MEDMNIST_ROOT: a script cannot aim them anywhere else.
+        if let (true, Some(root)) = (download, &root) {
+            let official = medbridge_runtime::data::medmnist_root();
+            if official.canonicalize().ok().as_ref() != Some(root) {
+                return Err(script_msg(format!(
+                    "medmnist: `download: true` writes only into MEDMNIST_ROOT ({}), not into `root` {}; \
+                     drop `root`, or set MEDMNIST_ROOT to that folder",
+                    official.display(),
+                    root.display()
+                )));
+            }
+        }
         let opts = MedmnistOptions {
             split: Split::parse(&o.string_or_default("split")?).script()?,
             size: u32::try_from(size).map_err(|_| script_msg(format!("medmnist: bad size {size}")))?,
@@ -324,6 +358,9 @@ pub mod data_api {
             stratified: o.bool_or_default("stratified")?,
             seed: seed_or_next(&ctx, o.int("seed")?)?,
             root,
+            download,
+            md5: o.string("md5")?,
+            net: s.net(),
             ..MedmnistOptions::default()
         };
         let ds = load_medmnist(flag, &opts).script()?;
@@ -535,11 +572,25 @@ pub mod data_api {
         Ok(task.with_preset(preset_of(&o)?.unwrap_or_default()))
     }
 
+    /// A VQA benchmark's test split with the default options: `load_vqa("medvlthinker",
+    /// "UCSC-VLAA/MedVLThinker-Eval")` (a path, or a hub dataset id fetched into the cache).
+    #[rhai_fn(name = "load_vqa", return_raw)]
+    pub fn load_vqa_default(
+        ctx: NativeCallContext,
+        kind: &str,
+        path: &str,
+    ) -> Result<Task, Box<EvalAltResult>> {
+        load_vqa(ctx, kind, path, Map::new())
+    }
+
     /// Load a VQA benchmark as a multiple-choice task: `load_vqa("medvlthinker" | "pmc_vqa" |
     /// "slake" | "vqa_rad" | "path_vqa" | "jsonl", path, #{split: "test", closed_only: true,
-    /// limit: 100, template, answer_format, preset: "default" | "medbridgerl"})`. `path` is a file or a
-    /// folder holding the split; `"medbridgerl_jsonl"` reads the paper's released JSONL.
-    #[rhai_fn(return_raw)]
+    /// limit: 100, template, answer_format, preset: "default" | "medbridgerl", revision, download})`.
+    /// `path` is a file, a folder holding the split, or a hub dataset id
+    /// (`"UCSC-VLAA/MedVLThinker-Eval"`, `"xmcmic/PMC-VQA"`) whose split files are read from the
+    /// Hugging Face cache, downloaded into it first when missing (not with `--offline`);
+    /// `"medbridgerl_jsonl"` reads the paper's released JSONL.
+    #[rhai_fn(name = "load_vqa", return_raw)]
     pub fn load_vqa(
         ctx: NativeCallContext,
         kind: &str,
@@ -548,17 +599,44 @@ pub mod data_api {
     ) -> Result<Task, Box<EvalAltResult>> {
         use medbridge_runtime::data::vqa::{VqaKind, VqaOptions};
         let o = LOAD_VQA.parse(&options)?;
-        let opts = VqaOptions {
+        let s = session(&ctx)?;
+        let mut opts = VqaOptions {
             split: Split::parse(&o.string_or_default("split")?).script()?,
             closed_only: o.bool_or_default("closed_only")?,
             limit: o.count("limit")?,
             template: o.string("template")?,
             answer_format: AnswerFormat::parse(&o.string_or_default("answer_format")?).script()?,
             preset: preset_of(&o)?.unwrap_or_default(),
-            sandbox: Some(session(&ctx)?.sandbox.clone()),
+            sandbox: Some(s.sandbox.clone()),
+            image_dirs: Vec::new(),
         };
-        let source = session(&ctx)?.sandbox.resolve_read(path).script()?;
-        medbridge_runtime::data::vqa::load_vqa(VqaKind::parse(kind).script()?, &source, &opts).script()
+        let kind = VqaKind::parse(kind).script()?;
+        let source = match s.sandbox.locate_read(path).script()? {
+            Some(found) => found,
+            // A hub dataset id is `org/name`; a bare name stays a (missing) path.
+            None if path.contains('/') && medbridge_runtime::hub::looks_like_repo_id(path) => {
+                let (fetched, origin) = medbridge_runtime::data::vqa::hub::fetch_benchmark(
+                    kind,
+                    path,
+                    o.string("revision")?.as_deref(),
+                    opts.split,
+                    o.bool_or_default("download")?,
+                    &medbridge_runtime::hub::HubConfig::for_session(&s),
+                )
+                .map_err(|e| {
+                    script_msg(format!(
+                        "load_vqa {} {path}: not a file or folder here, so read as a hub dataset id: {e}",
+                        kind.as_str()
+                    ))
+                })?;
+                s.run.record_settings("load_vqa", origin.record(path)).script()?;
+                opts.image_dirs = fetched.image_dirs;
+                fetched.dir
+            }
+            // Neither a path nor an id: the sandbox's own message says where it looked.
+            None => s.sandbox.resolve_read(path).script()?,
+        };
+        medbridge_runtime::data::vqa::load_vqa(kind, &source, &opts).script()
     }
 
     /// Number of questions.

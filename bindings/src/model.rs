@@ -6,8 +6,10 @@
 //! `image` arguments take a file path or an `Image` (e.g. `ds[0].image`).
 
 use candle_core::Tensor;
+use medbridge_runtime::hub::HubConfig;
 use medbridge_runtime::image::Image;
-use medbridge_runtime::models::qwen2_5_vl::{load::parse_dtype, Config, LoraConfig, LoraInit};
+use medbridge_runtime::models::qwen2_5_vl::load::{parse_dtype, HubSource};
+use medbridge_runtime::models::qwen2_5_vl::{Config, LoraConfig, LoraInit};
 use medbridge_runtime::models::{RandomInit, Vlm};
 use medbridge_runtime::sample::{sample, SampleRequest, SamplerOptions};
 use medbridge_runtime::train::adapters::{check_targets, lora_config_of};
@@ -102,7 +104,24 @@ const PLACEMENT: [OptionSpec; 2] = [
 
 static LOAD_MODEL: OptionSet = OptionSet::new(
     "load_model",
-    &[&PLACEMENT, &[opt("adapter", STR, Absent::Means("none"), "a PEFT adapter directory to apply")]],
+    &[
+        &PLACEMENT,
+        &[
+            opt("adapter", STR, Absent::Means("none"), "a PEFT adapter directory to apply"),
+            opt(
+                "revision",
+                STR,
+                Absent::Str("main"),
+                "hub ids: the branch, tag or commit to load (recorded in run.json)",
+            ),
+            opt(
+                "download",
+                Kind::Bool,
+                Absent::Bool(true),
+                "hub ids: fetch what the Hugging Face cache lacks (never with --offline / HF_HUB_OFFLINE=1)",
+            ),
+        ],
+    ],
 );
 
 static NEW_MODEL: OptionSet = OptionSet::new(
@@ -189,15 +208,18 @@ pub mod model_api {
     /// A Qwen2.5-VL model with its processor.
     pub type Model = medbridge_runtime::models::Vlm;
 
-    /// Load a checkpoint directory or a hub id from the Hugging Face cache (never the network),
-    /// in f32 on the run's device.
+    /// Load a checkpoint directory or a hub id, in f32 on the run's device. A hub id comes from the
+    /// Hugging Face cache, downloaded into it first when missing (not with `--offline`).
     #[rhai_fn(name = "load_model", return_raw)]
     pub fn load_model_default(ctx: NativeCallContext, path_or_id: &str) -> Result<Model, Box<EvalAltResult>> {
         load_model(ctx, path_or_id, Map::new())
     }
 
     /// Load with options: `load_model("Qwen/Qwen2.5-VL-7B-Instruct", #{device: "cuda", dtype: "bf16",
-    /// adapter: "path/to/peft_adapter"})`.
+    /// adapter: "path/to/peft_adapter", revision: "main", download: true})`. A hub id is read from
+    /// the Hugging Face cache (`HF_HUB_CACHE`, `HF_HOME`), and what is missing there is downloaded
+    /// from `HF_ENDPOINT` with `HF_TOKEN` unless `download: false`, `--offline` or
+    /// `HF_HUB_OFFLINE=1`; the commit loaded is recorded in run.json.
     #[rhai_fn(name = "load_model", return_raw)]
     pub fn load_model(
         ctx: NativeCallContext,
@@ -208,12 +230,19 @@ pub mod model_api {
         let device = placement_device(&ctx, &o)?;
         let s = session(&ctx)?;
         let dtype = parse_dtype(&o.string_or_default("dtype")?).script()?;
-        // A local directory goes through the sandbox; anything else is a hub id for the cache.
+        // A local directory goes through the sandbox; anything else is a hub id, read from the
+        // cache or downloaded into it (the only place outside the run directory a load writes).
         let source = match s.sandbox.locate_read(path_or_id).script()? {
             Some(dir) => dir.display().to_string(),
             None => path_or_id.to_string(),
         };
-        let vlm = Vlm::load(&source, dtype, &device).script()?;
+        let hub = HubSource {
+            revision: o.string("revision")?,
+            download: o.bool_or_default("download")?,
+            hub: HubConfig::for_session(&s),
+        };
+        let (vlm, origin) = Vlm::load_with(&source, &hub, dtype, &device).script()?;
+        s.run.record_settings("load_model", origin.record(path_or_id)).script()?;
         match o.string("adapter")? {
             Some(adapter) => {
                 let dir = s.sandbox.resolve_read(&adapter).script()?;

@@ -138,6 +138,7 @@ mod tests {
             device: "cpu".into(),
             allow_read: vec![],
             quiet: true,
+            offline: false,
             cancel,
             max_memory: None,
         };

@@ -21,6 +21,8 @@ pub struct SessionOptions {
     pub device: String,
     pub allow_read: Vec<PathBuf>,
     pub quiet: bool,
+    /// `--offline`: loaders read the caches only, never the network.
+    pub offline: bool,
     pub cancel: CancelFlag,
     /// `--max-memory` in bytes; `None` leaves the machine's default budget.
     pub max_memory: Option<u64>,
@@ -44,7 +46,8 @@ pub fn open_session(opts: &SessionOptions) -> medbridge_runtime::Result<Arc<Sess
     let (roots, bases) = Sandbox::standard_roots(script_dir.as_deref(), &opts.allow_read);
     let sandbox = Sandbox::new(roots, bases, run.path())?;
     let progress = if opts.quiet { ProgressMode::Quiet } else { ProgressMode::Auto };
-    let session = Session::new(device, sandbox, run, opts.cancel.clone(), progress);
+    let session =
+        Session::new(device, sandbox, run, opts.cancel.clone(), progress).with_offline(opts.offline);
     Ok(Arc::new(match opts.max_memory {
         Some(bytes) => session.with_memory(MemoryBudget::given(bytes)),
         None => session,
@@ -154,6 +157,7 @@ pub fn run_file(
         "args": crate::convert::to_json(&Dynamic::from_map(args.clone())).unwrap_or_default(),
         "device": medbridge_runtime::device::device_name(&session.device),
         "medbridge": env!("CARGO_PKG_VERSION"),
+        "offline": session.net().offline,
     });
     session.run.record_run(&info).map_err(record)?;
     let mut engine = new_engine_with_limits(session, echo, limits);

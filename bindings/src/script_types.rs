@@ -78,6 +78,7 @@ mod tests {
             device: "cpu".into(),
             allow_read: vec![],
             quiet: true,
+            offline: false,
             cancel: CancelFlag::new(),
             max_memory: None,
         })

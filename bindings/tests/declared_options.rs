@@ -55,6 +55,7 @@ fn documented_options_are_exactly_the_accepted_ones() {
         device: "cpu".into(),
         allow_read: vec![],
         quiet: true,
+        offline: false,
         cancel: CancelFlag::new(),
         max_memory: None,
     })

@@ -4,6 +4,11 @@
 //! under known roots (its own directory, the current directory, the data roots, the Hugging Face
 //! cache and each `--allow-read`) and writes only inside its run directory. Paths are checked
 //! after resolving `..` and symlinks, so neither can be used to step outside.
+//!
+//! The one exception is the loaders' downloads (`load_model`, `load_vqa` by hub id,
+//! `medmnist(.., #{download: true})`): they write only into the Hugging Face cache and
+//! `MEDMNIST_ROOT`, at places the script cannot choose (a file's name in the cache is its hash;
+//! a MedMNIST download into any other `root` is refused).
 
 use std::path::{Component, Path, PathBuf};
 
@@ -30,9 +35,11 @@ impl Sandbox {
     /// the run directory, which must exist.
     pub fn new(read_roots: Vec<ReadRoot>, bases: Vec<PathBuf>, write_root: &Path) -> Result<Self> {
         let write_root = write_root.canonicalize().map_err(|e| Error::io(write_root, e))?;
+        // A root that does not exist yet (the Hugging Face cache or MEDMNIST_ROOT on a fresh
+        // machine, before the first download) is kept at the place it will be created.
         let mut roots: Vec<ReadRoot> = read_roots
             .into_iter()
-            .filter_map(|r| r.path.canonicalize().ok().map(|path| ReadRoot { path, origin: r.origin }))
+            .filter_map(|r| planned_real_path(&r.path).map(|path| ReadRoot { path, origin: r.origin }))
             .collect();
         roots.push(ReadRoot { path: write_root.clone(), origin: "the run directory".into() });
         Ok(Sandbox { read_roots: roots, bases, write_root })
@@ -145,6 +152,29 @@ impl Sandbox {
     }
 }
 
+/// The real path `path` has, or will have once created: its deepest existing ancestor resolved
+/// (symlinks included), the rest appended. `None` for a relative path that does not exist.
+fn planned_real_path(path: &Path) -> Option<PathBuf> {
+    if let Ok(real) = path.canonicalize() {
+        return Some(real);
+    }
+    if !path.is_absolute() {
+        return None;
+    }
+    let normal = normalize(path)?;
+    let mut existing = normal.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        rest.push(existing.file_name()?.to_os_string());
+        existing = existing.parent()?;
+    }
+    let mut real = existing.canonicalize().ok()?;
+    for part in rest.into_iter().rev() {
+        real.push(part);
+    }
+    Some(real)
+}
+
 /// Remove `.` and `..` lexically; `None` when `..` climbs above the root.
 fn normalize(path: &Path) -> Option<PathBuf> {
     let mut out = PathBuf::new();
@@ -221,6 +251,20 @@ mod tests {
         assert!(f.sandbox.resolve_read("link.txt").is_err());
         std::os::unix::fs::symlink(&f.outside, f.sandbox.write_root().join("escape")).unwrap();
         assert!(f.sandbox.resolve_write("escape/x.txt").is_err());
+    }
+
+    #[test]
+    fn a_root_created_after_the_sandbox_is_still_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        let cache = dir.path().join("hf").join("hub");
+        let roots = vec![ReadRoot { path: cache.clone(), origin: "the Hugging Face cache".into() }];
+        let sandbox = Sandbox::new(roots, vec![], &run).unwrap();
+        std::fs::create_dir_all(&cache).unwrap();
+        std::fs::write(cache.join("x.png"), "x").unwrap();
+        assert!(sandbox.resolve_read(cache.join("x.png").to_str().unwrap()).is_ok());
+        assert!(sandbox.resolve_read(dir.path().join("run/../y").to_str().unwrap()).is_err());
     }
 
     #[test]

@@ -4,6 +4,12 @@
 //! labels `N×L` integers. Names are `{flag}.npz` for 28 px and `{flag}_{size}.npz` otherwise, under
 //! `MEDMNIST_ROOT` (default `~/.medmnist`, the medmnist package's own default). Only the requested
 //! split is read, and rows are streamed out of the archive, so `limit` also bounds memory.
+//!
+//! Like `medmnist.PathMNIST(download=True)`, `download` fetches a missing file from the MedMNIST v3
+//! Zenodo record (or `MEDMNIST_URL`, a mirror: `$MEDMNIST_URL/{file}`) and checks its MD5 against
+//! the official table (`medmnist_md5.rs`) or the `md5` option; a present file is checked too and
+//! replaced when it does not match. The bytes go to `{file}.part` and are renamed into place only
+//! once the MD5 matches, so a file under its real name is always whole.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,8 +18,10 @@ use crate::data::dataset::{pick_positions, proportional_counts, Dataset, Item, S
 use crate::data::medmnist_info::{
     flag_info, FlagInfo, ModalityTable, TaskType, MEDMNIST_DOI, MEDMNIST_SIZES, MEDMNIST_URL,
 };
+use crate::data::medmnist_md5::{official_md5, MEDMNIST_FILES_URL};
 use crate::data::npz::{IntType, NpzReader};
-use crate::error::{Context, Result};
+use crate::error::{Context, Error, Result};
+use crate::hub::{file_digest, transfer, Checksum, Net};
 use crate::image::Image;
 
 /// How to load one flag.
@@ -30,6 +38,14 @@ pub struct MedmnistOptions {
     /// Directory of the `.npz` files; `None` means `MEDMNIST_ROOT` or `~/.medmnist`.
     pub root: Option<PathBuf>,
     pub modalities: ModalityTable,
+    /// Fetch the file when it is missing or fails its MD5 (into `root`).
+    pub download: bool,
+    /// The MD5 to expect instead of the official one (a mirror's own file). Given without
+    /// `download`, a present file is checked against it.
+    pub md5: Option<String>,
+    /// Base URL of the files; `None` means `MEDMNIST_URL`, else the Zenodo record.
+    pub url: Option<String>,
+    pub net: Net,
 }
 
 impl Default for MedmnistOptions {
@@ -42,6 +58,10 @@ impl Default for MedmnistOptions {
             seed: 0,
             root: None,
             modalities: ModalityTable::default(),
+            download: false,
+            md5: None,
+            url: None,
+            net: Net::default(),
         }
     }
 }
@@ -78,15 +98,149 @@ pub fn load_medmnist(flag: &str, opts: &MedmnistOptions) -> Result<Dataset> {
     let root = opts.root.clone().unwrap_or_else(medmnist_root);
     let name = medmnist_file_name(info.flag, opts.size);
     let path = root.join(&name);
+    let mut warnings = Vec::new();
+    if opts.download || opts.md5.is_some() {
+        ensure_file(info.flag, opts, &root, &name, &mut warnings)?;
+    }
     if !path.is_file() {
         crate::bail!(
-            "MedMNIST file not found: {}. Download {name} from {MEDMNIST_URL} (DOI {MEDMNIST_DOI}) into {}, \
-             set MEDMNIST_ROOT to the folder that holds it, or write a synthetic stand-in with synth_medmnist",
+            "MedMNIST file not found: {}. Pass `download: true` to fetch it, download {name} from \
+             {MEDMNIST_URL} (DOI {MEDMNIST_DOI}) into {}, set MEDMNIST_ROOT to the folder that holds it, \
+             or write a synthetic stand-in with synth_medmnist",
             path.display(),
             root.display()
         );
     }
-    read_split(&path, info, opts, modality).with_context(|| format!("loading medmnist {}", info.flag))
+    let ds =
+        read_split(&path, info, opts, modality).with_context(|| format!("loading medmnist {}", info.flag))?;
+    if warnings.is_empty() {
+        return Ok(ds);
+    }
+    warnings.extend(ds.warnings().iter().cloned());
+    Ok(ds.with_warnings(warnings))
+}
+
+/// Where `name` is fetched from: `url`, else `MEDMNIST_URL`, else the Zenodo record.
+pub fn medmnist_url(url: Option<&str>, name: &str) -> String {
+    let base = url
+        .map(str::to_string)
+        .or_else(|| std::env::var("MEDMNIST_URL").ok())
+        .map(|b| b.trim().trim_end_matches('/').to_string())
+        .filter(|b| !b.is_empty());
+    match base {
+        Some(base) => format!("{base}/{name}"),
+        None => format!("{MEDMNIST_FILES_URL}/{name}?download=1"),
+    }
+}
+
+/// Check a present file's MD5 and, with `download`, fetch a missing or mismatching one.
+fn ensure_file(
+    flag: &str,
+    opts: &MedmnistOptions,
+    root: &Path,
+    name: &str,
+    warnings: &mut Vec<String>,
+) -> Result<()> {
+    let path = root.join(name);
+    let (expected, origin) = match &opts.md5 {
+        Some(m) => (m.trim().to_ascii_lowercase(), "the `md5` option"),
+        None => match official_md5(flag, opts.size) {
+            Some(m) => (m.to_string(), "the official checksum (medmnist's info.py)"),
+            None => crate::bail!("medmnist {flag}: no official MD5 for size {}", opts.size),
+        },
+    };
+    if expected.len() != 32 || !expected.chars().all(|c| c.is_ascii_hexdigit()) {
+        crate::bail!("medmnist {flag}: `md5` must be 32 hex digits, got {expected:?}");
+    }
+    let url = medmnist_url(opts.url.as_deref(), name);
+    let stamp = root.join(format!(".{name}.md5"));
+    if path.is_file() {
+        let actual = checked_md5(&path, &stamp, opts)?;
+        if actual == expected {
+            return Ok(());
+        }
+        if !opts.download {
+            crate::bail!(
+                "{}: MD5 is {actual}, expected {expected} ({origin}): the file is damaged or not the \
+                 published one. Pass `download: true` to replace it with a fresh download from {url}, \
+                 or delete it",
+                path.display()
+            );
+        }
+        warnings.push(format!(
+            "{}: MD5 was {actual}, expected {expected}; replaced with a fresh download from {url}",
+            path.display()
+        ));
+        // A file known to be wrong must not stay where a later run would read it.
+        std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        let _ = std::fs::remove_file(&stamp);
+    }
+    if !opts.download {
+        return Ok(());
+    }
+    if opts.net.offline {
+        crate::bail!(
+            "MedMNIST file {name} is not in {} and the network is off (--offline or HF_HUB_OFFLINE=1): \
+             download it from {url} on a machine with network into MEDMNIST_ROOT",
+            root.display()
+        );
+    }
+    std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+    let agent = transfer::agent();
+    transfer::Transfer {
+        agent: &agent,
+        url: url.clone(),
+        authorization: None,
+        dest: path.clone(),
+        part: root.join(format!("{name}.part")),
+        lock: Some(root.join(format!(".{name}.lock"))),
+        size: None,
+        checksum: Checksum::Md5(expected.clone()),
+        label: name.to_string(),
+        what: format!("MedMNIST file {name}"),
+    }
+    .run(&opts.net)
+    .map_err(|e| {
+        if opts.md5.is_none() && e.to_string().contains("MD5 is") {
+            Error::msg(format!(
+                "{e} (the expected MD5 is {origin}; a mirror serving its own build of the file needs \
+                 `md5: \"<its checksum>\"`)"
+            ))
+        } else {
+            e
+        }
+    })?;
+    write_stamp(&path, &stamp, &expected);
+    Ok(())
+}
+
+/// A file's MD5, read from the stamp a download left when the file's size and modification time
+/// still match it (hashing a 224 px file takes seconds), else computed.
+fn checked_md5(path: &Path, stamp: &Path, opts: &MedmnistOptions) -> Result<String> {
+    if let (Ok(text), Some(key)) = (std::fs::read_to_string(stamp), stamp_key(path)) {
+        if let Some((md5, rest)) = text.trim().split_once(' ') {
+            if rest == key {
+                return Ok(md5.to_string());
+            }
+        }
+    }
+    let md5 = file_digest(path, &Checksum::Md5(String::new()), opts.net.cancel.as_ref())?;
+    if opts.download {
+        write_stamp(path, stamp, &md5);
+    }
+    Ok(md5)
+}
+
+fn stamp_key(path: &Path) -> Option<String> {
+    let meta = std::fs::metadata(path).ok()?;
+    let modified = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+    Some(format!("{} {}.{:09}", meta.len(), modified.as_secs(), modified.subsec_nanos()))
+}
+
+fn write_stamp(path: &Path, stamp: &Path, md5: &str) {
+    if let Some(key) = stamp_key(path) {
+        let _ = std::fs::write(stamp, format!("{md5} {key}\n"));
+    }
 }
 
 fn read_split(
@@ -348,5 +502,128 @@ mod tests {
         assert!(load_medmnist("retinamnist", &val).unwrap_err().to_string().contains("expected N×L"));
         let err = load_medmnist("retinamnist", &opts(dir.path(), 64)).unwrap_err().to_string();
         assert!(err.contains("the file name says 64"), "{err}");
+    }
+
+    mod download {
+        use super::*;
+        use crate::hub::test_server::{Fault, HubServer};
+        use crate::run::ProgressMode;
+
+        fn md5_hex(bytes: &[u8]) -> String {
+            use md5::{Digest, Md5};
+            Md5::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+        }
+
+        /// A server holding a synthetic `breastmnist.npz`, and options pointing at it.
+        fn served() -> (HubServer, tempfile::TempDir, Vec<u8>, MedmnistOptions) {
+            let src = tempfile::tempdir().unwrap();
+            write(src.path(), "breastmnist.npz", 6, 28, 1, 1, 2);
+            let bytes = std::fs::read(src.path().join("breastmnist.npz")).unwrap();
+            let server = HubServer::start();
+            server.add_raw("/mirror/breastmnist.npz", bytes.clone());
+            let root = tempfile::tempdir().unwrap();
+            let opts = MedmnistOptions {
+                download: true,
+                md5: Some(md5_hex(&bytes)),
+                url: Some(format!("{}/mirror/", server.url())),
+                net: Net { offline: false, retries: 0, progress: ProgressMode::Quiet, cancel: None },
+                ..opts(root.path(), 28)
+            };
+            (server, root, bytes, opts)
+        }
+
+        fn files(dir: &Path) -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        }
+
+        #[test]
+        fn download_fetches_checks_and_then_reads_without_a_request() {
+            let (server, root, bytes, o) = served();
+            let ds = load_medmnist("breastmnist", &o).unwrap();
+            assert_eq!(ds.len(), 6);
+            assert_eq!(std::fs::read(root.path().join("breastmnist.npz")).unwrap(), bytes);
+            assert!(!files(root.path()).iter().any(|f| f.ends_with(".part")), "{:?}", files(root.path()));
+            assert_eq!(server.requests().len(), 1);
+            load_medmnist("breastmnist", &o).unwrap();
+            assert_eq!(server.requests().len(), 1, "a verified file is not fetched again");
+            assert_eq!(medmnist_url(Some("http://m/"), "x.npz"), "http://m/x.npz");
+            if std::env::var_os("MEDMNIST_URL").is_none() {
+                let official = medmnist_url(None, "pathmnist_224.npz");
+                assert_eq!(
+                    official,
+                    "https://zenodo.org/records/10519652/files/pathmnist_224.npz?download=1"
+                );
+            }
+        }
+
+        #[test]
+        fn the_official_md5_rejects_a_mirror_file_and_keeps_nothing() {
+            let (_server, root, _, o) = served();
+            let official = MedmnistOptions { md5: None, ..o };
+            let e = load_medmnist("breastmnist", &official).unwrap_err().to_string();
+            assert!(e.contains("breastmnist.npz") && e.contains("750601b1f35ba3300ea97c75c52ff8f6"), "{e}");
+            assert!(e.contains("md5:"), "{e}");
+            assert!(!root.path().join("breastmnist.npz").exists());
+            assert!(!files(root.path()).iter().any(|f| f.ends_with(".part")));
+        }
+
+        #[test]
+        fn a_present_file_with_a_wrong_md5_is_named_then_replaced_on_download() {
+            let (_server, root, bytes, o) = served();
+            let path = root.path().join("breastmnist.npz");
+            let mut damaged = bytes.clone();
+            damaged[100] ^= 1;
+            std::fs::write(&path, &damaged).unwrap();
+            let check = MedmnistOptions { download: false, ..o.clone() };
+            let e = load_medmnist("breastmnist", &check).unwrap_err().to_string();
+            let want = o.md5.clone().unwrap();
+            assert!(e.contains(&path.display().to_string()) && e.contains(&want), "{e}");
+            assert!(e.contains(&md5_hex(&damaged)) && e.contains("download: true"), "{e}");
+            // Without `download` or `md5`, the file is read as it is (today's behaviour).
+            let plain = MedmnistOptions { download: false, md5: None, ..o.clone() };
+            assert!(load_medmnist("breastmnist", &plain).is_ok());
+
+            let ds = load_medmnist("breastmnist", &o).unwrap();
+            assert!(ds.warnings().iter().any(|w| w.contains("replaced")), "{:?}", ds.warnings());
+            assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        }
+
+        #[test]
+        fn a_dropped_connection_resumes_and_a_truncated_file_is_refused() {
+            let (server, root, bytes, o) = served();
+            server.fault(Fault::Drop { suffix: "breastmnist.npz".into(), after: bytes.len() / 2, times: 1 });
+            let e = load_medmnist("breastmnist", &o).unwrap_err().to_string();
+            assert!(e.contains("breastmnist.npz") && e.contains("resume"), "{e}");
+            assert!(!root.path().join("breastmnist.npz").exists());
+            assert_eq!(
+                std::fs::metadata(root.path().join("breastmnist.npz.part")).unwrap().len(),
+                (bytes.len() / 2) as u64
+            );
+            load_medmnist("breastmnist", &o).unwrap();
+            assert_eq!(std::fs::read(root.path().join("breastmnist.npz")).unwrap(), bytes);
+            let last = server.requests().pop().unwrap();
+            assert_eq!(last.range, Some(format!("bytes={}-", bytes.len() / 2)));
+
+            let (server, root, _, o) = served();
+            server.fault(Fault::Truncate { suffix: "breastmnist.npz".into(), len: 300 });
+            let e = load_medmnist("breastmnist", &o).unwrap_err().to_string();
+            assert!(e.contains("breastmnist.npz") && e.contains("MD5"), "{e}");
+            assert!(!root.path().join("breastmnist.npz").exists());
+        }
+
+        #[test]
+        fn offline_refuses_to_download() {
+            let (server, root, _, mut o) = served();
+            o.net.offline = true;
+            let e = load_medmnist("breastmnist", &o).unwrap_err().to_string();
+            assert!(e.contains("breastmnist.npz") && e.contains("--offline"), "{e}");
+            assert!(server.requests().is_empty() && files(root.path()).is_empty());
+        }
     }
 }

@@ -8,7 +8,8 @@
 //! | `npz.rs` | streaming `.npz`/`.npy` reader and writer (integer arrays only) |
 //! | `dataset.rs` | `Dataset`/`Item`, balanced samples, splits, filters, concatenation |
 //! | `dataset_stratify.rs` | the stratified sampler behind every `balanced` (datasets and tasks) |
-//! | `medmnist.rs` | loads the official files from `MEDMNIST_ROOT` |
+//! | `medmnist.rs` | loads the official files from `MEDMNIST_ROOT`, downloading them on request |
+//! | `medmnist_md5.rs` | the 48 official MD5s of the 2D files, from the `medmnist` package's `info.py` |
 //! | `synth.rs`, `synth_draw.rs` | writes synthetic files in the official format |
 //! | `medmnist_eval.rs` | ACC and AUC exactly as `medmnist/evaluator.py` computes them |
 //! | `vqa/` | medical VQA benchmarks in their published layouts, read into `McqTask`s |
@@ -18,6 +19,7 @@ pub mod dataset_stratify;
 pub mod medmnist;
 pub mod medmnist_eval;
 pub mod medmnist_info;
+pub mod medmnist_md5;
 pub mod npz;
 pub mod published_results;
 pub mod synth;

@@ -45,8 +45,30 @@ impl Vlm {
     /// Load weights and processor files from a directory or a cached hub id.
     pub fn load(path_or_id: &str, dtype: DType, device: &Device) -> Result<Self> {
         let files = load::resolve(path_or_id)?;
+        Self::load_files(path_or_id, &files, dtype, device)
+    }
+
+    /// Load from a directory or a hub id, downloading what the cache lacks when `source` allows;
+    /// also says where the files came from (repo, revision, commit, what was downloaded).
+    pub fn load_with(
+        path_or_id: &str,
+        source: &load::HubSource,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Self, load::Origin)> {
+        let (files, origin) =
+            load::resolve_with(path_or_id, source).with_context(|| format!("loading model {path_or_id}"))?;
+        Ok((Self::load_files(path_or_id, &files, dtype, device)?, origin))
+    }
+
+    fn load_files(
+        path_or_id: &str,
+        files: &load::CheckpointFiles,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let dir: PathBuf = files.config.parent().map(Path::to_path_buf).unwrap_or_default();
-        let model = Qwen25VL::load(path_or_id, dtype, device)
+        let model = Qwen25VL::load_files(files, dtype, device)
             .with_context(|| format!("loading model {path_or_id}"))?;
         let processor =
             Processor::from_dir(&dir).with_context(|| format!("loading the processor of {path_or_id}"))?;

@@ -26,4 +26,16 @@ impl ProgressMode {
         bar.set_prefix(label.to_string());
         bar
     }
+
+    /// A byte-counting bar for a download of `len` bytes (0 when unknown), hidden like [`Self::bar`].
+    pub fn bytes_bar(self, len: u64, label: &str) -> ProgressBar {
+        let bar = self.bar(len, label);
+        let style = ProgressStyle::with_template(
+            "{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+        )
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar
+    }
 }

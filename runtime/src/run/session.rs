@@ -17,6 +17,8 @@ pub struct Session {
     pub progress: ProgressMode,
     /// What one sampling call may add to memory (`--max-memory`, else the machine's default).
     pub memory: MemoryBudget,
+    /// `--offline`: loaders never touch the network (as with `HF_HUB_OFFLINE=1`).
+    pub offline: bool,
     seed: AtomicU64,
     draws: AtomicU64,
 }
@@ -39,6 +41,7 @@ impl Session {
             cancel,
             progress,
             memory: MemoryBudget::machine_default(),
+            offline: false,
             seed: AtomicU64::new(DEFAULT_SEED),
             draws: AtomicU64::new(0),
         }
@@ -47,6 +50,23 @@ impl Session {
     /// The same session under another memory budget (`--max-memory`).
     pub fn with_memory(self, memory: MemoryBudget) -> Self {
         Session { memory, ..self }
+    }
+
+    /// Refuse network access for this run's loaders (`--offline`).
+    pub fn with_offline(mut self, offline: bool) -> Self {
+        self.offline = offline;
+        self
+    }
+
+    /// How this run's loaders may download: never when `--offline` or `HF_HUB_OFFLINE=1`, with
+    /// the run's progress bars and cancel flag otherwise.
+    pub fn net(&self) -> crate::hub::Net {
+        crate::hub::Net {
+            offline: self.offline || crate::hub::offline_from_env(),
+            progress: self.progress,
+            cancel: Some(self.cancel.clone()),
+            ..crate::hub::Net::default()
+        }
     }
 
     /// Set the global seed and restart the stream of derived seeds.

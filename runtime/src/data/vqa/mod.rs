@@ -9,6 +9,7 @@
 //! | `hf_yes_no.rs` | VQA-RAD and PathVQA as parquet on the hub: closed = yes/no answers |
 //! | `jsonl.rs` | generic JSONL `{image, question, options, answer}` |
 //! | `medbridgerl_jsonl.rs` | the paper's released eval export: `data.jsonl` + `images/`, MCQ and free-form rows |
+//! | `hub.rs` | a benchmark by hub dataset id: the split's files (and image archive) into the HF cache |
 //! | `image_path.rs` | image paths written in a data file: relative to the file, checked against the sandbox |
 //! | `parquet_rows.rs` | row-by-row parquet reading with file/row/column errors |
 //! | `question.rs` | answer labels, yes/no questions, free-text items, benchmark modalities |
@@ -18,6 +19,7 @@
 //! split is read, in name order; the release's export is `data.jsonl` whatever the split).
 
 mod hf_yes_no;
+pub mod hub;
 mod image_path;
 mod jsonl;
 mod medbridgerl_jsonl;
@@ -99,6 +101,9 @@ pub struct VqaOptions {
     /// Image paths read out of a data file must lie under its read roots, whichever layout wrote
     /// them (`image_path.rs`); `None` reads them unchecked.
     pub sandbox: Option<Sandbox>,
+    /// More folders to look for pictures in, after the data file's own (an image archive
+    /// unpacked from the hub: `hub.rs`).
+    pub image_dirs: Vec<PathBuf>,
 }
 
 impl Default for VqaOptions {
@@ -111,6 +116,7 @@ impl Default for VqaOptions {
             answer_format: AnswerFormat::Letter,
             preset: TaskPreset::Default,
             sandbox: None,
+            image_dirs: Vec::new(),
         }
     }
 }
@@ -129,7 +135,8 @@ pub fn load_vqa(kind: VqaKind, path: &Path, opts: &VqaOptions) -> Result<McqTask
             if left == 0 {
                 break;
             }
-            let shard = Shard { path: file, first_row, split: opts.split, limit: left };
+            let shard =
+                Shard { path: file, first_row, split: opts.split, limit: left, image_dirs: &opts.image_dirs };
             let (mut part, rows) = match kind {
                 VqaKind::MedVlThinker => medvlthinker::load(&shard)?,
                 VqaKind::VqaRad | VqaKind::PathVqa => hf_yes_no::load(kind, &shard, opts.closed_only)?,
@@ -157,6 +164,8 @@ pub(super) struct Shard<'a> {
     pub split: Split,
     /// Questions still wanted.
     pub limit: usize,
+    /// Extra picture folders ([`VqaOptions::image_dirs`]).
+    pub image_dirs: &'a [PathBuf],
 }
 
 /// The files to read: `path` itself, or the split's file(s) inside the folder `path` (every

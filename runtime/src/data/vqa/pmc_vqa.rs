@@ -54,7 +54,11 @@ pub(super) fn load(shard: &Shard, sandbox: Option<&Sandbox>) -> Result<Vec<McqIt
         let image = match images.get(&name) {
             Some(image) => image.clone(),
             None => {
-                let tries: Vec<PathBuf> = IMAGE_DIRS.iter().map(|d| Path::new(d).join(&name)).collect();
+                let tries: Vec<PathBuf> = std::iter::once(Path::new(""))
+                    .chain(shard.image_dirs.iter().map(PathBuf::as_path))
+                    .flat_map(|root| IMAGE_DIRS.iter().map(move |d| root.join(d)))
+                    .map(|d| d.join(&name))
+                    .collect();
                 let file = locate_image(base, &name, &tries, sandbox)
                     .map_err(|e| Error::msg(format!("{}: {e}", here("Figure_path"))))?;
                 let image =

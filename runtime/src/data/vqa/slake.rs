@@ -51,7 +51,10 @@ pub(super) fn load(shard: &Shard, closed_only: bool, sandbox: Option<&Sandbox>) 
                         entry.img_name
                     ))
                 };
-                let tries = [Path::new("imgs").join(&entry.img_name)];
+                let tries: Vec<std::path::PathBuf> = std::iter::once(Path::new(""))
+                    .chain(shard.image_dirs.iter().map(|d| d.as_path()))
+                    .map(|root| root.join("imgs").join(&entry.img_name))
+                    .collect();
                 let file = locate_image(base, &entry.img_name, &tries, sandbox).map_err(at)?;
                 let image = Image::open(&file).map_err(at)?;
                 images.insert(entry.img_name.clone(), image.clone());

@@ -1,8 +1,9 @@
 //! Loading a checkpoint: from a local directory or a hub id in the Hugging Face cache, single or
 //! sharded safetensors, memory-mapped, in either weight-name layout.
 //!
-//! The network is never used: a hub id resolves through `hf-hub`'s cache only (`HF_HUB_CACHE`,
-//! else `HF_HOME/hub`, else `~/.cache/huggingface/hub`). Layouts: the hub's (`model.layers.*`,
+//! A hub id resolves through the Hugging Face cache (`HF_HUB_CACHE`, else `HF_HOME/hub`, else
+//! `~/.cache/huggingface/hub`) and, when a file is missing and downloads are allowed, through the
+//! hub (`crate::hub`) into that same cache. Layouts: the hub's (`model.layers.*`,
 //! `visual.*`) and transformers 5's (`model.language_model.*`, `model.visual.*`), detected from
 //! the tensor names; modules always ask for hub names and this file translates.
 
@@ -16,6 +17,7 @@ use super::config::Config;
 use super::weights::{Init, WeightSource, Weights};
 use super::Qwen25VL;
 use crate::error::{Context, Error, Result};
+use crate::hub::{self, Hub, HubConfig, RepoKind, RepoRef};
 
 /// Where a checkpoint's files are.
 #[derive(Debug, Clone)]
@@ -51,16 +53,140 @@ impl Layout {
     }
 }
 
-/// Find a checkpoint: `path_or_id` is a directory, or a hub id looked up in the local cache.
+/// Find a checkpoint: `path_or_id` is a directory, or a hub id looked up in the local cache
+/// (never the network; [`resolve_with`] downloads).
 pub fn resolve(path_or_id: &str) -> Result<CheckpointFiles> {
+    let source = HubSource { revision: None, download: false, hub: HubConfig::from_env() };
+    resolve_with(path_or_id, &source).map(|(files, _)| files)
+}
+
+/// How a hub id is found: which revision, and whether a missing file may be downloaded.
+#[derive(Clone, Debug)]
+pub struct HubSource {
+    /// A branch, tag or commit hash; `None` is `main`.
+    pub revision: Option<String>,
+    pub download: bool,
+    pub hub: HubConfig,
+}
+
+impl HubSource {
+    /// `main`, downloads allowed, configured from the environment.
+    pub fn from_env() -> Self {
+        HubSource { revision: None, download: true, hub: HubConfig::from_env() }
+    }
+}
+
+pub use crate::hub::Origin;
+
+/// Files the loader and the processor read, fetched when the repo has them (`config.json` and
+/// the weights are required; `Processor::from_dir` needs the tokenizer and preprocessor files).
+const CHECKPOINT_FILES: [&str; 7] = [
+    "config.json",
+    "generation_config.json",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.json",
+    "chat_template.jinja",
+];
+
+/// The files without which a cached snapshot is not a usable checkpoint.
+const REQUIRED_PROCESSOR_FILES: [&str; 2] = ["tokenizer.json", "preprocessor_config.json"];
+
+const INDEX: &str = "model.safetensors.index.json";
+const SINGLE: &str = "model.safetensors";
+
+/// Like [`resolve`], for a hub id: the cache first (no request when the revision's snapshot holds
+/// a whole checkpoint), then, when allowed, the hub (config, processor files, every shard the
+/// index names) into the same cache.
+pub fn resolve_with(path_or_id: &str, source: &HubSource) -> Result<(CheckpointFiles, Origin)> {
     let dir = Path::new(path_or_id);
     if dir.is_dir() {
-        return local_files(dir);
+        return Ok((local_files(dir)?, Origin::default()));
     }
     if dir.exists() {
         crate::bail!("model path {path_or_id} is not a directory");
     }
-    cached_files(&hub_cache(), path_or_id)
+    let repo = RepoRef::new(RepoKind::Model, path_or_id, source.revision.as_deref());
+    let cfg = &source.hub;
+    let mut origin =
+        Origin { repo: Some(repo.id.clone()), revision: Some(repo.revision.clone()), ..Origin::default() };
+    let cached = hub::cached_snapshot(&cfg.cache_dir, &repo);
+    if let Some(snapshot) = &cached {
+        if let Ok(files) = complete_snapshot(&snapshot.dir) {
+            origin.commit = Some(snapshot.commit.clone());
+            return Ok((files, origin));
+        }
+    }
+    if cfg.net.offline || !source.download || !hub::looks_like_repo_id(path_or_id) {
+        let what = match &cached {
+            None => "it".to_string(),
+            Some(s) => format!("a whole checkpoint (snapshot {})", s.commit),
+        };
+        if !hub::looks_like_repo_id(path_or_id) {
+            crate::bail!("model `{path_or_id}` is neither a local directory nor a hub id (`org/name`)");
+        }
+        return Err(hub::not_cached(cfg, &repo, &what, !source.download));
+    }
+    let hub = Hub::new(cfg)?;
+    let remote = hub.info(&repo)?;
+    let commit = remote.commit.clone();
+    let files_before =
+        hub::cached_snapshot(&cfg.cache_dir, &RepoRef::new(RepoKind::Model, &repo.id, Some(&commit)));
+    let had = |name: &str| files_before.as_ref().is_some_and(|s| s.has(name));
+    let mut fetch = |name: &str| -> Result<PathBuf> {
+        if !had(name) {
+            origin.downloaded.push(name.to_string());
+        }
+        hub.fetch(&repo, &commit, name)
+    };
+    if !remote.files.contains("config.json") {
+        crate::bail!(
+            "{} (commit {commit}) has no config.json: it is not a transformers checkpoint",
+            repo.describe()
+        );
+    }
+    let mut config = None;
+    for name in CHECKPOINT_FILES.iter().filter(|n| remote.files.contains(**n)) {
+        let path = fetch(name)?;
+        if *name == "config.json" {
+            config = Some(path);
+        }
+    }
+    let weights = if remote.files.contains(INDEX) {
+        let index = fetch(INDEX)?;
+        let shards = shard_names(&index)?;
+        if let Some(missing) = shards.iter().find(|s| !remote.files.contains(*s)) {
+            crate::bail!(
+                "{INDEX} of {} (commit {commit}) names shard {missing}, which the repo does not have: \
+                 the upload is incomplete; pin a revision whose shards are all there with `revision`",
+                repo.describe()
+            );
+        }
+        shards.iter().map(|name| fetch(name)).collect::<Result<Vec<_>>>()?
+    } else if remote.files.contains(SINGLE) {
+        vec![fetch(SINGLE)?]
+    } else {
+        crate::bail!(
+            "{} (commit {commit}) has neither {SINGLE} nor {INDEX}: no safetensors weights to load \
+             (medbridge does not read .bin checkpoints)",
+            repo.describe()
+        );
+    };
+    hub.finish(&repo, &commit)?;
+    origin.commit = Some(commit);
+    let config = config.with_context(|| "config.json was not fetched".to_string())?;
+    Ok((CheckpointFiles { config, weights }, origin))
+}
+
+/// The checkpoint in a cached snapshot, when it is whole (config, every shard, and the files the
+/// processor cannot do without).
+fn complete_snapshot(dir: &Path) -> Result<CheckpointFiles> {
+    let files = local_files(dir)?;
+    if let Some(name) = REQUIRED_PROCESSOR_FILES.iter().find(|n| !dir.join(n).is_file()) {
+        crate::bail!("{}: no {name}", dir.display());
+    }
+    Ok(files)
 }
 
 fn local_files(dir: &Path) -> Result<CheckpointFiles> {
@@ -112,36 +238,6 @@ fn shard_names(index: &Path) -> Result<Vec<String>> {
         crate::bail!("{}: `weight_map` names no shard", index.display());
     }
     Ok(names.into_iter().collect())
-}
-
-/// The hub cache directory, honouring `HF_HUB_CACHE` and `HF_HOME`.
-fn hub_cache() -> hf_hub::Cache {
-    match std::env::var_os("HF_HUB_CACHE") {
-        Some(dir) => hf_hub::Cache::new(PathBuf::from(dir)),
-        None => hf_hub::Cache::from_env(),
-    }
-}
-
-fn cached_files(cache: &hf_hub::Cache, id: &str) -> Result<CheckpointFiles> {
-    let repo = cache.model(id.to_string());
-    let missing = |what: &str| {
-        Error::msg(format!(
-            "model `{id}` is not a local directory and {what} is not in the Hugging Face cache \
-             (searched {} for `{id}`; set HF_HUB_CACHE or HF_HOME to look elsewhere). \
-             medbridge never downloads: on a machine with network run `huggingface-cli download {id}` \
-             and copy the cache, or pass a local directory",
-            cache.path().display(),
-        ))
-    };
-    let config = repo.get("config.json").ok_or_else(|| missing("its config.json"))?;
-    let weights = match repo.get("model.safetensors.index.json") {
-        Some(index) => shard_names(&index)?
-            .into_iter()
-            .map(|name| repo.get(&name).ok_or_else(|| missing(&format!("shard {name}"))))
-            .collect::<Result<Vec<_>>>()?,
-        None => vec![repo.get("model.safetensors").ok_or_else(|| missing("model.safetensors"))?],
-    };
-    Ok(CheckpointFiles { config, weights })
 }
 
 /// Memory-mapped safetensors files with a name -> file routing table.
@@ -213,13 +309,15 @@ impl WeightSource for SafetensorsSource {
 impl Qwen25VL {
     /// Load a checkpoint from a directory or a cached hub id, in `dtype` on `device`.
     pub fn load(path_or_id: &str, dtype: DType, device: &Device) -> Result<Self> {
-        let run = || -> Result<Self> {
-            let files = resolve(path_or_id)?;
-            let cfg = Config::from_file(&files.config)?;
-            let source = SafetensorsSource::open(&files.weights)?;
-            Self::new(&cfg, &Weights::new(&source, dtype, device))
-        };
+        let run = || Self::load_files(&resolve(path_or_id)?, dtype, device);
         run().with_context(|| format!("loading model {path_or_id}"))
+    }
+
+    /// Load resolved checkpoint files.
+    pub fn load_files(files: &CheckpointFiles, dtype: DType, device: &Device) -> Result<Self> {
+        let cfg = Config::from_file(&files.config)?;
+        let source = SafetensorsSource::open(&files.weights)?;
+        Self::new(&cfg, &Weights::new(&source, dtype, device))
     }
 }
 
@@ -349,13 +447,20 @@ mod tests {
     }
 
     #[test]
-    fn hub_ids_resolve_in_the_cache_only() {
+    fn hub_ids_resolve_in_the_cache_without_download() {
         let cache_dir = tempfile::tempdir().unwrap();
-        let cache = hf_hub::Cache::new(cache_dir.path().to_path_buf());
-        let err = cached_files(&cache, "Qwen/Qwen2.5-VL-7B-Instruct").unwrap_err().to_string();
+        let hub = HubConfig {
+            endpoint: "http://127.0.0.1:9".into(),
+            cache_dir: cache_dir.path().to_path_buf(),
+            token: None,
+            net: crate::hub::Net { offline: false, ..Default::default() },
+        };
+        let source = HubSource { revision: None, download: false, hub };
+        let err = resolve_with("Qwen/Qwen2.5-VL-7B-Instruct", &source).unwrap_err().to_string();
         assert!(err.contains("Qwen/Qwen2.5-VL-7B-Instruct"), "{err}");
         assert!(err.contains(&cache_dir.path().display().to_string()), "{err}");
         assert!(err.contains("huggingface-cli download Qwen/Qwen2.5-VL-7B-Instruct"), "{err}");
+        assert!(err.contains("download: false"), "{err}");
 
         let (dir, _, _) = saved();
         let repo = cache_dir.path().join("models--org--tiny");
@@ -363,11 +468,18 @@ mod tests {
         std::fs::create_dir_all(&snapshot).unwrap();
         std::fs::create_dir_all(repo.join("refs")).unwrap();
         std::fs::write(repo.join("refs").join("main"), "abc123").unwrap();
-        for f in ["config.json", "model.safetensors"] {
-            std::fs::copy(dir.path().join(f), snapshot.join(f)).unwrap();
+        for entry in std::fs::read_dir(dir.path()).unwrap().flatten() {
+            std::fs::copy(entry.path(), snapshot.join(entry.file_name())).unwrap();
         }
-        let files = cached_files(&cache, "org/tiny").unwrap();
+        // Weights alone are not a checkpoint the processor can use.
+        assert!(resolve_with("org/tiny", &source).is_err());
+        for f in REQUIRED_PROCESSOR_FILES {
+            std::fs::write(snapshot.join(f), "{}").unwrap();
+        }
+        let (files, origin) = resolve_with("org/tiny", &source).unwrap();
         assert_eq!(files.weights, vec![snapshot.join("model.safetensors")]);
+        assert_eq!(origin.commit.as_deref(), Some("abc123"));
+        assert!(origin.downloaded.is_empty());
     }
 
     #[test]
