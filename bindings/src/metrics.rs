@@ -1,16 +1,23 @@
 //! The `metrics` family: the statistics of support. The unbiased Pass@k estimator, the support
 //! `Report` that `evaluate` returns (Acc@1, Pass@k, maj@k, gap, with bootstrap CIs; breakdowns;
-//! JSON/CSV and plots), side-by-side comparison and the boundary rule.
+//! JSON/CSV and plots), side-by-side comparison, the boundary rule, and the statistics of a
+//! claim: the paired bootstrap of a change on the same questions and the t interval across seeds.
 
-use medbridge_runtime::metrics::{boundary, compare, BoundaryOptions, SupportReport};
+use medbridge_runtime::metrics::{
+    boundary, compare, mean_interval, paired_contrast, BootstrapOptions, BoundaryOptions, PairedTerm,
+    Statistic, SupportReport,
+};
 use medbridge_runtime::report::plot::{plot_pass_curves, PlotOptions};
 use rhai::plugin::*;
 use rhai::{Array, Map};
 
-use crate::context::session;
-use crate::convert::from_json;
+use crate::context::{seed_or_next, session};
+use crate::convert::{as_f64, from_json};
 use crate::error::{script_msg, IntoScript, ScriptResult};
-use crate::options::{int_arg, opt, Absent, Kind, OptionSet, FRACTION, POSITIVE, STR};
+use crate::options::{
+    int_arg, opt, Absent, Bound, Kind, OptionSet, OptionSpec, Opts, FRACTION, POSITIVE, SEED, STR,
+};
+use crate::script_types::type_of;
 
 /// What `evaluate` returns.
 pub type Report = SupportReport;
@@ -33,8 +40,85 @@ static BOUNDARY: OptionSet = OptionSet::new(
     ]],
 );
 
+/// A confidence level strictly between 0 and 1.
+const CONFIDENCE: OptionSpec = opt(
+    "confidence",
+    Kind::Float { min: Bound::Excl(0.0), max: Bound::Excl(1.0) },
+    Absent::Float(0.95),
+    "coverage of the two-sided interval",
+);
+
+/// The keys of a paired bootstrap, shared by `paired_diff` and `paired_contrast`.
+const PAIRED_KEYS: [OptionSpec; 4] = [
+    opt(
+        "stat",
+        STR,
+        Absent::Str("acc1"),
+        "the per-question statistic compared when the values are Reports: acc1, mean, pass@k or gap@k",
+    ),
+    opt("resamples", POSITIVE, Absent::Int(1000), "bootstrap resamples"),
+    SEED,
+    CONFIDENCE,
+];
+
+static PAIRED_DIFF: OptionSet = OptionSet::new("paired_diff", &[&PAIRED_KEYS]);
+static PAIRED_CONTRAST: OptionSet = OptionSet::new("paired_contrast", &[&PAIRED_KEYS]);
+static MEAN_INTERVAL: OptionSet = OptionSet::new("mean_interval", &[&[CONFIDENCE]]);
+
 /// The metrics family's declared options.
-pub static OPTIONS: [&OptionSet; 2] = [&COMPARE, &BOUNDARY];
+pub static OPTIONS: [&OptionSet; 5] = [&COMPARE, &BOUNDARY, &PAIRED_DIFF, &PAIRED_CONTRAST, &MEAN_INTERVAL];
+
+/// The bootstrap settings of a paired call and the statistic it compares.
+fn paired_settings(ctx: &NativeCallContext, o: &Opts) -> ScriptResult<(BootstrapOptions, Statistic)> {
+    let stat = Statistic::parse(&o.string_or_default("stat")?)
+        .map_err(|e| script_msg(format!("{}: {e}", o.what())))?;
+    let bootstrap = BootstrapOptions {
+        resamples: o.count_or_default("resamples")?,
+        seed: seed_or_next(ctx, o.int("seed")?)?,
+        confidence: o.float_or_default("confidence")?,
+    };
+    Ok((bootstrap, stat))
+}
+
+/// Numbers from an array, each named by position when it is not one.
+fn numbers(what: &str, side: &str, values: &Array) -> ScriptResult<Vec<f64>> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            as_f64(v).ok_or_else(|| {
+                script_msg(format!("{what}: `{side}` item {i} is {}, not a number", type_of(v)))
+            })
+        })
+        .collect()
+}
+
+/// One paired term from `after` and `before`: two Reports (compared on `stat`, matched by
+/// question) or two arrays of per-question numbers in the same order (a probe's `hits`).
+fn paired_term(
+    what: &str,
+    after: &Dynamic,
+    before: &Dynamic,
+    stat: Statistic,
+    weight: f64,
+) -> ScriptResult<PairedTerm> {
+    if let (Some(a), Some(b)) = (after.read_lock::<Report>(), before.read_lock::<Report>()) {
+        return PairedTerm::from_reports(&a, &b, stat, weight)
+            .map_err(|e| script_msg(format!("{what}: {e}")));
+    }
+    if let (Some(a), Some(b)) = (after.read_lock::<Array>(), before.read_lock::<Array>()) {
+        return Ok(PairedTerm {
+            after: numbers(what, "after", &a)?,
+            before: numbers(what, "before", &b)?,
+            weight,
+        });
+    }
+    Err(script_msg(format!(
+        "{what}: `after` and `before` must both be Reports or both arrays of numbers, got {} and {}",
+        type_of(after),
+        type_of(before)
+    )))
+}
 
 fn json_of<T: serde::Serialize>(value: &T) -> ScriptResult<Dynamic> {
     from_json(&serde_json::to_value(value).map_err(|e| script_msg(e.to_string()))?)
@@ -100,24 +184,8 @@ pub mod metrics_api {
     /// → `#{value, lo, hi}`.
     #[rhai_fn(name = "ci", return_raw)]
     pub fn ci(r: &mut Report, name: &str) -> Result<Dynamic, Box<EvalAltResult>> {
-        let estimate = match name {
-            "acc1" => r.acc1(),
-            "mean" => r.mean_at_n(),
-            other => match (other.strip_prefix("pass@"), other.strip_prefix("gap@")) {
-                (Some(k), _) => r
-                    .pass_at(k.parse().map_err(|_| script_msg(format!("ci: bad k in {other:?}")))?)
-                    .script()?,
-                (_, Some(k)) => {
-                    r.gap(k.parse().map_err(|_| script_msg(format!("ci: bad k in {other:?}")))?).script()?
-                }
-                _ => {
-                    return Err(script_msg(format!(
-                        "ci: unknown statistic {other:?}; use acc1, mean, pass@k or gap@k"
-                    )))
-                }
-            },
-        };
-        json_of(&estimate)
+        let stat = Statistic::parse(name).map_err(|e| script_msg(format!("ci: {e}")))?;
+        json_of(&r.estimate(stat).script()?)
     }
 
     /// The Pass@k curve: `[#{k, pass: #{value, lo, hi}, gap: #{...}, maj}, ...]` for k = 1..n.
@@ -222,6 +290,80 @@ pub mod metrics_api {
             );
         }
         Ok(out)
+    }
+
+    /// The change from `before` to `after` on the same questions, with its paired bootstrap
+    /// interval (questions resampled with both their values): `paired_diff(grpo_report,
+    /// sft_report, #{stat: "acc1" | "mean" | "pass@k" | "gap@k", resamples: 1000, seed: 0,
+    /// confidence: 0.95})` → `#{value, lo, hi, questions}`. Reports are matched question by
+    /// question and must hold the same questions; two arrays of per-question numbers (a probe's
+    /// `hits`) are paired by position.
+    #[rhai_fn(name = "paired_diff", return_raw)]
+    pub fn paired_diff(
+        ctx: NativeCallContext,
+        after: Dynamic,
+        before: Dynamic,
+        options: Map,
+    ) -> Result<Map, Box<EvalAltResult>> {
+        let o = PAIRED_DIFF.parse(&options)?;
+        let (bootstrap, stat) = paired_settings(&ctx, &o)?;
+        let term = paired_term("paired_diff", &after, &before, stat, 1.0)?;
+        let questions = term.after.len();
+        let estimate = paired_contrast(&[term], &bootstrap).script()?;
+        let mut out: Map = json_of(&estimate)?.cast();
+        out.insert("questions".into(), Dynamic::from_int(questions as i64));
+        Ok(out)
+    }
+
+    /// A weighted sum of changes measured on different question sets, `Σ weight · (after −
+    /// before)`, with a paired bootstrap interval that resamples each term's questions on their
+    /// own: `paired_contrast([#{after: rl_a, before: sft_a, weight: 1.0}, #{after: rl_b, before:
+    /// sft_b, weight: -1.0}], #{stat: "acc1"})` → `#{value, lo, hi}` (the in-domain gain minus a
+    /// transfer gain, say). Each term's `after`/`before` are as in `paired_diff`; `weight`
+    /// defaults to 1.
+    #[rhai_fn(name = "paired_contrast", return_raw)]
+    pub fn paired_contrast_of(
+        ctx: NativeCallContext,
+        terms: Array,
+        options: Map,
+    ) -> Result<Map, Box<EvalAltResult>> {
+        let o = PAIRED_CONTRAST.parse(&options)?;
+        let (bootstrap, stat) = paired_settings(&ctx, &o)?;
+        let parsed = terms
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let what = format!("paired_contrast term {i}");
+                let map = t.read_lock::<Map>().ok_or_else(|| {
+                    script_msg(format!(
+                        "{what}: expected a map #{{after, before, weight}}, got {}",
+                        type_of(t)
+                    ))
+                })?;
+                let side = |key: &str| {
+                    map.get(key).cloned().ok_or_else(|| script_msg(format!("{what}: `{key}` is required")))
+                };
+                let weight = match map.get("weight") {
+                    None => 1.0,
+                    Some(w) => {
+                        as_f64(w).ok_or_else(|| script_msg(format!("{what}: `weight` must be a number")))?
+                    }
+                };
+                paired_term(&what, &side("after")?, &side("before")?, stat, weight)
+            })
+            .collect::<ScriptResult<Vec<_>>>()?;
+        Ok(json_of(&paired_contrast(&parsed, &bootstrap).script()?)?.cast())
+    }
+
+    /// The mean of a few independent values (one effect per seed) with its Student-t interval:
+    /// `mean_interval([0.12, 0.08, 0.15], #{confidence: 0.95})` → `#{mean, lo, hi, sd, n}`; needs
+    /// at least two values.
+    #[rhai_fn(name = "mean_interval", return_raw)]
+    pub fn mean_interval_of(values: Array, options: Map) -> Result<Map, Box<EvalAltResult>> {
+        let o = MEAN_INTERVAL.parse(&options)?;
+        let confidence = o.float_or_default("confidence")?;
+        let values = numbers("mean_interval", "values", &values)?;
+        Ok(json_of(&mean_interval(&values, confidence).script()?)?.cast())
     }
 
     /// The boundary rule per task and per modality: `boundary(report, #{k: 16,

@@ -264,6 +264,7 @@ fn report_map(report: &ProbeReport, flag: &str) -> Map {
     m.insert("n_train".into(), Dynamic::from_int(report.n_train as i64));
     m.insert("n_test".into(), Dynamic::from_int(report.n_test as i64));
     m.insert("dim".into(), Dynamic::from_int(report.dim as i64));
+    m.insert("hits".into(), floats(&report.hits).into());
     m.insert("published".into(), published(flag).into());
     m
 }
@@ -277,7 +278,8 @@ pub mod probe_api {
     /// validation split; `"bn_linear"` (or `preset: "medbridgerl"`) is the paper's `linprobe.py`,
     /// BatchNorm + linear trained by SGD (20 epochs, batches of 1,024, lr 0.1 cosine, momentum 0.9):
     /// `linear_probe(m, train, test, #{method: "bn_linear", pool: "merger", seed: 0})` →
-    /// `#{method, acc, auc, top5, l2, val_scores, train_loss, n_train, n_test, dim, published}`.
+    /// `#{method, acc, auc, top5, l2, val_scores, train_loss, n_train, n_test, dim, hits, published}`,
+    /// `hits` holding each test item's share of ACC (for `paired_diff` between two probes).
     #[rhai_fn(return_raw)]
     pub fn linear_probe(
         ctx: NativeCallContext,

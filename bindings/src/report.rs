@@ -46,7 +46,7 @@ static PLOT_BARS: OptionSet = OptionSet::new(
         opt("groups", Kind::Strs, Absent::Required, "one group of bars per entry"),
         opt(
             "series",
-            Kind::Value("a map #{name: [values]} or an array of #{name, values, errors}"),
+            Kind::Value("a map #{name: [values]} or an array of #{name, values, errors | lo and hi}"),
             Absent::Required,
             "one bar per series in each group; a map draws in name order",
         ),
@@ -69,6 +69,13 @@ static BAR_SERIES: OptionSet = OptionSet::new(
         opt("name", STR, Absent::Required, "the series' name"),
         opt("values", NUMBERS, Absent::Required, "one value per group"),
         opt("errors", NUMBERS, Absent::Means("none"), "± half-widths per group"),
+        opt(
+            "lo",
+            NUMBERS,
+            Absent::Means("none"),
+            "lower ends of interval bars per group (with `hi`, instead of `errors`)",
+        ),
+        opt("hi", NUMBERS, Absent::Means("none"), "upper ends of interval bars per group (with `lo`)"),
     ]],
 );
 
@@ -103,7 +110,7 @@ fn bar_series(series: &Dynamic, errors: Option<Map>) -> ScriptResult<Vec<BarSeri
                 Ok(BarSeries {
                     name: name.to_string(),
                     values: numbers(values, &format!("plot_bars: series.{name}"))?,
-                    errors: None,
+                    ..Default::default()
                 })
             })
             .collect::<ScriptResult<_>>()?
@@ -123,7 +130,20 @@ fn bar_series(series: &Dynamic, errors: Option<Map>) -> ScriptResult<Vec<BarSeri
                     .ok_or_else(|| o.missing("values"))
                     .and_then(|v| numbers(v, &format!("{what}.values")))?;
                 let errors = o.value("errors").map(|e| numbers(e, &format!("{what}.errors"))).transpose()?;
-                Ok(BarSeries { name, values, errors })
+                let end = |key: &str| o.value(key).map(|e| numbers(e, &format!("{what}.{key}"))).transpose();
+                let intervals = match (end("lo")?, end("hi")?) {
+                    (None, None) => None,
+                    (Some(lo), Some(hi)) if lo.len() == hi.len() => {
+                        Some(lo.into_iter().zip(hi).map(|(a, b)| [a, b]).collect())
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(script_msg(format!(
+                            "{what}: `lo` and `hi` must have one value per group each"
+                        )))
+                    }
+                    _ => return Err(script_msg(format!("{what}: interval bars need both `lo` and `hi`"))),
+                };
+                Ok(BarSeries { name, values, errors, intervals })
             })
             .collect::<ScriptResult<_>>()?
     } else {
@@ -181,13 +201,14 @@ pub mod report_api {
         Ok(paths(medbridge_runtime::report::plot_heatmap(&heatmap, &target, Some(&s.cancel)).script()?))
     }
 
-    /// Grouped bars, one group per entry of `groups` and one bar per series, with optional ±
-    /// error bars, written as `<path>.png` and `<path>.svg`; returns both paths:
+    /// Grouped bars, one group per entry of `groups` and one bar per series, with optional error
+    /// bars (± `errors`, or an interval's `lo` and `hi` ends in the array form), written as
+    /// `<path>.png` and `<path>.svg`; returns both paths:
     /// `plot_bars("probe", #{groups: ["pathmnist", "dermamnist"], series: #{"Qwen probe": [0.8, 0.7],
     /// "ResNet-18 (224)": [0.909, 0.754]}, errors: #{"Qwen probe": [0.02, 0.03]},
     /// title: "Probe ACC", y_label: "test ACC", y_range: [0.0, 1.0]})`.
     /// A map of series draws in name order; to choose the order pass an array of
-    /// `#{name, values, errors}` instead. `()` leaves a bar out.
+    /// `#{name, values, errors}` (or `#{name, values, lo, hi}`) instead. `()` leaves a bar out.
     #[rhai_fn(return_raw)]
     pub fn plot_bars(ctx: NativeCallContext, path: &str, spec: Map) -> Result<Array, Box<EvalAltResult>> {
         let o = PLOT_BARS.parse(&spec)?;

@@ -93,10 +93,16 @@ fn eval_curve(points: &[EvalPoint]) -> Dynamic {
 /// Options `sft` and `grpo` share, declared once: adapters or full fine-tuning, the schedule
 /// (whose default differs), checkpoints and resume, periodic evaluation, the seed and the
 /// non-finite-step guard.
-const fn training_keys(schedule: &'static str) -> [OptionSpec; 10] {
+const fn training_keys(schedule: &'static str) -> [OptionSpec; 11] {
     [
         opt("lora", Kind::Map(Some(&LORA)), Absent::Means("LoRA with its defaults"), "the adapters to train"),
-        opt("full", Kind::Bool, Absent::Bool(false), "train every weight instead of adapters"),
+        opt("full", Kind::Bool, Absent::Bool(false), "train every language-model weight instead of adapters"),
+        opt(
+            "train_vision",
+            Kind::Bool,
+            Absent::Bool(false),
+            "with `full`, train the vision tower's weights too (adapters on it: lora's `vision`)",
+        ),
         opt("schedule", SCHEDULES, Absent::Str(schedule), "learning-rate schedule after warmup"),
         opt("warmup", COUNT, Absent::Int(0), "linear warmup steps"),
         opt(
@@ -287,6 +293,7 @@ pub static OPTIONS: [&OptionSet; 5] = [&SFT, &GRPO, &SCORE_REWARD, &CARE_BONUS, 
 struct Training {
     lora: Option<LoraConfig>,
     full: bool,
+    train_vision: bool,
     schedule: Schedule,
     warmup: u64,
     save_every: Option<u64>,
@@ -307,6 +314,7 @@ fn training(ctx: &NativeCallContext, o: &Opts) -> ScriptResult<Training> {
     Ok(Training {
         lora,
         full: o.bool_or_default("full")?,
+        train_vision: o.bool_or_default("train_vision")?,
         schedule: Schedule::parse(&o.string_or_default("schedule")?).script()?,
         warmup: o.count_or_default("warmup")? as u64,
         save_every: o.count("save_every")?.map(|v| v as u64),
@@ -401,8 +409,8 @@ pub mod train_api {
             ..SftOptions::default()
         };
         let shared = training(&ctx, &o)?;
-        (opts.lora, opts.full, opts.schedule, opts.warmup) =
-            (shared.lora, shared.full, shared.schedule, shared.warmup);
+        (opts.lora, opts.full, opts.train_vision, opts.schedule, opts.warmup) =
+            (shared.lora, shared.full, shared.train_vision, shared.schedule, shared.warmup);
         (opts.save_every, opts.resume, opts.seed, opts.max_bad_steps) =
             (shared.save_every, shared.resume, shared.seed, shared.max_bad_steps);
         opts.eval = periodic_eval(&ctx, &o, "sft")?;
@@ -489,16 +497,16 @@ pub mod train_api {
         }
         let shared = training(&ctx, &o)?;
         if preset.is_none() {
-            (opts.lora, opts.full, opts.schedule, opts.warmup) =
-                (shared.lora, shared.full, shared.schedule, shared.warmup);
+            (opts.lora, opts.full, opts.train_vision, opts.schedule, opts.warmup) =
+                (shared.lora, shared.full, shared.train_vision, shared.schedule, shared.warmup);
             (opts.save_every, opts.resume, opts.seed, opts.max_bad_steps) =
                 (shared.save_every, shared.resume, shared.seed, shared.max_bad_steps);
         } else {
             // Under a preset only the keys given override it (the release's seed is 42).
             (opts.save_every, opts.resume, opts.max_bad_steps) =
                 (shared.save_every, shared.resume, shared.max_bad_steps);
-            if o.given("lora") || o.given("full") {
-                (opts.lora, opts.full) = (shared.lora, shared.full);
+            if o.given("lora") || o.given("full") || o.given("train_vision") {
+                (opts.lora, opts.full, opts.train_vision) = (shared.lora, shared.full, shared.train_vision);
             }
             if o.given("schedule") {
                 opts.schedule = shared.schedule;

@@ -32,29 +32,28 @@ pub fn medmnist_evaluate(task: TaskType, labels: &[Vec<i64>], scores: &[Vec<f64>
 }
 
 pub fn medmnist_acc(task: TaskType, labels: &[Vec<i64>], scores: &[Vec<f64>]) -> Result<f64> {
+    let hits = medmnist_hits(task, labels, scores)?;
+    Ok(hits.iter().sum::<f64>() / hits.len() as f64)
+}
+
+/// Each item's share of `getACC`: 1 or 0 for single-label tasks, the fraction of findings right
+/// for multi-label ones. Their mean is the ACC; a paired comparison of two probes on the same
+/// test items resamples these.
+pub fn medmnist_hits(task: TaskType, labels: &[Vec<i64>], scores: &[Vec<f64>]) -> Result<Vec<f64>> {
     let width = check(task, labels, scores)?;
-    let n = labels.len() as f64;
-    Ok(match task {
-        TaskType::MultiLabel => {
-            let per_label = (0..width).map(|j| {
-                let hits = labels
-                    .iter()
-                    .zip(scores)
-                    .filter(|(l, s)| (s[j] > MEDMNIST_THRESHOLD) == (l[j] == 1))
-                    .count();
-                hits as f64 / n
-            });
-            per_label.sum::<f64>() / width as f64
-        }
-        TaskType::BinaryClass => {
-            let hits =
-                labels.iter().zip(scores).filter(|(l, s)| (s[width - 1] > MEDMNIST_THRESHOLD) == (l[0] == 1));
-            hits.count() as f64 / n
-        }
-        TaskType::MultiClass | TaskType::OrdinalRegression => {
-            labels.iter().zip(scores).filter(|(l, s)| argmax(s) as i64 == l[0]).count() as f64 / n
-        }
-    })
+    let hit = |right: bool| f64::from(u8::from(right));
+    Ok(labels
+        .iter()
+        .zip(scores)
+        .map(|(l, s)| match task {
+            TaskType::MultiLabel => {
+                (0..width).filter(|&j| (s[j] > MEDMNIST_THRESHOLD) == (l[j] == 1)).count() as f64
+                    / width as f64
+            }
+            TaskType::BinaryClass => hit((s[width - 1] > MEDMNIST_THRESHOLD) == (l[0] == 1)),
+            TaskType::MultiClass | TaskType::OrdinalRegression => hit(argmax(s) as i64 == l[0]),
+        })
+        .collect())
 }
 
 pub fn medmnist_auc(task: TaskType, labels: &[Vec<i64>], scores: &[Vec<f64>]) -> Result<f64> {
@@ -226,6 +225,9 @@ mod tests {
         let labels = vec![vec![1], vec![0]];
         let acc = medmnist_acc(TaskType::BinaryClass, &labels, &[vec![0.5, 0.5], vec![0.6, 0.4]]).unwrap();
         assert_eq!(acc, 0.5, "a score of exactly 0.5 is negative");
+        let hits =
+            medmnist_hits(TaskType::MultiLabel, &[vec![1, 0], vec![0, 0]], &[vec![0.9, 0.9], vec![0.1, 0.2]]);
+        assert_eq!(hits.unwrap(), [0.5, 1.0], "a multi-label item counts the share of its findings right");
         let err = medmnist_acc(TaskType::MultiClass, &[vec![3]], &[vec![0.2, 0.8]]).unwrap_err();
         assert!(err.to_string().contains("no score column"), "{err}");
         assert!(medmnist_auc(TaskType::MultiClass, &labels, &[vec![0.5]]).is_err());

@@ -29,7 +29,9 @@ pub mod vqa;
 pub use dataset::{BalanceBy, Dataset, Item, Split};
 pub use dataset_stratify::{stratified_sample, StratifiedSample, Stratum};
 pub use medmnist::{load_medmnist, medmnist_file_name, medmnist_root, MedmnistOptions};
-pub use medmnist_eval::{medmnist_acc, medmnist_auc, medmnist_evaluate, roc_auc, MedmnistScore};
+pub use medmnist_eval::{
+    medmnist_acc, medmnist_auc, medmnist_evaluate, medmnist_hits, roc_auc, MedmnistScore,
+};
 pub use medmnist_info::{flag_info, FlagInfo, Modality, ModalityTable, TaskType, MEDMNIST_2D};
 pub use published_results::{published_result, published_results, PublishedResult};
 pub use synth::{synth_medmnist, SynthOptions};

@@ -86,7 +86,7 @@ pub fn mean_intervals(columns: &[Vec<f64>], options: &BootstrapOptions) -> Resul
 
 /// The q-quantile of sorted values with linear interpolation between order statistics (numpy's
 /// default), so intervals do not jump with the resample count.
-fn quantile(sorted: &[f64], q: f64) -> f64 {
+pub(super) fn quantile(sorted: &[f64], q: f64) -> f64 {
     let position = q * (sorted.len() - 1) as f64;
     let below = position.floor() as usize;
     let above = (below + 1).min(sorted.len() - 1);

@@ -18,7 +18,7 @@
 
 use candle_core::{DType, Tensor, D};
 
-use crate::data::medmnist_eval::medmnist_evaluate;
+use crate::data::medmnist_eval::{medmnist_evaluate, medmnist_hits};
 use crate::data::medmnist_info::TaskType;
 use crate::error::{Context, Result};
 use crate::probe::head::{check_features, has_top5, targets, Targets};
@@ -119,6 +119,7 @@ pub fn knn_probe(
         n_train: train_labels.len(),
         n_test: test_labels.len(),
         dim: if opts.released_view { dim / 4 } else { dim },
+        hits: medmnist_hits(task, test_labels, &scores)?,
     })
 }
 

@@ -15,7 +15,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::data::medmnist_eval::medmnist_evaluate;
+use crate::data::medmnist_eval::{medmnist_evaluate, medmnist_hits};
 use crate::data::medmnist_info::TaskType;
 use crate::error::{Context, Result};
 use crate::probe::head::{check_features, loss, scores, targets, top5_accuracy};
@@ -105,6 +105,7 @@ pub fn linear_probe(
         n_train: train_labels.len(),
         n_test: test_labels.len(),
         dim,
+        hits: medmnist_hits(task, test_labels, &test_scores)?,
     })
 }
 

@@ -94,7 +94,10 @@ impl FeatureSource for VlmFeatures<'_> {
                 Tensor::cat(&means, 0)?
             }
         };
-        Ok(pooled.to_dtype(DType::F32)?)
+        // Features are data to a probe. A tower with trainable weights (fresh from GRPO with
+        // `train_vision`) records every op for autograd; without the detach, each step of the
+        // probe's fit would walk back through that record of the whole dataset's forward.
+        Ok(pooled.to_dtype(DType::F32)?.detach())
     }
 }
 
@@ -115,6 +118,9 @@ mod tests {
         assert_eq!(pre.extract(&images).unwrap().dims(), &[3, a.model.config().vision.hidden_size]);
         assert_ne!(merged.source_id(), pre.source_id());
         assert_ne!(merged.source_id(), VlmFeatures::new(&b, Pool::Merger).unwrap().source_id());
+        let training = a.with_model(a.model.full_finetune_with_vision().unwrap());
+        let features = VlmFeatures::new(&training, Pool::Merger).unwrap().extract(&images).unwrap();
+        assert!(!features.track_op(), "a training tower's features reach the probe detached");
         let one = merged.extract(&images[1..2]).unwrap();
         let diff = (one - merged.extract(&images).unwrap().narrow(0, 1, 1).unwrap()).unwrap().abs().unwrap();
         assert!(diff.max_all().unwrap().to_scalar::<f32>().unwrap() < 1e-5, "batching changes features");

@@ -1,7 +1,8 @@
 //! A grouped bar chart: one group per task, one bar per series (e.g. probe ACC of several models
-//! beside the published ResNet-18 and MedViT-v2 numbers), optional ± error bars, a legend above
-//! the plot where it can never hide a bar, and group names turned vertical when they would collide.
-//! A NaN value draws no bar (e.g. a published table without that number).
+//! beside the published ResNet-18 and MedViT-v2 numbers), optional error bars (± half-widths, or
+//! an interval's two ends, as a bootstrap gives them), a legend above the plot where it can never
+//! hide a bar, and group names turned vertical when they would collide. A NaN value draws no bar
+//! (e.g. a published table without that number).
 
 use std::path::{Path, PathBuf};
 
@@ -15,12 +16,27 @@ use crate::bail;
 use crate::error::Result;
 use crate::run::CancelFlag;
 
-/// One named row of values, one per group, with optional half-widths of its error bars.
+/// One named row of values, one per group, with optional error bars: half-widths (`errors`) or
+/// the `[lo, hi]` ends of an interval (`intervals`), not both.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct BarSeries {
     pub name: String,
     pub values: Vec<f64>,
     pub errors: Option<Vec<f64>>,
+    pub intervals: Option<Vec<[f64; 2]>>,
+}
+
+impl BarSeries {
+    /// The ends of group `g`'s error bar, when it has one.
+    fn whisker(&self, g: usize) -> Option<(f64, f64)> {
+        let v = self.values[g];
+        let ends = match (&self.errors, &self.intervals) {
+            (Some(e), _) if e[g].is_finite() && e[g] > 0.0 => (v - e[g], v + e[g]),
+            (_, Some(i)) if i[g].iter().all(|x| x.is_finite()) => (i[g][0], i[g][1]),
+            _ => return None,
+        };
+        Some(ends)
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -92,6 +108,22 @@ impl BarChart {
                     bail!("bar chart: errors of {:?} must be finite and non-negative", s.name);
                 }
             }
+            if let Some(intervals) = &s.intervals {
+                if s.errors.is_some() {
+                    bail!("bar chart: series {:?} has both errors and intervals; give one", s.name);
+                }
+                if intervals.len() != self.groups.len() {
+                    bail!(
+                        "bar chart: intervals of {:?} have {} values for {} groups",
+                        s.name,
+                        intervals.len(),
+                        self.groups.len()
+                    );
+                }
+                if intervals.iter().any(|[lo, hi]| lo.is_infinite() || hi.is_infinite() || lo > hi) {
+                    bail!("bar chart: intervals of {:?} must be finite [lo, hi] pairs with lo <= hi", s.name);
+                }
+            }
         }
         if let Some((lo, hi)) = self.y_range {
             if !(lo.is_finite() && hi.is_finite() && lo < hi) {
@@ -108,11 +140,10 @@ impl BarChart {
         let (mut lo, mut hi) = (0.0f64, 0.0f64);
         for s in &self.series {
             for (g, &v) in s.values.iter().enumerate() {
-                let e = s.errors.as_ref().map_or(0.0, |e| e[g]);
-                let e = if e.is_nan() { 0.0 } else { e };
                 if v.is_finite() {
-                    lo = lo.min(v - e);
-                    hi = hi.max(v + e);
+                    let (a, b) = s.whisker(g).unwrap_or((v, v));
+                    lo = lo.min(v).min(a);
+                    hi = hi.max(v).max(b);
                 }
             }
         }
@@ -251,15 +282,14 @@ impl Figure for Layout<'_> {
                 let x1 = x0 + slot;
                 plot.draw_series(std::iter::once(Rectangle::new([(x0, base), (x1, v)], colour.filled())))
                     .map_err(fail)?;
-                let err = series.errors.as_ref().map_or(f64::NAN, |e| e[g]);
-                if err.is_finite() && err > 0.0 {
+                if let Some((a, b)) = series.whisker(g) {
                     let xm = (x0 + x1) / 2.0;
                     let cap = slot * 0.25;
                     let ink = BLACK.stroke_width(2);
                     for line in [
-                        vec![(xm, v - err), (xm, v + err)],
-                        vec![(xm - cap, v - err), (xm + cap, v - err)],
-                        vec![(xm - cap, v + err), (xm + cap, v + err)],
+                        vec![(xm, a), (xm, b)],
+                        vec![(xm - cap, a), (xm + cap, a)],
+                        vec![(xm - cap, b), (xm + cap, b)],
                     ] {
                         plot.draw_series(std::iter::once(PathElement::new(line, ink))).map_err(fail)?;
                     }
@@ -297,16 +327,17 @@ mod tests {
                     name: "Qwen2.5-VL-7B probe".into(),
                     values: vec![0.88, 0.84, 0.74, 0.90],
                     errors: Some(vec![0.01, 0.03, 0.02, 0.01]),
+                    ..Default::default()
                 },
                 BarSeries {
                     name: "ResNet-18 (224)".into(),
                     values: vec![0.909, 0.864, 0.754, 0.951],
-                    errors: None,
+                    ..Default::default()
                 },
                 BarSeries {
                     name: "MedViTV2-L".into(),
                     values: vec![0.977, 0.973, 0.817, f64::NAN],
-                    errors: None,
+                    ..Default::default()
                 },
             ],
             title: Some("Linear-probe ACC beside published baselines".into()),
@@ -353,7 +384,12 @@ mod tests {
         let chart = |g: usize, s: usize| BarChart {
             groups: groups(g),
             series: (0..s)
-                .map(|i| BarSeries { name: format!("s{i}"), values: vec![0.5; g], errors: None })
+                .map(|i| BarSeries {
+                    name: format!("s{i}"),
+                    values: vec![0.5; g],
+                    errors: None,
+                    intervals: None,
+                })
                 .collect(),
             ..Default::default()
         };
@@ -381,10 +417,33 @@ mod tests {
         assert_eq!(probe_chart().range(), (0.0, 1.0));
         let deltas = BarChart {
             groups: vec!["a".into(), "b".into()],
-            series: vec![BarSeries { name: "Δ".into(), values: vec![-0.2, 0.3], errors: None }],
+            series: vec![BarSeries { name: "Δ".into(), values: vec![-0.2, 0.3], ..Default::default() }],
             ..Default::default()
         };
         let (lo, hi) = deltas.range();
         assert!(lo < -0.2 && hi > 0.3, "{lo} {hi}");
+    }
+
+    #[test]
+    fn intervals_draw_asymmetric_bars_and_widen_the_axis() {
+        let mut effects = BarChart {
+            groups: vec!["seed 0".into(), "seed 1".into(), "mean".into()],
+            series: vec![BarSeries {
+                name: "ΔAcc@1".into(),
+                values: vec![0.1, -0.02, 0.04],
+                intervals: Some(vec![[0.05, 0.2], [-0.08, 0.01], [-0.1, 0.18]]),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let (lo, hi) = effects.range();
+        assert!(lo < -0.1 && hi > 0.2, "{lo} {hi}");
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(plot_bars(&effects, dir.path().join("effects"), None).unwrap().len(), 2);
+        effects.series[0].errors = Some(vec![0.1; 3]);
+        assert!(effects.check().unwrap_err().to_string().contains("both errors and intervals"));
+        effects.series[0].errors = None;
+        effects.series[0].intervals = Some(vec![[0.2, 0.1]; 3]);
+        assert!(effects.check().unwrap_err().to_string().contains("lo <= hi"));
     }
 }

@@ -149,7 +149,7 @@ mod tests {
     use super::*;
     use crate::models::qwen2_5_vl::LoraConfig;
     use crate::train::sft::tests::tiny_vlm;
-    use crate::train::trainable_copy::{frozen_base, trainable_on};
+    use crate::train::trainable_copy::{frozen_base, trainable_on, Trainable};
 
     fn values(model: &Qwen25VL) -> Vec<Vec<f32>> {
         model
@@ -163,8 +163,10 @@ mod tests {
     fn a_rollouts_confidence_averages_its_answer_tokens_under_the_reference() {
         let vlm = tiny_vlm();
         let base = frozen_base(&vlm.model).unwrap();
-        let policy = trainable_on(&base, None, false, 1).unwrap();
-        let ema = EmaReference::new(trainable_on(&base, None, false, 1).unwrap(), &policy, 0.9, 1).unwrap();
+        let policy = trainable_on(&base, Trainable::adapters(None, 1)).unwrap();
+        let ema =
+            EmaReference::new(trainable_on(&base, Trainable::adapters(None, 1)).unwrap(), &policy, 0.9, 1)
+                .unwrap();
         let p = &vlm.processor;
         let enc = vlm.encode(None, "Which letter?").unwrap();
         let mut tagged = p.tokenize("<think>hm</think><answer>B</answer>", false).unwrap();
@@ -205,13 +207,17 @@ mod tests {
         let vlm = tiny_vlm();
         let base = frozen_base(&vlm.model).unwrap();
         let lora = LoraConfig { seed: 3, ..LoraConfig::new(4, 8.0) };
-        let policy = trainable_on(&base, Some(&lora), false, 0).unwrap();
+        let policy = trainable_on(&base, Trainable::adapters(Some(&lora), 0)).unwrap();
         // A differently seeded copy: `new` must still start it equal to the policy.
         let other = LoraConfig { seed: 4, ..lora.clone() };
         let (decay, every) = (0.9, 2);
-        let ema =
-            EmaReference::new(trainable_on(&base, Some(&other), false, 0).unwrap(), &policy, decay, every)
-                .unwrap();
+        let ema = EmaReference::new(
+            trainable_on(&base, Trainable::adapters(Some(&other), 0)).unwrap(),
+            &policy,
+            decay,
+            every,
+        )
+        .unwrap();
         let start = values(&policy);
         assert_eq!(values(ema.model()), start);
         // Step s sets every policy tensor to start + s; the EMA blends at steps 2, 4 and 6.
@@ -235,9 +241,13 @@ mod tests {
         }
         // What a checkpoint holds restores the same reference.
         let saved: HashMap<String, Tensor> = ema.tensors().unwrap().into_iter().collect();
-        let fresh =
-            EmaReference::new(trainable_on(&base, Some(&lora), false, 0).unwrap(), &policy, decay, every)
-                .unwrap();
+        let fresh = EmaReference::new(
+            trainable_on(&base, Trainable::adapters(Some(&lora), 0)).unwrap(),
+            &policy,
+            decay,
+            every,
+        )
+        .unwrap();
         fresh.restore(&saved).unwrap();
         assert_eq!(values(fresh.model()), values(ema.model()));
     }

@@ -42,7 +42,7 @@ use super::rewards::Rewards;
 use super::rollouts::RolloutSource;
 use super::schedule::Schedule;
 use super::train_loop::{self, LoopSettings, StepReport, TrainState, Trainer};
-use super::trainable_copy::{frozen_base, trainable_on};
+use super::trainable_copy::{frozen_base, trainable_on, Trainable};
 
 #[derive(Debug, Clone)]
 pub struct GrpoOptions {
@@ -55,6 +55,8 @@ pub struct GrpoOptions {
     pub warmup: u64,
     pub lora: Option<LoraConfig>,
     pub full: bool,
+    /// With `full`, train the vision tower's weights too.
+    pub train_vision: bool,
     /// Built-in reward names (`accuracy`, `format`, `consistency`) and weights; script closures
     /// come through [`grpo_with_rewards`].
     pub rewards: Vec<(String, f64)>,
@@ -86,6 +88,7 @@ impl Default for GrpoOptions {
             warmup: 0,
             lora: None,
             full: false,
+            train_vision: false,
             rewards: vec![("accuracy".into(), 1.0)],
             dynamic_sampling: false,
             max_draws: None,
@@ -173,7 +176,13 @@ pub fn grpo_with_rewards(
         crate::bail!("grpo: care needs a reward function; the first one is the accuracy its bonus reads");
     }
     let base = frozen_base(&vlm.model)?;
-    let trainable = || trainable_on(&base, opts.lora.as_ref(), opts.full, opts.seed);
+    let what = Trainable {
+        lora: opts.lora.as_ref(),
+        full: opts.full,
+        train_vision: opts.train_vision,
+        seed: opts.seed,
+    };
+    let trainable = || trainable_on(&base, what);
     let policy = vlm.with_model(trainable()?);
     let care = match opts.care {
         Some(care) => Some(Care {

@@ -117,6 +117,7 @@ impl GrpoOptions {
             "warmup": self.warmup,
             "lora": lora,
             "full": self.full,
+            "train_vision": self.train_vision,
             "rewards": self.rewards.iter().map(|(n, w)| json!({"name": n, "weight": w})).collect::<Vec<_>>(),
             "dynamic_sampling": self.dynamic_sampling,
             "max_draws": self.max_draws,

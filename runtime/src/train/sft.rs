@@ -18,7 +18,7 @@ use super::periodic_eval::{EvalPoint, PeriodicEval};
 use super::schedule::Schedule;
 use super::token_logprobs::{score_tokens_for_training, Sequence};
 use super::train_loop::{self, LoopSettings, StepReport, TrainState, Trainer};
-use super::trainable_copy::trainable_copy;
+use super::trainable_copy::{trainable_copy, Trainable};
 use crate::error::{Context, Result};
 use crate::models::qwen2_5_vl::{EncodedConversation, LoraConfig, Qwen25VL};
 use crate::models::vlm::Vlm;
@@ -40,6 +40,8 @@ pub struct SftOptions {
     pub lora: Option<LoraConfig>,
     /// Train every language-model weight instead of adapters.
     pub full: bool,
+    /// With `full`, train the vision tower's weights too.
+    pub train_vision: bool,
     pub schedule: Schedule,
     pub warmup: u64,
     pub weight_decay: f64,
@@ -66,6 +68,7 @@ impl Default for SftOptions {
             grad_accum: 1,
             lora: None,
             full: false,
+            train_vision: false,
             schedule: Schedule::Linear,
             warmup: 0,
             weight_decay: 0.0,
@@ -135,7 +138,13 @@ pub(crate) fn run_sft(
     poison: &dyn Fn(u64) -> bool,
 ) -> Result<(Vlm, SftSummary)> {
     check(opts, task)?;
-    let policy = vlm.with_model(trainable_copy(&vlm.model, opts.lora.as_ref(), opts.full, opts.seed)?);
+    let what = Trainable {
+        lora: opts.lora.as_ref(),
+        full: opts.full,
+        train_vision: opts.train_vision,
+        seed: opts.seed,
+    };
+    let policy = vlm.with_model(trainable_copy(&vlm.model, what)?);
     let per_step = opts.batch * opts.grad_accum;
     let settings = LoopSettings {
         total: opts.steps.unwrap_or_else(|| (opts.epochs * task.len()).div_ceil(per_step) as u64),

@@ -199,7 +199,7 @@ mod tests {
     use super::*;
     use crate::run::RunDir;
     use crate::train::sft::tests::{synthetic_task, tiny_vlm};
-    use crate::train::trainable_copy::trainable_copy;
+    use crate::train::trainable_copy::{trainable_copy, Trainable};
 
     /// A step that records what it was called with, draws one example and reports a NaN loss at
     /// `bad`.
@@ -243,7 +243,7 @@ mod tests {
     #[test]
     fn calls_in_one_run_keep_their_checkpoints_apart_and_resume_continues_the_last() {
         let (vlm, task) = (tiny_vlm(), synthetic_task());
-        let policy = vlm.with_model(trainable_copy(&vlm.model, None, false, 0).unwrap());
+        let policy = vlm.with_model(trainable_copy(&vlm.model, Trainable::adapters(None, 0)).unwrap());
         let tmp = tempfile::tempdir().unwrap();
         let run_dir = RunDir::create(Some(tmp.path()), "loop").unwrap();
         let ctx = TrainContext { run: Some(&run_dir), ..TrainContext::quiet() };

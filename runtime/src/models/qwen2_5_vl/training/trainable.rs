@@ -83,6 +83,16 @@ impl Qwen25VL {
     /// A new model whose language-model weights are all trainable `Var`s (copies; this model
     /// is left untouched). The vision tower stays frozen.
     pub fn full_finetune(&self) -> Result<Self> {
+        self.full_finetune_towers(false)
+    }
+
+    /// [`Self::full_finetune`] with the vision tower's weights (patch embedding, blocks and
+    /// merger) trainable too, as the paper's release trained them.
+    pub fn full_finetune_with_vision(&self) -> Result<Self> {
+        self.full_finetune_towers(true)
+    }
+
+    fn full_finetune_towers(&self, vision: bool) -> Result<Self> {
         if self.lora.is_some() {
             crate::bail!("full fine-tuning a model with LoRA adapters: merge() them first");
         }
@@ -94,7 +104,7 @@ impl Qwen25VL {
             trainable.push((name, var));
             Ok(())
         };
-        model.text.visit(&mut |name, p| match p {
+        let mut every_weight = |name: &str, p: Param| match p {
             Param::Tensor(t) => to_var(name.to_string(), t),
             Param::Linear(l) => {
                 to_var(format!("{name}.weight"), &mut l.weight)?;
@@ -103,7 +113,11 @@ impl Qwen25VL {
                     None => Ok(()),
                 }
             }
-        })?;
+        };
+        model.text.visit(&mut every_weight)?;
+        if vision {
+            model.vision.visit(&mut every_weight)?;
+        }
         model.trainable = trainable;
         Ok(model)
     }

@@ -7,8 +7,10 @@
 //! CPU that bookkeeping, not arithmetic, was most of a step. Here a layer is a dozen matmuls and
 //! four fused kernels each way, attention reads grouped key/value heads in place and recomputes
 //! its probabilities backward (no `seq × seq` tensor is kept), and the LM head and final norm
-//! run only at the scored rows. The vision tower runs once, without gradient: it is frozen
-//! whenever this path applies.
+//! run only at the scored rows. The vision tower runs once; when it is frozen, without gradient.
+//! When it trains too (vision adapters, or full fine-tuning with `train_vision`), its small
+//! forward is recorded by candle's autograd, and the backward hands it the decoder's gradient
+//! at the image-token rows: one autograd pass through the tower, none through the decoder.
 //!
 //! [`Qwen25VL::hand_backprop_applies`] says when that is; otherwise training runs on candle's
 //! autograd, which this matches (tested in `tests.rs` against it to 1e-4 relative).
@@ -23,7 +25,7 @@ mod tests;
 
 use std::collections::{HashMap, HashSet};
 
-use candle_core::{DType, Tensor, TensorId};
+use candle_core::{DType, Tensor, TensorId, Var};
 
 use crate::device::on_cpu_pool;
 use crate::error::Result;
@@ -64,17 +66,33 @@ struct Trace {
     batch: usize,
     seq: usize,
     wanted: HashSet<TensorId>,
+    vision: Option<VisionTrace>,
+}
+
+/// The trainable vision tower's part of a pass: its features at the image-token rows (still
+/// attached to autograd's record of the tower) and the tower's trainable tensors.
+struct VisionTrace {
+    rows: Tensor,
+    features: Tensor,
+    vars: Vec<Var>,
 }
 
 impl Qwen25VL {
-    /// Whether [`Self::train_forward`] can train this model: f32 on the CPU, with trainable
-    /// tensors that all belong to the language model (the vision tower frozen).
+    /// Whether [`Self::train_forward`] can train this model: something trainable, f32 on the
+    /// CPU. The language model's tensors train by hand, the vision tower's (when it trains)
+    /// through autograd from the decoder's gradient at the image rows.
     pub fn hand_backprop_applies(&self) -> bool {
-        if self.trainable.is_empty() || !cpu_f32_fast_path(&[&self.text.embed_tokens]) {
-            return false;
-        }
-        let text = text_tensor_ids(self);
-        self.trainable.iter().all(|(_, v)| text.contains(&v.as_tensor().id()))
+        !self.trainable.is_empty() && cpu_f32_fast_path(&[&self.text.embed_tokens])
+    }
+
+    /// The trainable tensors of the vision tower (adapters included).
+    fn trainable_vision(&self) -> Vec<Var> {
+        let vision = vision_tensor_ids(self);
+        self.trainable
+            .iter()
+            .filter(|(_, v)| vision.contains(&v.as_tensor().id()))
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     /// The forward pass of [`Self::hand_backprop_applies`] models over `batch`.
@@ -84,7 +102,7 @@ impl Qwen25VL {
 
     fn train_forward_on_pool(&self, batch: TrainBatch) -> Result<TrainForward> {
         if !self.hand_backprop_applies() {
-            crate::bail!("the hand-derived training pass needs an f32 CPU model whose trainable tensors are all in the language model");
+            crate::bail!("the hand-derived training pass needs an f32 CPU model with something to train");
         }
         let (b, s) = batch.input_ids.dims2()?;
         let DecoderInputs { embeds, pos, mask, .. } = self.decoder_inputs(
@@ -98,7 +116,19 @@ impl Qwen25VL {
         let (cos, sin) = (cos.reshape((b * s, width))?, sin.reshape((b * s, width))?);
         let mask = AttnMask::new(mask.map(|m| m.flatten_all()?.to_vec1::<f32>()).transpose()?, b, s);
         let ctx = layer::Context { cos: &cos, sin: &sin, mask: &mask, batch: b, seq: s };
-        let mut x = embeds.detach().reshape((b * s, embeds.dim(2)?))?.contiguous()?;
+        let hidden = embeds.dim(2)?;
+        let vars = self.trainable_vision();
+        let vision = if vars.is_empty() {
+            None
+        } else {
+            let image = self.config().tokens.image_token_id;
+            let ids = batch.input_ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+            let rows: Vec<u32> = (0..ids.len() as u32).filter(|&r| ids[r as usize] == image).collect();
+            let rows = Tensor::new(rows, embeds.device())?;
+            let features = embeds.reshape((b * s, hidden))?.index_select(&rows, 0)?;
+            Some(VisionTrace { rows, features, vars })
+        };
+        let mut x = embeds.detach().reshape((b * s, hidden))?.contiguous()?;
         let mut layers = Vec::with_capacity(self.text.layers.len());
         for l in &self.text.layers {
             let (out, saved) = layer::forward(l, &x, &ctx)?;
@@ -118,6 +148,7 @@ impl Qwen25VL {
             batch: b,
             seq: s,
             wanted: self.trainable.iter().map(|(_, v)| v.as_tensor().id()).collect(),
+            vision,
         };
         Ok(TrainForward {
             logprobs: scored.logprobs,
@@ -152,7 +183,7 @@ impl TrainForward {
         let ctx = layer::Context { cos: &t.cos, sin: &t.sin, mask: &t.mask, batch: t.batch, seq: t.seq };
         let embeddings = grads.wants(&text.embed_tokens);
         for (i, (l, saved)) in text.layers.iter().zip(&t.layers).enumerate().rev() {
-            let need_input = i > 0 || embeddings;
+            let need_input = i > 0 || embeddings || t.vision.is_some();
             match layer::backward(l, saved, &dx, &ctx, &mut grads, need_input)? {
                 Some(d) => dx = d,
                 None => break,
@@ -160,6 +191,17 @@ impl TrainForward {
         }
         if embeddings {
             grads.add(&text.embed_tokens, self.embedding_grad(&dx)?)?;
+        }
+        if let Some(vision) = &t.vision {
+            // d/dθ Σ features · dx at the image rows is the tower's gradient: autograd walks
+            // back from the features it recorded, through the tower only.
+            let at_images = dx.index_select(&vision.rows, 0)?.detach();
+            let tower = (&vision.features * at_images)?.sum_all()?.backward()?;
+            for var in &vision.vars {
+                if let Some(g) = tower.get(var.as_tensor()) {
+                    grads.add(var.as_tensor(), g.clone())?;
+                }
+            }
         }
         Ok(grads.into_inner())
     }
@@ -181,11 +223,11 @@ impl TrainForward {
     }
 }
 
-/// Ids of every language-model tensor, adapters included.
-fn text_tensor_ids(model: &Qwen25VL) -> HashSet<TensorId> {
+/// Ids of every vision-tower tensor, adapters included.
+fn vision_tensor_ids(model: &Qwen25VL) -> HashSet<TensorId> {
     let mut ids = HashSet::new();
-    let mut text = model.text.clone();
-    let _ = text.visit(&mut |_, p| {
+    let mut vision = model.vision.clone();
+    let _ = vision.visit(&mut |_, p| {
         match p {
             Param::Tensor(t) => {
                 ids.insert(t.id());

@@ -1,6 +1,6 @@
 //! The hand-derived pass against candle's autograd on the same batch: log-probs, entropy and
 //! every trainable gradient, for LoRA (with GQA, padding, an image and a temperature), full
-//! fine-tuning and tied embeddings.
+//! fine-tuning, tied embeddings, and a trainable vision tower (adapters or full weights).
 
 use candle_core::{DType, Device, Tensor, D};
 
@@ -150,11 +150,26 @@ fn tied_embeddings_sum_both_uses() {
 }
 
 #[test]
-fn applies_only_to_trainable_language_models_on_the_cpu_in_f32() {
+fn vision_adapters_get_the_gradient_autograd_gives_them() {
+    let lora = LoraConfig { init: LoraInit::Random, seed: 5, vision: true, ..LoraConfig::new(4, 8.0) };
+    let m = tiny(&Config::tiny()).with_lora(&lora).unwrap();
+    assert!(m.trainable().iter().any(|(name, _)| name.contains("visual.")));
+    assert!(m.hand_backprop_applies());
+    check_against_autograd(&m, 0.7);
+}
+
+#[test]
+fn full_fine_tuning_with_the_vision_tower_matches_autograd() {
+    let m = tiny(&Config::tiny()).full_finetune_with_vision().unwrap();
+    assert!(m.trainable().iter().any(|(name, _)| name == "visual.patch_embed.proj.weight"));
+    assert!(m.hand_backprop_applies());
+    check_against_autograd(&m, 1.0);
+}
+
+#[test]
+fn applies_only_to_trainable_models_on_the_cpu_in_f32() {
     let base = tiny(&Config::tiny());
     assert!(!base.hand_backprop_applies(), "nothing to train");
-    let vision = LoraConfig { vision: true, ..LoraConfig::new(4, 8.0) };
-    assert!(!base.with_lora(&vision).unwrap().hand_backprop_applies(), "vision adapters");
     let half = Qwen25VL::new_random(&Config::tiny(), 7, DType::BF16, &Device::Cpu).unwrap();
     assert!(!half.with_lora(&LoraConfig::new(4, 8.0)).unwrap().hand_backprop_applies(), "bf16");
 }
