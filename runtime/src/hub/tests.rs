@@ -2,7 +2,7 @@
 //! Qwen2.5-VL checkpoint: only 127.0.0.1 is ever contacted.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device};
 
@@ -10,15 +10,12 @@ use super::test_server::{sha256_hex, Fault, HubServer};
 use super::*;
 use crate::image::Image;
 use crate::models::qwen2_5_vl::load::{resolve_with, HubSource};
+use crate::models::qwen2_5_vl::tests::fixture;
 use crate::models::Vlm;
 use crate::run::{CancelFlag, ProgressMode};
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 const SHARD1: &str = "model-00001-of-00002.safetensors";
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/qwen2_5_vl_tiny")
-}
 
 /// A server with the fixture as `org/tiny` and a fresh cache.
 fn setup() -> (HubServer, tempfile::TempDir, HubConfig) {

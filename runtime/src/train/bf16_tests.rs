@@ -3,17 +3,12 @@
 //! as f32's. bf16 runs on candle's autograd (the hand-derived pass is f32-only), so this is the
 //! path a GPU user's bf16 training takes, checked where it can be: on the CPU.
 
-use std::path::{Path, PathBuf};
-
 use candle_core::{DType, Device, Tensor, D};
 
 use super::token_logprobs::{score_tokens_for_training, Sequence};
 use crate::image::Image;
+use crate::models::qwen2_5_vl::tests::fixture;
 use crate::models::qwen2_5_vl::{LoraConfig, LoraInit, Processor, Qwen25VL};
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/qwen2_5_vl_tiny")
-}
 
 fn load(dtype: DType) -> Qwen25VL {
     Qwen25VL::load(fixture().to_str().unwrap(), dtype, &Device::Cpu).unwrap()

@@ -157,12 +157,7 @@ pub fn score_tokens(
     pad_id: u32,
     temperature: f64,
 ) -> Result<TokenScores> {
-    let batch = Prepared::new(model, seqs, pad_id, temperature)?;
-    let (hidden, _) = on_cpu_pool(|| {
-        model.prefill_hidden(&batch.ids, Some(&batch.mask), batch.pixel_values.as_ref(), &batch.grids)
-    })
-    .context("forward pass over the training batch")?;
-    score_hidden(model, batch, &hidden, temperature, None)
+    score_by_autograd(model, seqs, pad_id, temperature, false)
 }
 
 /// [`score_tokens`] through the per-layer checkpointed forward: the same values and, after
@@ -173,12 +168,24 @@ pub fn score_tokens_checkpointed(
     pad_id: u32,
     temperature: f64,
 ) -> Result<TokenScores> {
-    let batch = Prepared::new(model, seqs, pad_id, temperature)?;
-    let (hidden, pass) = on_cpu_pool(|| {
-        model.checkpointed_hidden(&batch.ids, Some(&batch.mask), batch.pixel_values.as_ref(), &batch.grids)
+    score_by_autograd(model, seqs, pad_id, temperature, true)
+}
+
+fn score_by_autograd(
+    model: &Qwen25VL,
+    seqs: &[Sequence],
+    pad_id: u32,
+    temperature: f64,
+    checkpointed: bool,
+) -> Result<TokenScores> {
+    let b = Prepared::new(model, seqs, pad_id, temperature)?;
+    let (ids, mask, pixels) = (&b.ids, Some(&b.mask), b.pixel_values.as_ref());
+    let (hidden, pass) = on_cpu_pool(|| match checkpointed {
+        true => model.checkpointed_hidden(ids, mask, pixels, &b.grids).map(|(h, p)| (h, Some(p))),
+        false => model.prefill_hidden(ids, mask, pixels, &b.grids).map(|(h, _)| (h, None)),
     })
     .context("forward pass over the training batch")?;
-    score_hidden(model, batch, &hidden, temperature, Some(pass))
+    score_hidden(model, b, &hidden, temperature, pass)
 }
 
 /// The scored tokens' log-probs and entropies from the final hidden states of `batch`.

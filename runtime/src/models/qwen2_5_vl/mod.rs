@@ -315,6 +315,11 @@ pub(crate) mod tests {
     /// A non-square image: 8x6 patches, merged 4x3, so 2x2-unit windows need edge padding.
     pub(crate) const GRID: Grid = [1, 8, 6];
 
+    /// The committed parity fixture `tests/fixtures/qwen2_5_vl_tiny/`.
+    pub(crate) fn fixture() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/qwen2_5_vl_tiny")
+    }
+
     pub(crate) fn tiny(dtype: DType, dev: &Device) -> Qwen25VL {
         Qwen25VL::new_random(&Config::tiny(), 7, dtype, dev).unwrap()
     }

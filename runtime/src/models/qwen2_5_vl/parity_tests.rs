@@ -4,16 +4,13 @@
 //! images (one already on the patch grid, one resized). Tolerances are the issue's, in f32.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, D};
 
+use super::tests::fixture;
 use super::{grids_from_tensor, Processor, Qwen25VL};
 use crate::image::Image;
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/qwen2_5_vl_tiny")
-}
 
 fn reference(name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture().join(format!("reference_{name}.safetensors")), &Device::Cpu)
