@@ -13,6 +13,8 @@
 
 pub mod bench;
 pub mod generate;
+#[cfg(test)]
+mod golden_tests;
 pub mod logits;
 pub mod memory;
 pub mod options;
