@@ -1,27 +1,23 @@
-//! Batched generation: many prompts per forward pass, K samples of a prompt from one prefill.
+//! The sampling API every path uses (`sample`, `generate`, `evaluate`, GRPO rollouts): requests,
+//! rows, samples, and the checks made before any work (options, context length, memory budget,
+//! a request that cannot fit the KV budget even alone). The decoding itself is the rollout
+//! engine's (`engine/`): continuous batching over a paged KV cache whose prompt blocks the K
+//! samples of a prompt share.
 //!
-//! Prompts are left-padded into one batch with an attention mask (the model gives each row its
-//! own M-RoPE delta), prefilled once, and the cache is then copied into one row per sample. Each
-//! step decodes only the rows still running: a row that stops is dropped from the cache, so the
-//! work follows the live rows. Sample `i` of question `q` draws from
-//! `SampleRng::new(seed, q, i)`, one number per token, so its tokens do not depend on the batch
-//! size, the order of the prompts or the other samples.
-//!
+//! Sample `i` of question `q` draws from `SampleRng::new(seed, q, i)`, one number per token, so
+//! its tokens do not depend on the batch size, the order of the prompts or the other samples.
 //! Each sample keeps the log-probability of every token under `softmax(logits / temperature)`:
 //! the old-policy log-probs GRPO compares its training forward pass against.
 
-use std::ops::Range;
-
-use candle_core::{DType, Device, Tensor};
-
-use super::logits::{choose, LogitsOptions};
-use super::memory::{sampling_memory, PassShape, SamplingMemory};
+use super::engine::rows::Stops;
+use super::engine::scheduler::Need;
+use super::engine::{self, pool_blocks, EngineOptions, EngineStats, BLOCK_SIZE};
+use super::logits::LogitsOptions;
+use super::memory::{sampling_memory, EngineShape, SamplingMemory};
 use super::options::SamplerOptions;
-use super::rng::SampleRng;
 use crate::device::on_cpu_pool;
 use crate::error::{Context, Result};
 use crate::image::Image;
-use crate::models::qwen2_5_vl::{Encoded, KvCache};
 use crate::models::vlm::Vlm;
 use crate::run::memory::Size;
 use crate::run::{CancelFlag, ProgressMode};
@@ -105,50 +101,53 @@ pub fn generate(
     cancel: Option<&CancelFlag>,
     progress: ProgressMode,
 ) -> Result<Vec<Vec<Sample>>> {
-    on_cpu_pool(|| generate_on_pool(vlm, jobs, opts, cancel, progress))
+    Ok(generate_with(vlm, jobs, opts, &engine_options(opts), cancel, progress)?.0)
 }
 
-fn generate_on_pool(
+/// How `opts` sets the engine: continuous batching, the in-place CPU kernel where it applies.
+pub fn engine_options(opts: &SamplerOptions) -> EngineOptions {
+    EngineOptions {
+        block_size: BLOCK_SIZE,
+        max_batch_tokens: opts.max_batch_tokens,
+        max_seqs: opts.max_seqs,
+        max_requests: opts.batch,
+        continuous: true,
+        cpu_kernel: true,
+    }
+}
+
+/// [`generate`] under explicit engine options, with what the engine did.
+pub fn generate_with(
     vlm: &Vlm,
     jobs: &[Job],
     opts: &SamplerOptions,
+    engine_opts: &EngineOptions,
     cancel: Option<&CancelFlag>,
     progress: ProgressMode,
-) -> Result<Vec<Vec<Sample>>> {
-    opts.validate()?;
-    for row in jobs.iter().flat_map(|j| &j.rows) {
-        row.logits.validate()?;
-    }
-    let stop = Stops {
-        token_ids: opts.stop_token_ids.clone().unwrap_or_else(|| vlm.processor.eos_token_ids().to_vec()),
-        strings: &opts.stop_strings,
-    };
-    let passes = plan(vlm, jobs, opts)?;
-    let bar = progress.bar(jobs.len() as u64, "sampling");
-    let mut out = Vec::with_capacity(jobs.len());
-    for pass in passes {
-        if let Some(flag) = cancel {
-            flag.check(|| format!("sampling, before question {}", jobs[pass.start].request.question_id))?;
+) -> Result<(Vec<Vec<Sample>>, EngineStats)> {
+    on_cpu_pool(|| {
+        opts.validate()?;
+        for row in jobs.iter().flat_map(|j| &j.rows) {
+            row.logits.validate()?;
         }
-        let chunk = jobs[pass.clone()]
-            .iter()
-            .map(|job| {
-                let enc = vlm.encode(job.request.image.as_ref(), &job.request.prompt).with_context(|| {
-                    format!("sampling question {}: encoding the prompt", job.request.question_id)
-                })?;
-                Ok((job, enc))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        run_chunk(vlm, &chunk, opts, &stop, cancel, &mut out)?;
-        bar.inc(chunk.len() as u64);
-    }
-    bar.finish_and_clear();
-    Ok(out)
+        let prompt_lens = plan(vlm, jobs, opts, engine_opts)?;
+        let stops = Stops {
+            token_ids: opts.stop_token_ids.clone().unwrap_or_else(|| vlm.processor.eos_token_ids().to_vec()),
+            strings: &opts.stop_strings,
+            max_new_tokens: opts.max_new_tokens,
+        };
+        let bar = progress.bar(jobs.len() as u64, "sampling");
+        bar.inc(jobs.iter().filter(|j| j.rows.is_empty()).count() as u64);
+        let done = engine::run(vlm, jobs, &prompt_lens, opts.seed, &stops, engine_opts, cancel, &bar)?;
+        bar.finish_and_clear();
+        Ok(done)
+    })
 }
 
-/// The forward passes `jobs` will be decoded in, after checking, before any work, that every
-/// prompt and its completion fit the model's context and that the call fits the memory budget.
-fn plan(vlm: &Vlm, jobs: &[Job], opts: &SamplerOptions) -> Result<Vec<Range<usize>>> {
+/// Every job's prompt length, after checking, before any work, that every prompt and its
+/// completion fit the model's context, that every request fits the KV budget alone, and that
+/// the call fits the memory budget.
+fn plan(vlm: &Vlm, jobs: &[Job], opts: &SamplerOptions, engine_opts: &EngineOptions) -> Result<Vec<usize>> {
     // Positions past the model's context have no meaning for it, and a huge max_new_tokens would
     // size the KV cache past any memory: refuse both before sampling.
     let text = &vlm.model.config().text;
@@ -159,7 +158,9 @@ fn plan(vlm: &Vlm, jobs: &[Job], opts: &SamplerOptions) -> Result<Vec<Range<usiz
             opts.max_new_tokens
         );
     }
-    let mut prompts = Vec::with_capacity(jobs.len());
+    let block = engine_opts.block_size;
+    let mut lens = Vec::with_capacity(jobs.len());
+    let mut needs = Vec::with_capacity(jobs.len());
     for job in jobs {
         let id = &job.request.question_id;
         let len = vlm
@@ -172,35 +173,47 @@ fn plan(vlm: &Vlm, jobs: &[Job], opts: &SamplerOptions) -> Result<Vec<Range<usiz
                 opts.max_new_tokens
             );
         }
-        prompts.push((len, job.rows.len()));
+        let need = Need::new(len, opts.max_new_tokens, block);
+        if !job.rows.is_empty() && need.alone() * block > engine_opts.max_batch_tokens {
+            crate::bail!(
+                "sampling question {id}: a prompt of {len} tokens and one sample of up to max_new_tokens = {} tokens need {} KV positions ({} blocks of {block}), more than sampler option max_batch_tokens = {}; raise max_batch_tokens to at least {} or lower max_new_tokens",
+                opts.max_new_tokens,
+                need.alone() * block,
+                need.alone(),
+                engine_opts.max_batch_tokens,
+                need.alone() * block
+            );
+        }
+        lens.push(len);
+        needs.push((need, job.rows.len()));
     }
-    let passes = opts.passes(&prompts);
-    let shapes: Vec<PassShape> = passes
-        .iter()
-        .map(|p| PassShape {
-            prompts: p.len(),
-            rows: prompts[p.clone()].iter().map(|&(_, rows)| rows).sum(),
-            longest_prompt: prompts[p.clone()].iter().map(|&(len, _)| len).max().unwrap_or(0),
-        })
-        .collect();
-    let need = sampling_memory(text, vlm.model.dtype(), &shapes, opts.max_new_tokens);
+    let rows: usize = jobs.iter().map(|j| j.rows.len()).sum();
+    let shape = EngineShape {
+        pool_blocks: pool_blocks(engine_opts, &needs),
+        block_size: block,
+        rows: rows.min(engine_opts.max_seqs),
+        longest_prompt: lens.iter().copied().max().unwrap_or(0),
+        samples: rows,
+    };
+    let need = sampling_memory(text, vlm.model.dtype(), &shape, opts.max_new_tokens);
     opts.memory.check("sampling", need.total(), &breakdown(&need, opts), &what_to_lower(&need, opts))?;
-    Ok(passes)
+    Ok(lens)
 }
 
 /// What the estimate is made of, for the over-budget error.
 fn breakdown(need: &SamplingMemory, opts: &SamplerOptions) -> String {
-    let peak = need.peak_pass;
+    let shape = need.shape;
     format!(
-        "KV cache {} for {} rows decoded at once from {} prompt(s) of up to {} tokens, each row holding {} positions; \
-         logits and activations {}; {} kept samples of up to max_new_tokens = {} tokens, {}",
+        "paged KV cache {} of {} blocks of {} positions (max_batch_tokens = {}); decode steps of up to {} rows (max_seqs = {}) and prefills of up to {} tokens {}; {} kept samples of up to max_new_tokens = {} tokens, {}",
         Size(need.kv_cache),
-        peak.rows,
-        peak.prompts,
-        peak.longest_prompt,
-        need.positions,
+        shape.pool_blocks,
+        shape.block_size,
+        opts.max_batch_tokens,
+        shape.rows,
+        opts.max_seqs,
+        shape.longest_prompt,
         Size(need.activations),
-        need.samples,
+        shape.samples,
         opts.max_new_tokens,
         Size(need.records)
     )
@@ -213,11 +226,9 @@ fn what_to_lower(need: &SamplingMemory, opts: &SamplerOptions) -> String {
         options.push(format!("n = {} (samples per prompt)", opts.n));
     }
     options.push(format!("max_new_tokens = {}", opts.max_new_tokens));
-    if need.peak_pass.prompts > 1 {
-        options.push(match opts.batch {
-            Some(b) => format!("batch = {b} (prompts per forward pass)"),
-            None => format!("max_batch_tokens = {} (positions per forward pass)", opts.max_batch_tokens),
-        });
+    if need.kv_cache.saturating_add(need.activations) > need.records {
+        options.push(format!("max_batch_tokens = {} (KV positions held at once)", opts.max_batch_tokens));
+        options.push(format!("max_seqs = {} (rows decoded at once)", opts.max_seqs));
     }
     let last = options.pop().unwrap_or_default();
     if options.is_empty() {
@@ -227,174 +238,9 @@ fn what_to_lower(need: &SamplingMemory, opts: &SamplerOptions) -> String {
     }
 }
 
-struct Stops<'a> {
-    token_ids: Vec<u32>,
-    strings: &'a [String],
-}
-
-/// A row being decoded.
-struct Row {
-    job: usize,
-    logits: LogitsOptions,
-    rng: SampleRng,
-    tokens: Vec<u32>,
-    logprobs: Vec<f32>,
-    finish: Option<FinishReason>,
-    /// Set when a stop string ended the row: the text before it.
-    text: Option<String>,
-}
-
-/// Prefill the chunk's prompts together, then decode every row until all have stopped, pushing
-/// one `Vec<Sample>` per job onto `out`.
-fn run_chunk(
-    vlm: &Vlm,
-    chunk: &[(&Job, Encoded)],
-    opts: &SamplerOptions,
-    stop: &Stops,
-    cancel: Option<&CancelFlag>,
-    out: &mut Vec<Vec<Sample>>,
-) -> Result<()> {
-    let mut rows: Vec<Row> = Vec::new();
-    for (j, (job, _)) in chunk.iter().enumerate() {
-        for spec in &job.rows {
-            rows.push(Row {
-                job: j,
-                logits: spec.logits,
-                rng: SampleRng::new(opts.seed, &job.request.question_id, spec.sample_index),
-                tokens: Vec::with_capacity(opts.max_new_tokens),
-                logprobs: Vec::with_capacity(opts.max_new_tokens),
-                finish: None,
-                text: None,
-            });
-        }
-    }
-    if !rows.is_empty() {
-        decode_rows(vlm, chunk, opts, stop, cancel, &mut rows)?;
-    }
-    let mut per_job: Vec<Vec<Sample>> = (0..chunk.len()).map(|_| Vec::new()).collect();
-    for row in rows {
-        let sample = finish_sample(vlm, row.tokens, row.logprobs, row.finish, row.text)?;
-        per_job[row.job].push(sample);
-    }
-    out.extend(per_job);
-    Ok(())
-}
-
-fn decode_rows(
-    vlm: &Vlm,
-    chunk: &[(&Job, Encoded)],
-    opts: &SamplerOptions,
-    stop: &Stops,
-    cancel: Option<&CancelFlag>,
-    rows: &mut [Row],
-) -> Result<()> {
-    let device = vlm.device();
-    let (logits, cache) = prefill(vlm, chunk)?;
-    let owners: Vec<usize> = rows.iter().map(|r| r.job).collect();
-    let owner_ids = Tensor::new(owners.iter().map(|&j| j as u32).collect::<Vec<_>>(), device)?;
-    let mut logits = logits.index_select(&owner_ids, 0)?;
-    let mut cache = cache.select(&owners)?;
-    // Indices into `rows` of the rows still decoding, in cache order.
-    let mut live: Vec<usize> = (0..rows.len()).collect();
-    for step in 0..opts.max_new_tokens {
-        if let Some(flag) = cancel {
-            flag.check(|| format!("sampling, at new token {step}"))?;
-        }
-        let values = logits.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
-        for (values, &r) in values.iter().zip(&live) {
-            let row = &mut rows[r];
-            crate::tensor::check_logits_finite(values, "sample", || {
-                format!("new token {step} of question {:?} (row {r})", chunk[row.job].0.request.question_id)
-            })?;
-            let choice = choose(values, &row.logits, &mut row.rng)?;
-            row.tokens.push(choice.token);
-            row.logprobs.push(choice.logprob_tempered);
-            if stop.token_ids.contains(&choice.token) {
-                row.finish = Some(FinishReason::Stop);
-            } else if let Some(text) = text_before_stop_string(vlm, &row.tokens, stop.strings)? {
-                row.finish = Some(FinishReason::StopString);
-                row.text = Some(text);
-            }
-        }
-        if step + 1 == opts.max_new_tokens {
-            break;
-        }
-        let keep: Vec<usize> = (0..live.len()).filter(|&i| rows[live[i]].finish.is_none()).collect();
-        if keep.is_empty() {
-            break;
-        }
-        if keep.len() < live.len() {
-            cache = cache.select(&keep)?;
-            live = keep.iter().map(|&i| live[i]).collect();
-        }
-        let last: Vec<u32> = live.iter().map(|&r| rows[r].tokens[rows[r].tokens.len() - 1]).collect();
-        let next = Tensor::new(last, device)?.unsqueeze(1)?;
-        logits = vlm.model.decode_step(&next, &mut cache)?.squeeze(1)?;
-    }
-    Ok(())
-}
-
-/// One forward pass over the left-padded prompts: last-position logits `[prompts, vocab]` and the
-/// cache to decode from.
-fn prefill(vlm: &Vlm, chunk: &[(&Job, Encoded)]) -> Result<(Tensor, KvCache)> {
-    let device = vlm.device();
-    let longest = chunk.iter().map(|(_, e)| e.input_ids.len()).max().unwrap_or(0);
-    let pad = vlm.processor.endoftext_id();
-    let (mut ids, mut mask) = (Vec::new(), Vec::new());
-    let (mut pixels, mut grids) = (Vec::new(), Vec::new());
-    for (_, enc) in chunk {
-        let padding = longest - enc.input_ids.len();
-        ids.extend(std::iter::repeat_n(pad, padding));
-        ids.extend(&enc.input_ids);
-        mask.extend(std::iter::repeat_n(0u32, padding));
-        mask.extend(std::iter::repeat_n(1u32, enc.input_ids.len()));
-        if let (Some(px), Some(grid)) = (&enc.pixel_values, enc.grid_thw) {
-            pixels.push(px.clone());
-            grids.push(grid);
-        }
-    }
-    let ids = Tensor::from_vec(ids, (chunk.len(), longest), device)?;
-    let mask = Tensor::from_vec(mask, (chunk.len(), longest), device)?;
-    let pixels = if pixels.is_empty() { None } else { Some(Tensor::cat(&pixels, 0)?) };
-    let (logits, cache) = vlm.model.prefill(&ids, Some(&mask), pixels.as_ref(), &grids)?;
-    Ok((logits.narrow(1, longest - 1, 1)?.squeeze(1)?.contiguous()?, cache))
-}
-
-/// The text before the earliest stop string, once the decoded tokens contain one.
-fn text_before_stop_string(vlm: &Vlm, tokens: &[u32], stops: &[String]) -> Result<Option<String>> {
-    if stops.is_empty() {
-        return Ok(None);
-    }
-    let text = vlm.processor.decode(tokens, true)?;
-    let cut = stops.iter().filter_map(|s| text.find(s.as_str())).min();
-    Ok(cut.map(|at| text[..at].to_string()))
-}
-
-fn finish_sample(
-    vlm: &Vlm,
-    token_ids: Vec<u32>,
-    logprobs: Vec<f32>,
-    finish: Option<FinishReason>,
-    text: Option<String>,
-) -> Result<Sample> {
-    let finish_reason = finish.unwrap_or(FinishReason::Length);
-    let text = match text {
-        Some(text) => text,
-        None => {
-            let shown = if finish_reason == FinishReason::Stop {
-                &token_ids[..token_ids.len() - 1]
-            } else {
-                &token_ids[..]
-            };
-            vlm.processor.decode(shown, true)?
-        }
-    };
-    Ok(Sample { text, token_ids, logprobs, finish_reason })
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
-    use candle_core::D;
+    use candle_core::{Device, Tensor, D};
 
     use super::*;
 

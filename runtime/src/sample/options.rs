@@ -1,10 +1,8 @@
-//! The sampler's options: token choice, how many samples, when to stop, the seed, and how many
-//! prompts share one forward pass.
+//! The sampler's options: token choice, how many samples, when to stop, the seed, and how much
+//! the rollout engine decodes at once (`max_batch_tokens`, `max_seqs`, `batch`).
 //!
 //! One `SamplerOptions` value serves `sample`, `evaluate` and GRPO rollouts, so a script that
 //! builds it once with `sampler(#{...})` gets the same policy everywhere.
-
-use std::ops::Range;
 
 use super::logits::LogitsOptions;
 use super::memory::kept_samples_bytes;
@@ -12,10 +10,14 @@ use crate::bail;
 use crate::error::Result;
 use crate::run::MemoryBudget;
 
-/// Cached positions (prompt plus new tokens, padding included, summed over rows) one forward pass
-/// may hold when `batch` is not set. Small enough for a CPU: about 0.6 GB of f32 keys and values
-/// for Qwen2.5-VL-3B.
+/// KV positions the engine's running set may hold (every row reserved at its full length, a
+/// prompt shared by its samples counted once), which sizes its paged cache. Small enough for a
+/// CPU: about 0.6 GB of f32 keys and values for Qwen2.5-VL-3B.
 pub const DEFAULT_MAX_BATCH_TOKENS: usize = 8192;
+
+/// Rows the engine decodes at once at most. Past a few hundred rows a CPU decode step gains
+/// little; `max_batch_tokens` usually binds first.
+pub const DEFAULT_MAX_SEQS: usize = 256;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplerOptions {
@@ -28,10 +30,13 @@ pub struct SamplerOptions {
     /// Texts that end a sample; the text is cut before the first one found.
     pub stop_strings: Vec<String>,
     pub seed: u64,
-    /// Prompts per forward pass; `None` = as many as fit in `max_batch_tokens`.
+    /// Requests (prompts) decoded at once at most; `None` = as many as `max_batch_tokens` and
+    /// `max_seqs` allow.
     pub batch: Option<usize>,
-    /// The memory budget used when `batch` is `None`.
+    /// KV positions the running set may hold (see [`DEFAULT_MAX_BATCH_TOKENS`]).
     pub max_batch_tokens: usize,
+    /// Rows (samples) decoded at once at most.
+    pub max_seqs: usize,
     /// What the whole call may hold (KV cache, logits, kept samples), checked before it starts:
     /// the run's `--max-memory`, else the machine's default.
     pub memory: MemoryBudget,
@@ -48,6 +53,7 @@ impl Default for SamplerOptions {
             seed: 0,
             batch: None,
             max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
+            max_seqs: DEFAULT_MAX_SEQS,
             memory: MemoryBudget::machine_default(),
         }
     }
@@ -63,10 +69,13 @@ impl SamplerOptions {
             bail!("sampler option max_new_tokens = 0: at least one new token is needed");
         }
         if self.batch == Some(0) {
-            bail!("sampler option batch = 0: at least one prompt per forward pass is needed");
+            bail!("sampler option batch = 0: at least one prompt decoded at once is needed");
         }
         if self.max_batch_tokens == 0 {
             bail!("sampler option max_batch_tokens = 0 must be positive");
+        }
+        if self.max_seqs == 0 {
+            bail!("sampler option max_seqs = 0: at least one row decoded at once is needed");
         }
         if let Some(i) = self.stop_strings.iter().position(String::is_empty) {
             bail!("sampler option stop_strings[{i}] is empty: it would stop every sample at once");
@@ -81,47 +90,6 @@ impl SamplerOptions {
             &format!("lower n = {}", self.n),
         )?;
         Ok(())
-    }
-
-    /// Whether one more prompt of `prompt_len` tokens decoded in `rows` rows fits in a forward
-    /// pass already holding `prompts` prompts in `held_rows` rows, the longest of `longest` tokens.
-    pub(crate) fn fits(
-        &self,
-        prompts: usize,
-        held_rows: usize,
-        longest: usize,
-        prompt_len: usize,
-        rows: usize,
-    ) -> bool {
-        if prompts == 0 {
-            return true;
-        }
-        match self.batch {
-            Some(batch) => prompts < batch,
-            None => {
-                let positions = longest.max(prompt_len).saturating_add(self.max_new_tokens);
-                held_rows.saturating_add(rows).saturating_mul(positions) <= self.max_batch_tokens
-            }
-        }
-    }
-
-    /// The forward passes `prompts` (each a prompt length and its rows) are decoded in: runs of
-    /// consecutive prompts, each as long as [`Self::fits`] allows.
-    pub(crate) fn passes(&self, prompts: &[(usize, usize)]) -> Vec<Range<usize>> {
-        let mut passes = Vec::new();
-        let (mut start, mut held_rows, mut longest) = (0, 0, 0);
-        for (i, &(len, rows)) in prompts.iter().enumerate() {
-            if !self.fits(i - start, held_rows, longest, len, rows) {
-                passes.push(start..i);
-                (start, held_rows, longest) = (i, 0, 0);
-            }
-            held_rows += rows;
-            longest = longest.max(len);
-        }
-        if start < prompts.len() {
-            passes.push(start..prompts.len());
-        }
-        passes
     }
 }
 
@@ -141,31 +109,11 @@ mod tests {
         assert!(error(SamplerOptions { max_new_tokens: 0, ..base.clone() }).contains("max_new_tokens"));
         assert!(error(SamplerOptions { batch: Some(0), ..base.clone() }).contains("batch = 0"));
         assert!(error(SamplerOptions { max_batch_tokens: 0, ..base.clone() }).contains("max_batch_tokens"));
+        assert!(error(SamplerOptions { max_seqs: 0, ..base.clone() }).contains("max_seqs = 0"));
         let empty_stop =
             SamplerOptions { stop_strings: vec!["</answer>".into(), String::new()], ..base.clone() };
         assert!(error(empty_stop).contains("stop_strings[1]"));
         let hot = SamplerOptions { logits: LogitsOptions { temperature: -1.0, ..base.logits }, ..base };
         assert!(error(hot).contains("temperature"));
-    }
-
-    #[test]
-    fn the_budget_bounds_prompts_per_forward() {
-        let budget = SamplerOptions { max_batch_tokens: 1000, max_new_tokens: 10, ..Default::default() };
-        // 4 rows of 40 + 10 positions = 200 per prompt: five fit, a sixth does not.
-        assert!(budget.fits(4, 16, 40, 40, 4));
-        assert!(!budget.fits(5, 20, 40, 40, 4));
-        // A longer prompt pads all the others to its length.
-        assert!(!budget.fits(2, 8, 40, 90, 4));
-        // One prompt always fits, whatever its size.
-        assert!(budget.fits(0, 0, 0, 5000, 16));
-        let fixed = SamplerOptions { batch: Some(3), ..budget.clone() };
-        assert!(fixed.fits(2, 32, 5000, 5000, 16));
-        assert!(!fixed.fits(3, 3, 1, 1, 1));
-
-        // Five prompts of 200 positions fit 1000; a long one goes alone; the rest start anew.
-        let prompts = [(40, 4), (40, 4), (40, 4), (40, 4), (40, 4), (40, 4), (5000, 16), (10, 1)];
-        assert_eq!(budget.passes(&prompts), [0..5, 5..6, 6..7, 7..8]);
-        assert_eq!(fixed.passes(&prompts), [0..3, 3..6, 6..8]);
-        assert!(budget.passes(&[]).is_empty());
     }
 }

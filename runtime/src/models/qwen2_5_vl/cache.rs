@@ -59,6 +59,14 @@ impl LayerKv {
         Ok(filled)
     }
 
+    /// The filled keys and values `(batch, kv_heads, len, d)`, `None` before the first append.
+    pub(crate) fn filled(&self) -> Result<Option<(Tensor, Tensor)>> {
+        Ok(match &self.buffers {
+            Some((k, v)) => Some((k.narrow(2, 0, self.len)?, v.narrow(2, 0, self.len)?)),
+            None => None,
+        })
+    }
+
     /// A fresh buffer of `capacity` positions holding the filled ones.
     fn regrow(&self, buffer: &Tensor, capacity: usize) -> Result<Tensor> {
         let (b, heads, _, d) = buffer.dims4()?;

@@ -37,6 +37,7 @@ pub use lora::{LoraConfig, LoraInit};
 pub use processor::chat_template::{ChatMessage, ChatTemplate, ContentPart};
 pub use processor::image::{smart_resize, PreprocessorConfig, ProcessedImage};
 pub use processor::{Encoded, EncodedConversation, Processor, SpecialTokens};
+pub use text::KvLayer;
 pub use training::backprop;
 pub use training::trainable::ModelInfo;
 pub use vision_window::{grids_from_tensor, Grid};
@@ -272,6 +273,20 @@ impl Qwen25VL {
         let mask = cache.mask(n, embeds.device())?;
         let hidden = self.text.forward(&embeds, &pos, mask.as_ref(), &mut cache.layers)?;
         self.text.lm_head(&hidden)
+    }
+
+    /// One new token per row, `ids[r]` at M-RoPE position `positions[r]` on every axis (the row's
+    /// cached length plus its delta), over caller-kept layers: logits `(rows, vocab)`. Rows may
+    /// hold different lengths, as in the sampling engine's paged decode steps.
+    pub fn decode_rows(&self, ids: &[u32], positions: &[i64], kv: &mut [impl KvLayer]) -> Result<Tensor> {
+        let rows = ids.len();
+        if positions.len() != rows {
+            crate::bail!("decode_rows: {rows} tokens but {} positions", positions.len());
+        }
+        let pos = text::MropePositions { batch: rows, seq: 1, ids: positions.repeat(3) };
+        let embeds = self.text.embed(&Tensor::new(ids, self.device())?.unsqueeze(1)?)?;
+        let hidden = self.text.forward(&embeds, &pos, None, kv)?;
+        Ok(self.text.lm_head(&hidden)?.squeeze(1)?)
     }
 
     /// Greedy decoding of one prompt: the new token ids, stopping after an id in `eos_ids`

@@ -111,7 +111,7 @@ impl Attention {
         cos: &Tensor,
         sin: &Tensor,
         mask: Option<&Tensor>,
-        kv: &mut LayerKv,
+        kv: &mut impl KvLayer,
     ) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let split = |t: Tensor, n: usize| -> Result<Tensor> {
@@ -120,15 +120,7 @@ impl Attention {
         let q = apply_rotary(&split(self.q_proj.forward(x)?, self.heads)?, cos, sin)?;
         let k = apply_rotary(&split(self.k_proj.forward(x)?, self.kv_heads)?, cos, sin)?;
         let v = split(self.v_proj.forward(x)?, self.kv_heads)?;
-        let (k, v) = kv.append(k, v)?;
-        let out = match decode_attention(&q, &k, &v, mask)? {
-            Some(out) => out,
-            None => {
-                let k = repeat_kv(&k, self.heads / self.kv_heads)?;
-                let v = repeat_kv(&v, self.heads / self.kv_heads)?;
-                attention(&q, &k, &v, mask)?
-            }
-        };
+        let out = kv.attend(&q, k, v, mask)?;
         let out = out.transpose(1, 2)?.reshape((b, s, self.heads * self.head_dim))?;
         self.o_proj.forward(&out)
     }
@@ -139,6 +131,33 @@ impl Attention {
         f(&join(prefix, "v_proj"), Param::Linear(&mut self.v_proj))?;
         f(&join(prefix, "o_proj"), Param::Linear(&mut self.o_proj))
     }
+}
+
+/// Where a decoder layer keeps its keys and values: it stores the new ones and attends over
+/// everything it holds. The dense [`LayerKv`] serves prefills, training and greedy generation;
+/// the sampling engine's paged cache (`sample/engine/`) serves decoding from shared blocks.
+pub trait KvLayer {
+    /// Store `k`, `v` `(b, kv_heads, s, d)` of the new positions and return the attention output
+    /// `(b, heads, s, d)` of the queries `q` `(b, heads, s, d)` over every held key. `mask` is the
+    /// caller's additive mask for the dense layout; a cache with its own layout may ignore it.
+    fn attend(&mut self, q: &Tensor, k: Tensor, v: Tensor, mask: Option<&Tensor>) -> Result<Tensor>;
+}
+
+impl KvLayer for LayerKv {
+    fn attend(&mut self, q: &Tensor, k: Tensor, v: Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (k, v) = self.append(k, v)?;
+        dense_attention(q, &k, &v, mask)
+    }
+}
+
+/// Attention of `q` `(b, heads, s, d)` over grouped keys and values `(b, kv_heads, keys, d)`:
+/// the decode kernel when it applies, else `repeat_kv` and the general attention.
+pub(crate) fn dense_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    if let Some(out) = decode_attention(q, k, v, mask)? {
+        return Ok(out);
+    }
+    let n = q.dim(1)? / k.dim(1)?;
+    attention(q, &repeat_kv(k, n)?, &repeat_kv(v, n)?, mask)
 }
 
 /// `(b, kv_heads, s, d)` -> `(b, kv_heads * n, s, d)`, each kv head serving `n` query heads.
@@ -207,7 +226,7 @@ impl DecoderLayer {
         cos: &Tensor,
         sin: &Tensor,
         mask: Option<&Tensor>,
-        kv: &mut LayerKv,
+        kv: &mut impl KvLayer,
     ) -> Result<Tensor> {
         let h = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, cos, sin, mask, kv)?)?;
         Ok((&h + self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?)?)
@@ -281,12 +300,13 @@ impl TextModel {
 
     /// Run the decoder over `embeds` and return the final-normed hidden states. `mask` is the
     /// additive `(batch, 1, seq, past + seq)` mask; `kv` holds one entry per layer and grows.
+    /// `pos` may give each row its own positions (rows of a paged decode step differ in length).
     pub fn forward(
         &self,
         embeds: &Tensor,
         pos: &MropePositions,
         mask: Option<&Tensor>,
-        kv: &mut [LayerKv],
+        kv: &mut [impl KvLayer],
     ) -> Result<Tensor> {
         if kv.len() != self.layers.len() {
             crate::bail!("kv cache has {} layers, the model {}", kv.len(), self.layers.len());

@@ -106,7 +106,7 @@ impl<'a> HeadRows<'a> {
 }
 
 /// A dot product in eight independent lanes, which the compiler turns into vector code.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let split = a.len() / 8 * 8;
     let mut lanes = [0f32; 8];
     for (x, y) in a[..split].chunks_exact(8).zip(b[..split].chunks_exact(8)) {
