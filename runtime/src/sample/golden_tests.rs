@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use super::generate::{generate, FinishReason, Job, RowSpec, Sample, SampleRequest};
+use super::engine::EngineOptions;
+use super::generate::{engine_options, generate_with, FinishReason, Job, RowSpec, Sample, SampleRequest};
 use super::logits::LogitsOptions;
 use super::options::SamplerOptions;
 use crate::image::Image;
@@ -111,8 +112,17 @@ fn varied_jobs() -> Vec<GoldenJob> {
     ]
 }
 
-fn run_call(vlm: &Vlm, reqs: &[SampleRequest], call: &GoldenCall, opts: &SamplerOptions) -> Vec<Vec<Sample>> {
-    let jobs: Vec<Job> = call
+/// The call's samples under `opts` and `engine` (the engine options `opts` gives when `None`),
+/// with the jobs submitted in reverse order when `reversed` (the samples come back in call order).
+fn run_call(
+    vlm: &Vlm,
+    reqs: &[SampleRequest],
+    call: &GoldenCall,
+    opts: &SamplerOptions,
+    engine: Option<EngineOptions>,
+    reversed: bool,
+) -> Vec<Vec<Sample>> {
+    let mut jobs: Vec<Job> = call
         .jobs
         .iter()
         .map(|j| Job {
@@ -139,7 +149,15 @@ fn run_call(vlm: &Vlm, reqs: &[SampleRequest], call: &GoldenCall, opts: &Sampler
         stop_strings: call.stop_strings.clone(),
         ..opts.clone()
     };
-    generate(vlm, &jobs, &opts, None, ProgressMode::Quiet).unwrap()
+    if reversed {
+        jobs.reverse();
+    }
+    let engine = engine.unwrap_or_else(|| engine_options(&opts));
+    let mut samples = generate_with(vlm, &jobs, &opts, &engine, None, ProgressMode::Quiet).unwrap().0;
+    if reversed {
+        samples.reverse();
+    }
+    samples
 }
 
 fn record(samples: &[Vec<Sample>]) -> Vec<Vec<GoldenSample>> {
@@ -177,7 +195,7 @@ fn record_sampler_golden() {
         jobs: varied_jobs(),
         samples: Vec::new(),
     };
-    let free = run_call(&vlm, &reqs, &varied, &base);
+    let free = run_call(&vlm, &reqs, &varied, &base, None, false);
     varied.samples = record(&free);
     // Stops drawn from the free run, so they do occur: a token one sample makes at its sixth
     // step, and a two-character piece of another sample's text.
@@ -192,7 +210,7 @@ fn record_sampler_golden() {
         jobs: varied_jobs(),
         samples: Vec::new(),
     };
-    stops.samples = record(&run_call(&vlm, &reqs, &stops, &base));
+    stops.samples = record(&run_call(&vlm, &reqs, &stops, &base, None, false));
     let reasons: Vec<&str> = stops.samples.iter().flatten().map(|s| s.finish_reason.as_str()).collect();
     assert!(
         reasons.contains(&"stop") && reasons.contains(&"stop_string") && reasons.contains(&"length"),
@@ -212,17 +230,17 @@ fn load() -> Golden {
     serde_json::from_str(&text).unwrap()
 }
 
-/// Every recorded call, replayed under `opts`' batching, gives the recorded tokens, finish
-/// reasons and texts, and log-probabilities within 1e-4.
-pub(crate) fn assert_matches_golden(vlm: &Vlm, opts: &SamplerOptions) {
+/// Every recorded call, replayed under `opts`' batching (and `engine`'s, when given), gives the
+/// recorded tokens, finish reasons and texts, and log-probabilities within 1e-4.
+fn assert_matches_golden(vlm: &Vlm, opts: &SamplerOptions, engine: Option<EngineOptions>, reversed: bool) {
     let reqs = golden_requests();
     for (c, call) in load().calls.iter().enumerate() {
-        let got = record(&run_call(vlm, &reqs, call, opts));
+        let got = record(&run_call(vlm, &reqs, call, opts, engine, reversed));
         assert_eq!(got.len(), call.samples.len());
         for (j, (g, want)) in got.iter().zip(&call.samples).enumerate() {
             assert_eq!(g.len(), want.len(), "call {c} job {j}");
             for (i, (g, w)) in g.iter().zip(want).enumerate() {
-                let at = format!("call {c} job {j} row {i} under {opts:?}");
+                let at = format!("call {c} job {j} row {i} under {opts:?}, {engine:?}, reversed {reversed}");
                 assert_eq!(g.token_ids, w.token_ids, "{at}");
                 assert_eq!((&g.finish_reason, &g.text), (&w.finish_reason, &w.text), "{at}");
                 for (p, q) in g.logprobs.iter().zip(&w.logprobs) {
@@ -235,7 +253,29 @@ pub(crate) fn assert_matches_golden(vlm: &Vlm, opts: &SamplerOptions) {
 
 #[test]
 fn the_sampler_gives_the_recorded_samples() {
-    assert_matches_golden(&tiny(), &SamplerOptions::default());
+    assert_matches_golden(&tiny(), &SamplerOptions::default(), None, false);
+}
+
+/// The same samples whatever the batching: one row at a time, 7 and 64 rows, budgets from one
+/// request's worth of blocks up, one request at a time, the requests reversed, and the
+/// gather-and-mask attention every device runs instead of the in-place CPU kernel.
+#[test]
+fn the_recorded_samples_do_not_depend_on_batching() {
+    let vlm = tiny();
+    let base = SamplerOptions::default();
+    for max_seqs in [1, 7, 64] {
+        assert_matches_golden(&vlm, &SamplerOptions { max_seqs, ..base.clone() }, None, false);
+    }
+    // The longest golden prompt with 16 new tokens needs 7 blocks of 16 alone.
+    for max_batch_tokens in [112, 300, 1000] {
+        assert_matches_golden(&vlm, &SamplerOptions { max_batch_tokens, ..base.clone() }, None, false);
+    }
+    assert_matches_golden(&vlm, &SamplerOptions { batch: Some(1), ..base.clone() }, None, false);
+    assert_matches_golden(&vlm, &SamplerOptions { max_seqs: 7, ..base.clone() }, None, true);
+    let gather = EngineOptions { cpu_kernel: false, ..engine_options(&base) };
+    assert_matches_golden(&vlm, &base, Some(gather), false);
+    let fixed = EngineOptions { continuous: false, max_seqs: 5, ..engine_options(&base) };
+    assert_matches_golden(&vlm, &base, Some(fixed), true);
 }
 
 #[test]

@@ -20,6 +20,7 @@
 //! | `scheduler.rs` | the admission rule: rows, requests and blocks reserved at worst case |
 //! | `attention.rs` | a decode step's attention over block tables: candle gather + mask, or the in-place f32 CPU kernel |
 //! | `rows.rs` | one running sample: token choice, stops, the finished `Sample` |
+//! | `tests.rs` | end to end: continuous admission mid-decode, fixed batching, refusals |
 
 pub mod attention;
 pub mod blocks;
@@ -138,6 +139,8 @@ pub fn run(
     let mut head = 0;
     loop {
         sched.begin_round();
+        // Rows that were decoding before this round: admissions beside them are mid-decode.
+        let decoding = running.len();
         while head < jobs.len() {
             let req = &mut requests[head];
             if req.next_row == jobs[head].rows.len() {
@@ -156,7 +159,7 @@ pub fn run(
                 req.live = Some(prefill(vlm, &jobs[head], &pool, &mut alloc, &device)?);
                 stats.prefills += 1;
             }
-            if !running.is_empty() && stats.decode_steps > 0 {
+            if decoding > 0 {
                 stats.rows_admitted_mid_decode += 1;
             }
             let index = req.next_row;
@@ -298,3 +301,6 @@ fn finish(
     out[job][index] = Some(row.into_sample(vlm)?);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

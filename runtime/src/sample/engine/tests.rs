@@ -1,0 +1,74 @@
+//! The engine end to end on the tiny preset: continuous admission really happens and changes no
+//! token, and what cannot fit is refused before any work.
+
+use super::super::generate::{engine_options, generate_with, Job, RowSpec, Sample};
+use super::super::golden_tests::{golden_requests, tiny};
+use super::super::options::SamplerOptions;
+use super::{EngineOptions, EngineStats};
+use crate::run::ProgressMode;
+
+fn tokens(samples: &[Vec<Sample>]) -> Vec<Vec<u32>> {
+    samples.iter().flatten().map(|s| s.token_ids.clone()).collect()
+}
+
+/// Rows ending at very different lengths (one stop token in 29, up to 40 tokens): with four rows
+/// at once, waiting rows join while others are mid-decode, in fewer steps than fixed batches
+/// that run until their longest row ends, and every token equals decoding all rows at once.
+#[test]
+fn rows_of_very_different_lengths_are_admitted_as_others_end() {
+    let vlm = tiny();
+    let reqs = golden_requests();
+    let vocab = vlm.model.config().text.vocab_size as u32;
+    let opts = SamplerOptions {
+        max_new_tokens: 40,
+        stop_token_ids: Some((0..vocab).step_by(29).collect()),
+        seed: 2,
+        ..Default::default()
+    };
+    let jobs: Vec<Job> = reqs
+        .iter()
+        .map(|request| Job {
+            request,
+            rows: (0..4).map(|sample_index| RowSpec { logits: opts.logits, sample_index }).collect(),
+        })
+        .collect();
+    let run = |engine: EngineOptions| -> (Vec<Vec<Sample>>, EngineStats) {
+        generate_with(&vlm, &jobs, &opts, &engine, None, ProgressMode::Quiet).unwrap()
+    };
+    let (all, all_stats) = run(engine_options(&opts));
+    let (narrow, narrow_stats) = run(EngineOptions { max_seqs: 4, ..engine_options(&opts) });
+    let (fixed, fixed_stats) = run(EngineOptions { max_seqs: 4, continuous: false, ..engine_options(&opts) });
+    let lengths: Vec<usize> = all.iter().flatten().map(|s| s.token_ids.len()).collect();
+    let (shortest, longest) = (lengths.iter().min().unwrap(), lengths.iter().max().unwrap());
+    assert!(*shortest <= 10 && *longest >= 30, "lengths should vary widely: {lengths:?}");
+    assert_eq!(tokens(&narrow), tokens(&all));
+    assert_eq!(tokens(&fixed), tokens(&all));
+    assert_eq!(all_stats.peak_rows, 24);
+    assert_eq!(all_stats.rows_admitted_mid_decode, 0);
+    assert!(narrow_stats.rows_admitted_mid_decode > 0, "{narrow_stats:?}");
+    assert_eq!(fixed_stats.rows_admitted_mid_decode, 0);
+    assert!(narrow_stats.peak_rows <= 4 && fixed_stats.peak_rows <= 4);
+    assert!(narrow_stats.decode_steps < fixed_stats.decode_steps, "{narrow_stats:?} vs {fixed_stats:?}");
+    // One prefill per request: its samples share it, and the vision tower ran once per image.
+    for stats in [all_stats, narrow_stats, fixed_stats] {
+        assert_eq!(stats.prefills, reqs.len());
+        // 3 layers x (k, v) x 2 kv heads x 16 dims x 4 bytes per position.
+        assert_eq!(stats.kv_cache_bytes, (stats.pool_blocks * 16 * 768) as u64);
+    }
+}
+
+/// A request whose prompt and one sample exceed `max_batch_tokens` is refused before any work,
+/// with the numbers and the option to raise.
+#[test]
+fn a_request_that_cannot_fit_alone_is_a_clear_error() {
+    let vlm = tiny();
+    let reqs = golden_requests();
+    let jobs = [Job { request: &reqs[0], rows: vec![RowSpec { logits: Default::default(), sample_index: 0 }] }];
+    let opts = SamplerOptions { max_new_tokens: 40, max_batch_tokens: 32, ..Default::default() };
+    let err = generate_with(&vlm, &jobs, &opts, &engine_options(&opts), None, ProgressMode::Quiet)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sampling question golden/0: a prompt of"), "{err}");
+    assert!(err.contains("more than sampler option max_batch_tokens = 32"), "{err}");
+    assert!(err.contains("raise max_batch_tokens to at least"), "{err}");
+}
