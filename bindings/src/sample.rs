@@ -6,7 +6,7 @@
 
 use medbridge_runtime::eval::{evaluate, EvalOptions, DEFAULT_EVAL_MAX_NEW_TOKENS, DEFAULT_EVAL_SAMPLES};
 use medbridge_runtime::models::Vlm;
-use medbridge_runtime::sample::{sample, SampleRequest, SamplerOptions, DEFAULT_MAX_BATCH_TOKENS};
+use medbridge_runtime::sample::{sample, SampleRequest, SamplerOptions, DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_SEQS};
 use medbridge_runtime::task::{McqTask, TaskPreset};
 use rhai::plugin::*;
 use rhai::{Array, Map};
@@ -21,7 +21,7 @@ use crate::options::{
 
 /// The sampler keys `sampler`, `evaluate` and periodic evaluation share, declared once; `n` and
 /// `max_new_tokens` default per caller (one sample for `sampler`, evaluation's 16 for the rest).
-pub const fn sampler_keys(n: i64, max_new_tokens: i64) -> [OptionSpec; 11] {
+pub const fn sampler_keys(n: i64, max_new_tokens: i64) -> [OptionSpec; 12] {
     [
         opt("temperature", NON_NEGATIVE, Absent::Float(1.0), "softmax temperature; 0 is greedy"),
         opt("top_p", TOP_P, Absent::Float(1.0), "nucleus mass kept"),
@@ -40,14 +40,20 @@ pub const fn sampler_keys(n: i64, max_new_tokens: i64) -> [OptionSpec; 11] {
         opt(
             "batch",
             POSITIVE,
-            Absent::Means("as many prompts as fit max_batch_tokens"),
-            "prompts per forward pass",
+            Absent::Means("as many prompts as max_batch_tokens and max_seqs allow"),
+            "prompts decoded at once at most",
         ),
         opt(
             "max_batch_tokens",
             POSITIVE,
             Absent::Int(DEFAULT_MAX_BATCH_TOKENS as i64),
-            "tokens (prompt and samples) per forward pass at most",
+            "KV-cache positions the running samples may hold at once (each at its full length, a shared prompt once); sizes the paged cache",
+        ),
+        opt(
+            "max_seqs",
+            POSITIVE,
+            Absent::Int(DEFAULT_MAX_SEQS as i64),
+            "samples decoded at once at most; a finished one's slot goes to the next waiting sample",
         ),
     ]
 }
@@ -55,10 +61,10 @@ pub const fn sampler_keys(n: i64, max_new_tokens: i64) -> [OptionSpec; 11] {
 /// `top_p`: the nucleus keeps a mass in (0, 1].
 pub const TOP_P: Kind = Kind::Float { min: Bound::Excl(0.0), max: Bound::Incl(1.0) };
 
-static SAMPLER_KEYS: [OptionSpec; 11] = sampler_keys(1, 256);
+static SAMPLER_KEYS: [OptionSpec; 12] = sampler_keys(1, 256);
 
 /// The sampler keys where evaluation's defaults apply (`evaluate`, periodic evaluation).
-pub static EVAL_SAMPLER_KEYS: [OptionSpec; 11] =
+pub static EVAL_SAMPLER_KEYS: [OptionSpec; 12] =
     sampler_keys(DEFAULT_EVAL_SAMPLES as i64, DEFAULT_EVAL_MAX_NEW_TOKENS as i64);
 
 /// `k` and `limit`, shared by `evaluate` and periodic evaluation.
@@ -165,6 +171,9 @@ pub fn sampler_options(
     }
     if let Some(b) = o.count("max_batch_tokens")? {
         base.max_batch_tokens = b;
+    }
+    if let Some(m) = o.count("max_seqs")? {
+        base.max_seqs = m;
     }
     base.memory = session(ctx)?.memory;
     base.validate().script()?;
@@ -362,6 +371,7 @@ mod tests {
             assert_eq!(number(keys, "n"), base.n as f64);
             assert_eq!(number(keys, "max_new_tokens"), base.max_new_tokens as f64);
             assert_eq!(number(keys, "max_batch_tokens"), base.max_batch_tokens as f64);
+            assert_eq!(number(keys, "max_seqs"), base.max_seqs as f64);
         }
         let resamples = EVALUATE.specs().find(|s| s.key == "resamples").unwrap().absent;
         assert!(
