@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use medbridge_runtime::bench::training::{bench_task, bench_training, fixture_image_files, TrainingWorkload};
-use medbridge_runtime::bench::{bench_forward, bench_sampling_questions, bench_tiny, fixture_inputs};
+use medbridge_runtime::bench::{
+    bench_forward, bench_sampling_questions, bench_tiny, bench_variable_length_questions, fixture_inputs,
+};
 use medbridge_runtime::image::Image;
 use medbridge_runtime::models::Vlm;
 use serde_json::{json, Value};
@@ -86,6 +88,25 @@ fn inference(args: &BenchArgs, vlm: &Vlm, inputs: &[(Image, String)]) -> medbrid
         sampling.tokens_per_s_separate_prefills,
         sampling.speedup
     );
+    // Samples ending at very different lengths, four times as long at most, four questions' rows
+    // at once: continuous batching against fixed batches of the same size.
+    let variable = bench_variable_length_questions(
+        vlm,
+        inputs,
+        args.questions,
+        args.k,
+        4 * args.max_new_tokens,
+        4 * args.k,
+    )?;
+    eprintln!(
+        "medbridge variable lengths ({}..{} tokens, {} rows at once): {:.0} tokens/s continuous, {:.0} tokens/s fixed batches, {:.2}x",
+        variable.shortest,
+        variable.longest,
+        variable.max_seqs,
+        variable.tokens_per_s_continuous,
+        variable.tokens_per_s_fixed_batches,
+        variable.speedup
+    );
     let reference = args.python.as_deref().map(|py| transformers_reference(py, args));
     let ratio = |ours: f64, key: &str| match &reference {
         Some(Ok(r)) => r[key]["tokens_per_s"].as_f64().map(|t| ours / t),
@@ -93,8 +114,14 @@ fn inference(args: &BenchArgs, vlm: &Vlm, inputs: &[(Image, String)]) -> medbrid
     };
     let forward_ratio = ratio(ours.tokens_per_s, "forward");
     let sampling_ratio = ratio(sampling.tokens_per_s_shared_prefill, "generate");
+    let sampling_ratio_batched = ratio(sampling.tokens_per_s_shared_prefill, "generate_batched");
     if let (Some(f), Some(s)) = (forward_ratio, sampling_ratio) {
-        eprintln!("medbridge / transformers: forward {f:.2}x, sampling {s:.2}x");
+        eprintln!(
+            "medbridge / transformers: forward {f:.2}x, sampling {s:.2}x (one question per generate call)"
+        );
+    }
+    if let Some(b) = sampling_ratio_batched {
+        eprintln!("medbridge / transformers: sampling {b:.2}x (all questions in one generate call)");
     }
     Ok(json!({
         "medbridge": {
@@ -110,10 +137,12 @@ fn inference(args: &BenchArgs, vlm: &Vlm, inputs: &[(Image, String)]) -> medbrid
                 "prefix_sharing_speedup": sampling.speedup,
                 "identical_tokens": sampling.identical,
             },
+            "variable_lengths": variable,
         },
         "transformers": reference_json(reference),
         "forward_ratio": forward_ratio,
         "sampling_ratio": sampling_ratio,
+        "sampling_ratio_batched": sampling_ratio_batched,
     }))
 }
 

@@ -6,7 +6,9 @@
 
 use medbridge_runtime::eval::{evaluate, EvalOptions, DEFAULT_EVAL_MAX_NEW_TOKENS, DEFAULT_EVAL_SAMPLES};
 use medbridge_runtime::models::Vlm;
-use medbridge_runtime::sample::{sample, SampleRequest, SamplerOptions, DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_SEQS};
+use medbridge_runtime::sample::{
+    sample, SampleRequest, SamplerOptions, DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_SEQS,
+};
 use medbridge_runtime::task::{McqTask, TaskPreset};
 use rhai::plugin::*;
 use rhai::{Array, Map};

@@ -77,6 +77,17 @@ pub const SAMPLING_QUESTIONS: [&str; 8] = [
     "What diabetic retinopathy grade is shown? A. grade 0 B. grade 1 C. grade 2 D. grade 3",
 ];
 
+/// Benchmark question i: `SAMPLING_QUESTIONS[i mod 8]` about image i mod 2.
+fn sampling_requests(images: &[(Image, String)], questions: usize) -> Vec<crate::sample::SampleRequest> {
+    (0..questions)
+        .map(|i| crate::sample::SampleRequest {
+            question_id: format!("bench/{i}"),
+            image: Some(images[i % images.len()].0.clone()),
+            prompt: SAMPLING_QUESTIONS[i % SAMPLING_QUESTIONS.len()].to_string(),
+        })
+        .collect()
+}
+
 /// K samples of each of `questions` benchmark questions with one shared prefill, and with K
 /// separate prefills.
 pub fn bench_sampling_questions(
@@ -86,14 +97,26 @@ pub fn bench_sampling_questions(
     k: usize,
     max_new_tokens: usize,
 ) -> Result<crate::sample::BenchReport> {
-    let requests: Vec<crate::sample::SampleRequest> = (0..questions)
-        .map(|i| crate::sample::SampleRequest {
-            question_id: format!("bench/{i}"),
-            image: Some(images[i % images.len()].0.clone()),
-            prompt: SAMPLING_QUESTIONS[i % SAMPLING_QUESTIONS.len()].to_string(),
-        })
-        .collect();
-    crate::sample::bench_sampling(vlm, &requests, k, max_new_tokens)
+    crate::sample::bench_sampling(vlm, &sampling_requests(images, questions), k, max_new_tokens)
+}
+
+/// K samples of each benchmark question ending at very different lengths, decoded with
+/// continuous batching and in fixed batches of `max_seqs` rows.
+pub fn bench_variable_length_questions(
+    vlm: &Vlm,
+    images: &[(Image, String)],
+    questions: usize,
+    k: usize,
+    max_new_tokens: usize,
+    max_seqs: usize,
+) -> Result<crate::sample::VariableLengthReport> {
+    crate::sample::bench_variable_lengths(
+        vlm,
+        &sampling_requests(images, questions),
+        k,
+        max_new_tokens,
+        max_seqs,
+    )
 }
 
 /// The tiny preset timed on the same inputs, for scale.

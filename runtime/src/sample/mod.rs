@@ -23,7 +23,7 @@ pub mod memory;
 pub mod options;
 pub mod rng;
 
-pub use bench::{bench_sampling, BenchReport};
+pub use bench::{bench_sampling, bench_variable_lengths, BenchReport, VariableLengthReport};
 pub use engine::{kv_cache_bytes, EngineOptions, EngineStats, BLOCK_SIZE};
 pub use generate::{
     engine_options, generate, generate_with, sample, FinishReason, Job, RowSpec, Sample, SampleRequest,

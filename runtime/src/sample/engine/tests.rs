@@ -63,7 +63,8 @@ fn rows_of_very_different_lengths_are_admitted_as_others_end() {
 fn a_request_that_cannot_fit_alone_is_a_clear_error() {
     let vlm = tiny();
     let reqs = golden_requests();
-    let jobs = [Job { request: &reqs[0], rows: vec![RowSpec { logits: Default::default(), sample_index: 0 }] }];
+    let jobs =
+        [Job { request: &reqs[0], rows: vec![RowSpec { logits: Default::default(), sample_index: 0 }] }];
     let opts = SamplerOptions { max_new_tokens: 40, max_batch_tokens: 32, ..Default::default() };
     let err = generate_with(&vlm, &jobs, &opts, &engine_options(&opts), None, ProgressMode::Quiet)
         .unwrap_err()
