@@ -136,9 +136,10 @@ pub fn generate_with(
             strings: &opts.stop_strings,
             max_new_tokens: opts.max_new_tokens,
         };
+        let work = engine::Work { jobs, prompt_lens: &prompt_lens, seed: opts.seed, stops };
         let bar = progress.bar(jobs.len() as u64, "sampling");
         bar.inc(jobs.iter().filter(|j| j.rows.is_empty()).count() as u64);
-        let done = engine::run(vlm, jobs, &prompt_lens, opts.seed, &stops, engine_opts, cancel, &bar)?;
+        let done = engine::run(vlm, &work, engine_opts, cancel, &bar)?;
         bar.finish_and_clear();
         Ok(done)
     })

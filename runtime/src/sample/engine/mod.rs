@@ -97,23 +97,29 @@ pub fn pool_blocks(opts: &EngineOptions, needs: &[(Need, usize)]) -> usize {
     (opts.max_batch_tokens / opts.block_size).min(all)
 }
 
-/// Decode every job's rows. `prompt_lens[j]` is job j's prompt length (checked by the caller
-/// against the context); `bar` counts finished jobs. Rows come back in job and row order.
+/// What one call decodes: the jobs, their prompt lengths (checked by the caller against the
+/// context), the seed of the rows' random streams and what ends a row.
+pub struct Work<'a> {
+    pub jobs: &'a [Job<'a>],
+    pub prompt_lens: &'a [usize],
+    pub seed: u64,
+    pub stops: Stops<'a>,
+}
+
+/// Decode every job's rows; `bar` counts finished jobs. Rows come back in job and row order.
 pub fn run(
     vlm: &Vlm,
-    jobs: &[Job],
-    prompt_lens: &[usize],
-    seed: u64,
-    stops: &Stops,
+    work: &Work,
     opts: &EngineOptions,
     cancel: Option<&CancelFlag>,
     bar: &ProgressBar,
 ) -> Result<(Vec<Vec<Sample>>, EngineStats)> {
+    let (jobs, seed, stops) = (work.jobs, work.seed, &work.stops);
     let text = &vlm.model.config().text;
     let device = vlm.device().clone();
     let mut requests: Vec<Request> = jobs
         .iter()
-        .zip(prompt_lens)
+        .zip(work.prompt_lens)
         .map(|(job, &len)| Request {
             need: Need::new(len, stops.max_new_tokens, opts.block_size),
             next_row: 0,
