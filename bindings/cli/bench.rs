@@ -79,7 +79,8 @@ fn inference(args: &BenchArgs, vlm: &Vlm, inputs: &[(Image, String)]) -> medbrid
         ours.tokens_per_s, ours.model, ours.tokens
     );
     eprintln!("medbridge forward: {:.0} tokens/s on the tiny preset", tiny.tokens_per_s);
-    let sampling = bench_sampling_questions(vlm, inputs, args.questions, args.k, args.max_new_tokens)?;
+    let sampling =
+        bench_sampling_questions(vlm, inputs, args.questions, args.k, args.max_new_tokens, args.repeats)?;
     eprintln!(
         "medbridge sampling K={} x {} questions: {:.0} tokens/s shared prefill, {:.0} tokens/s separate, {:.2}x",
         args.k,
@@ -97,6 +98,7 @@ fn inference(args: &BenchArgs, vlm: &Vlm, inputs: &[(Image, String)]) -> medbrid
         args.k,
         4 * args.max_new_tokens,
         4 * args.k,
+        args.repeats,
     )?;
     eprintln!(
         "medbridge variable lengths ({}..{} tokens, {} rows at once): {:.0} tokens/s continuous, {:.0} tokens/s fixed batches, {:.2}x",

@@ -96,8 +96,9 @@ pub fn bench_sampling_questions(
     questions: usize,
     k: usize,
     max_new_tokens: usize,
+    repeats: usize,
 ) -> Result<crate::sample::BenchReport> {
-    crate::sample::bench_sampling(vlm, &sampling_requests(images, questions), k, max_new_tokens)
+    crate::sample::bench_sampling(vlm, &sampling_requests(images, questions), k, max_new_tokens, repeats)
 }
 
 /// K samples of each benchmark question ending at very different lengths, decoded with
@@ -109,14 +110,10 @@ pub fn bench_variable_length_questions(
     k: usize,
     max_new_tokens: usize,
     max_seqs: usize,
+    repeats: usize,
 ) -> Result<crate::sample::VariableLengthReport> {
-    crate::sample::bench_variable_lengths(
-        vlm,
-        &sampling_requests(images, questions),
-        k,
-        max_new_tokens,
-        max_seqs,
-    )
+    let requests = sampling_requests(images, questions);
+    crate::sample::bench_variable_lengths(vlm, &requests, k, max_new_tokens, max_seqs, repeats)
 }
 
 /// The tiny preset timed on the same inputs, for scale.

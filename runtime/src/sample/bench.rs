@@ -36,12 +36,28 @@ pub struct BenchReport {
     pub identical: bool,
 }
 
-/// Time `k` samples of every question (temperature 1, seed 0) both ways.
+/// `f`'s result and its median wall time over `repeats` runs after a warm-up run, the protocol
+/// the Python references use.
+fn timed<T>(repeats: usize, mut f: impl FnMut() -> Result<T>) -> Result<(T, f64)> {
+    let out = f()?;
+    let mut times = Vec::with_capacity(repeats.max(1));
+    for _ in 0..repeats.max(1) {
+        let start = Instant::now();
+        f()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((out, times[times.len() / 2]))
+}
+
+/// Time `k` samples of every question (temperature 1, seed 0) both ways, each the median of
+/// `repeats` runs after a warm-up.
 pub fn bench_sampling(
     vlm: &Vlm,
     questions: &[SampleRequest],
     k: usize,
     max_new_tokens: usize,
+    repeats: usize,
 ) -> Result<BenchReport> {
     if questions.is_empty() {
         bail!("bench: no questions to sample");
@@ -50,9 +66,8 @@ pub fn bench_sampling(
         SamplerOptions { n: k, max_new_tokens, stop_token_ids: Some(Vec::new()), ..Default::default() };
     opts.validate()?;
 
-    let start = Instant::now();
-    let shared = sample(vlm, questions, &opts, None, ProgressMode::Auto)?;
-    let seconds_shared_prefill = start.elapsed().as_secs_f64();
+    let (shared, seconds_shared_prefill) =
+        timed(repeats, || sample(vlm, questions, &opts, None, ProgressMode::Auto))?;
 
     let jobs: Vec<Job> = questions
         .iter()
@@ -63,9 +78,8 @@ pub fn bench_sampling(
             })
         })
         .collect();
-    let start = Instant::now();
-    let separate = generate(vlm, &jobs, &opts, None, ProgressMode::Auto)?;
-    let seconds_separate_prefills = start.elapsed().as_secs_f64();
+    let (separate, seconds_separate_prefills) =
+        timed(repeats, || generate(vlm, &jobs, &opts, None, ProgressMode::Auto))?;
 
     let tokens_of = |runs: &[Vec<Sample>]| -> Vec<Vec<u32>> {
         runs.iter().flatten().map(|s| s.token_ids.clone()).collect()
@@ -117,13 +131,14 @@ pub struct VariableLengthReport {
 
 /// Time `k` samples of every question (temperature 1, seed 0, stop ids every [`STOP_EVERY`]
 /// vocabulary ids, up to `max_new_tokens`) with `max_seqs` rows at once, continuously and in
-/// fixed batches.
+/// fixed batches, each the median of `repeats` runs after a warm-up.
 pub fn bench_variable_lengths(
     vlm: &Vlm,
     questions: &[SampleRequest],
     k: usize,
     max_new_tokens: usize,
     max_seqs: usize,
+    repeats: usize,
 ) -> Result<VariableLengthReport> {
     if questions.is_empty() {
         bail!("bench: no questions to sample");
@@ -142,14 +157,12 @@ pub fn bench_variable_lengths(
     let rows: Vec<RowSpec> =
         (0..k as u64).map(|sample_index| RowSpec { logits: opts.logits, sample_index }).collect();
     let jobs: Vec<Job> = questions.iter().map(|request| Job { request, rows: rows.clone() }).collect();
-    let timed = |continuous: bool| -> Result<(Vec<Vec<Sample>>, EngineStats, f64)> {
+    let run = |continuous: bool| -> Result<((Vec<Vec<Sample>>, EngineStats), f64)> {
         let engine = super::engine::EngineOptions { continuous, ..engine_options(&opts) };
-        let start = Instant::now();
-        let (samples, stats) = generate_with(vlm, &jobs, &opts, &engine, None, ProgressMode::Auto)?;
-        Ok((samples, stats, start.elapsed().as_secs_f64()))
+        timed(repeats, || generate_with(vlm, &jobs, &opts, &engine, None, ProgressMode::Auto))
     };
-    let (continuous, stats_continuous, seconds_continuous) = timed(true)?;
-    let (fixed, stats_fixed, seconds_fixed_batches) = timed(false)?;
+    let ((continuous, stats_continuous), seconds_continuous) = run(true)?;
+    let ((fixed, stats_fixed), seconds_fixed_batches) = run(false)?;
     let lengths: Vec<usize> = continuous.iter().flatten().map(|s| s.token_ids.len()).collect();
     let tokens: usize = lengths.iter().sum();
     let per_s = |seconds: f64| tokens as f64 / seconds.max(f64::MIN_POSITIVE);
@@ -186,12 +199,12 @@ mod tests {
     #[test]
     fn both_ways_give_the_same_tokens_and_count_them() {
         let vlm = Vlm::new_preset("qwen2_5_vl_tiny", 1, &Device::Cpu).unwrap();
-        let report = bench_sampling(&vlm, &requests()[..3], 4, 5).unwrap();
+        let report = bench_sampling(&vlm, &requests()[..3], 4, 5, 1).unwrap();
         assert!(report.identical);
         assert_eq!(report.tokens, 3 * 4 * 5);
         assert!(report.tokens_per_s_shared_prefill > 0.0 && report.speedup > 0.0);
-        assert!(bench_sampling(&vlm, &[], 4, 5).unwrap_err().to_string().contains("no questions"));
-        let report = bench_variable_lengths(&vlm, &requests(), 4, 60, 6).unwrap();
+        assert!(bench_sampling(&vlm, &[], 4, 5, 1).unwrap_err().to_string().contains("no questions"));
+        let report = bench_variable_lengths(&vlm, &requests(), 4, 60, 6, 1).unwrap();
         assert!(report.identical && report.rows_admitted_mid_decode > 0, "{report:?}");
         assert!(report.shortest < report.longest && report.tokens >= report.longest);
         assert!(report.decode_steps_continuous < report.decode_steps_fixed_batches, "{report:?}");
@@ -206,7 +219,7 @@ mod tests {
         let questions: Vec<SampleRequest> = (0..32)
             .map(|i| SampleRequest { question_id: format!("bench/{i}"), ..base[i % base.len()].clone() })
             .collect();
-        let report = bench_sampling(&vlm, &questions, 16, 16).unwrap();
+        let report = bench_sampling(&vlm, &questions, 16, 16, 3).unwrap();
         println!("{report:#?}");
         assert!(report.identical);
     }
