@@ -73,3 +73,35 @@ fn a_request_that_cannot_fit_alone_is_a_clear_error() {
     assert!(err.contains("more than sampler option max_batch_tokens = 32"), "{err}");
     assert!(err.contains("raise max_batch_tokens to at least"), "{err}");
 }
+
+/// In bf16 the pool is not f32, so every step takes the gather-and-mask attention, the candle
+/// ops CUDA runs: its samples are whole and finite, and do not depend on the rows at once.
+#[test]
+fn bf16_samples_take_the_device_agnostic_path_and_do_not_depend_on_batching() {
+    let init = crate::models::vlm::RandomInit {
+        dtype: candle_core::DType::BF16,
+        ..crate::models::vlm::RandomInit::new(3, &candle_core::Device::Cpu)
+    };
+    let vlm = crate::models::Vlm::new_preset_with("qwen2_5_vl_tiny", &init).unwrap();
+    let reqs = golden_requests();
+    let opts =
+        SamplerOptions { n: 3, max_new_tokens: 12, stop_token_ids: Some(vec![]), ..Default::default() };
+    let jobs: Vec<Job> = reqs
+        .iter()
+        .map(|request| Job {
+            request,
+            rows: (0..3).map(|sample_index| RowSpec { logits: opts.logits, sample_index }).collect(),
+        })
+        .collect();
+    let run = |max_seqs: usize| {
+        let engine = EngineOptions { max_seqs, ..engine_options(&opts) };
+        generate_with(&vlm, &jobs, &opts, &engine, None, ProgressMode::Quiet).unwrap()
+    };
+    let (wide, stats) = run(64);
+    assert_eq!(stats.kv_cache_bytes, (stats.pool_blocks * 16 * 384) as u64, "bf16 halves the pool");
+    for s in wide.iter().flatten() {
+        assert_eq!(s.token_ids.len(), 12);
+        assert!(s.logprobs.iter().all(|p| p.is_finite() && *p <= 0.0), "{:?}", s.logprobs);
+    }
+    assert_eq!(tokens(&run(1).0), tokens(&wide));
+}
