@@ -129,6 +129,9 @@ pub struct VariableLengthReport {
     pub identical: bool,
 }
 
+/// An engine run's samples and what the engine did.
+type Engined = (Vec<Vec<Sample>>, EngineStats);
+
 /// Time `k` samples of every question (temperature 1, seed 0, stop ids every [`STOP_EVERY`]
 /// vocabulary ids, up to `max_new_tokens`) with `max_seqs` rows at once, continuously and in
 /// fixed batches, each the median of `repeats` runs after a warm-up.
@@ -157,7 +160,7 @@ pub fn bench_variable_lengths(
     let rows: Vec<RowSpec> =
         (0..k as u64).map(|sample_index| RowSpec { logits: opts.logits, sample_index }).collect();
     let jobs: Vec<Job> = questions.iter().map(|request| Job { request, rows: rows.clone() }).collect();
-    let run = |continuous: bool| -> Result<((Vec<Vec<Sample>>, EngineStats), f64)> {
+    let run = |continuous: bool| -> Result<(Engined, f64)> {
         let engine = super::engine::EngineOptions { continuous, ..engine_options(&opts) };
         timed(repeats, || generate_with(vlm, &jobs, &opts, &engine, None, ProgressMode::Auto))
     };
