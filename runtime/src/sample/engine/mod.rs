@@ -162,7 +162,8 @@ pub fn run(
             }
             sched.admit(req.need, new_request);
             if new_request {
-                req.live = Some(prefill(vlm, &jobs[head], &pool, &mut alloc, &device)?);
+                let planned = work.prompt_lens[head];
+                req.live = Some(prefill(vlm, &jobs[head], planned, &pool, &mut alloc, &device)?);
                 stats.prefills += 1;
             }
             if decoding > 0 {
@@ -227,12 +228,25 @@ pub fn run(
 }
 
 /// Prefill one request alone and store its prompt's keys and values in fresh blocks.
-fn prefill(vlm: &Vlm, job: &Job, pool: &KvPool, alloc: &mut BlockAllocator, device: &Device) -> Result<Live> {
+/// `planned` is the prompt length its blocks were reserved for.
+fn prefill(
+    vlm: &Vlm,
+    job: &Job,
+    planned: usize,
+    pool: &KvPool,
+    alloc: &mut BlockAllocator,
+    device: &Device,
+) -> Result<Live> {
     let id = &job.request.question_id;
     let enc = vlm
         .encode(job.request.image.as_ref(), &job.request.prompt)
         .with_context(|| format!("sampling question {id}: encoding the prompt"))?;
     let len = enc.input_ids.len();
+    if len != planned {
+        crate::bail!(
+            "sampling question {id}: the prompt encodes to {len} tokens, but the processor counted {planned} when the KV cache was planned"
+        );
+    }
     let ids = Tensor::new(enc.input_ids.as_slice(), device)?.unsqueeze(0)?;
     let grids: Vec<_> = enc.grid_thw.into_iter().collect();
     let (hidden, cache) = vlm.model.prefill_hidden(&ids, None, enc.pixel_values.as_ref(), &grids)?;
