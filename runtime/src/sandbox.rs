@@ -85,6 +85,12 @@ impl Sandbox {
         Sandbox { follower: (rank > 0).then_some((rank, ranks)), ..self }
     }
 
+    /// [`Self::resolve_write`] for a write every rank makes together and rank 0 carries out (the
+    /// caller writes only on rank 0 and the others wait for it): the path, on any rank.
+    pub fn resolve_collective_write(&self, path: &str) -> Result<PathBuf> {
+        Sandbox { follower: None, ..self.clone() }.resolve_write(path)
+    }
+
     pub fn write_root(&self) -> &Path {
         &self.write_root
     }

@@ -14,7 +14,7 @@
 
 use candle_core::{Device, Tensor};
 
-use super::advantages::{group_advantages, ScaleRewards};
+use super::advantages::{group_advantages, Advantages, ScaleRewards};
 use super::grad::{GradAccumulator, NonFiniteGuard};
 use super::grpo_loss::{grpo_loss, GrpoLossConfig, GrpoLossInputs, LossTotals};
 use super::optim::AdamW;
@@ -200,7 +200,7 @@ pub fn grpo_step(
         crate::bail!("grpo: mu must be at least 1");
     }
     let rewards: Vec<f64> = rollouts.iter().map(|r| r.reward).collect();
-    let adv = group_advantages(&rewards, opts.group, opts.scale_rewards)?;
+    let adv = batch_advantages(&rewards, opts, world)?;
     let mut stats = GrpoStepStats::default();
     RewardStats::of(rollouts, opts.group).apply(&mut stats);
     let keep: Vec<usize> = (0..rollouts.len())
@@ -282,6 +282,33 @@ pub fn grpo_step(
     model.set_training(false);
     passes?;
     Ok(stats)
+}
+
+/// The advantages of this rank's `rewards` (whole groups), computed over the whole batch's rewards
+/// gathered from every rank, so `scale_rewards = batch` divides by the batch's deviation as in one
+/// process; zero-variance groups are numbered locally.
+fn batch_advantages(rewards: &[f64], opts: &GrpoStepOptions, world: &World) -> Result<Advantages> {
+    if !world.is_distributed() {
+        return group_advantages(rewards, opts.group, opts.scale_rewards);
+    }
+    let by_rank = world.gather_items("grpo: the batch's rewards", vec![rewards.to_vec()])?;
+    let offset: usize = by_rank[..world.rank()].iter().map(Vec::len).sum();
+    let all: Vec<f64> = by_rank.concat();
+    if all.is_empty() {
+        return Ok(Advantages { values: Vec::new(), zero_variance_groups: Vec::new() });
+    }
+    let whole = group_advantages(&all, opts.group, opts.scale_rewards)?;
+    let first_group = offset / opts.group.max(1);
+    let groups = first_group..first_group + rewards.len() / opts.group.max(1);
+    Ok(Advantages {
+        values: whole.values[offset..offset + rewards.len()].to_vec(),
+        zero_variance_groups: whole
+            .zero_variance_groups
+            .into_iter()
+            .filter(|g| groups.contains(g))
+            .map(|g| g - first_group)
+            .collect(),
+    })
 }
 
 /// What the passes of a step share: the kept rollouts' advantages, the reference log-probs (with
