@@ -123,17 +123,24 @@ fn same_as_one_process(mode: &str, curves: &[&str]) {
     }
     let last = |run: &str| cwd.join(run).join(format!("checkpoints/{mode}/checkpoint-3"));
     assert_same_checkpoint(&last("one"), &last("two"));
-    assert!(cwd.join("two/rank-1.log").is_file() && !cwd.join("two/checkpoints").join(format!("{mode}-2")).exists());
+    assert!(
+        cwd.join("two/rank-1.log").is_file()
+            && !cwd.join("two/checkpoints").join(format!("{mode}-2")).exists()
+    );
     let metrics = std::fs::read_to_string(cwd.join("two/metrics.jsonl")).unwrap();
     assert_eq!(metrics.matches(&format!("\"{mode}/loss\"")).count(), 3, "rank 0 alone logs metrics");
 
     for (from, ranks, out) in [("one", 2, "two-from-one"), ("two", 1, "one-from-two")] {
         let ckpt = cwd.join(from).join(format!("checkpoints/{mode}/checkpoint-1"));
         let resume = format!("resume={}", ckpt.display());
-        let resumed = run_ok(cwd, ranks, out, &[&set[0], &set[1], &resume]);
+        let resumed = run_ok(cwd, ranks, out, &[set[0], set[1], &resume]);
         for curve in curves {
             let whole = floats(&one[*curve]);
-            assert_close(&format!("{mode} {curve} resumed from {from}"), &whole[1..], &floats(&resumed[*curve]));
+            assert_close(
+                &format!("{mode} {curve} resumed from {from}"),
+                &whole[1..],
+                &floats(&resumed[*curve]),
+            );
         }
         assert_same_checkpoint(&last("one"), &last(out));
     }
@@ -209,14 +216,17 @@ fn a_killed_rank_ends_the_run_and_is_named() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = medbridge(dir.path(), 2, &fixture("data_parallel.rhai"), "run", &["mode=grpo", "steps=200"]);
+    let mut cmd =
+        medbridge(dir.path(), 2, &fixture("data_parallel.rhai"), "run", &["mode=grpo", "steps=200"]);
     let started = Instant::now();
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     // Rank 1 says its pid in its log once it has started.
     let log = dir.path().join("run/rank-1.log");
     let pid = loop {
         let said = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(pid) = said.split("pid ").nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()) {
+        if let Some(pid) =
+            said.split("pid ").nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        {
             if !pid.is_empty() {
                 break pid.to_string();
             }
@@ -261,7 +271,10 @@ fn ranks_given_different_scripts_or_models_are_told_which() {
     let o = Command::new("sh").args(["-c", &line]).current_dir(cwd).output().unwrap();
     let said = text(&o);
     assert!(!o.status.success(), "{said}");
-    assert!(said.contains("ranks disagree about the script and its --set arguments: rank 1 differs from rank 0"), "{said}");
+    assert!(
+        said.contains("ranks disagree about the script and its --set arguments: rank 1 differs from rank 0"),
+        "{said}"
+    );
 
     let run = |what: &str| {
         let o = medbridge(cwd, 2, &script, what, &[&format!("what={what}")]).output().unwrap();
@@ -269,7 +282,10 @@ fn ranks_given_different_scripts_or_models_are_told_which() {
         text(&o)
     };
     let said = run("model");
-    assert!(said.contains("ranks disagree about the model given to sft: rank 1 differs from rank 0"), "{said}");
+    assert!(
+        said.contains("ranks disagree about the model given to sft: rank 1 differs from rank 0"),
+        "{said}"
+    );
     let said = run("write");
     assert!(said.contains("writing `notes.txt` is not rank-safe") && said.contains("rank 1 of 2"), "{said}");
 

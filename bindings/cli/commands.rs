@@ -85,9 +85,12 @@ pub fn refuse_under_mpi(command: &str) -> Option<u8> {
     Some(USAGE_ERROR)
 }
 
-/// `--device` for this rank: under MPI, plain `cuda` is the rank's own GPU on its node.
+/// `--device` for this rank: under MPI, plain `cuda` is the rank's own GPU on its node, or the
+/// one GPU the launcher left it visible (Slurm's `--gpus-per-task=1`).
 fn rank_device(device: &str, world: &World) -> String {
+    let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok().map(|v| v.split(',').count());
     match device {
+        "cuda" if world.is_distributed() && visible == Some(1) => "cuda:0".to_string(),
         "cuda" if world.is_distributed() => format!("cuda:{}", local_rank().unwrap_or(world.rank())),
         other => other.to_string(),
     }

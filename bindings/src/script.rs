@@ -51,12 +51,13 @@ pub fn open_session_on(opts: &SessionOptions, world: &World) -> medbridge_runtim
         created => {
             // Rank 0 sends an empty path when it failed, so the others stop too.
             let path = created.as_ref().map(|c| c.as_ref().map(|r| r.path().display().to_string()));
-            let agreed = world.broadcast_text("the run directory", &path.and_then(Result::ok).unwrap_or_default())?;
+            let agreed =
+                world.broadcast_text("the run directory", &path.and_then(Result::ok).unwrap_or_default())?;
             match created {
                 Some(created) => created?,
-                None if agreed.is_empty() => medbridge_runtime::bail!(
-                    "rank 0 could not create the run directory (its error says why)"
-                ),
+                None if agreed.is_empty() => {
+                    medbridge_runtime::bail!("rank 0 could not create the run directory (its error says why)")
+                }
                 None => RunDir::attach_rank(Path::new(&agreed), world.rank())?,
             }
         }

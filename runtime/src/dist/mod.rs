@@ -149,8 +149,9 @@ impl World {
         }
         let mut all = Vec::new();
         for (rank, bytes) in self.all_gather(what, &serde_json::to_vec(&items)?)?.into_iter().enumerate() {
-            let part: Vec<T> = serde_json::from_slice(&bytes)
-                .map_err(|e| crate::error::Error::msg(format!("{what}: rank {rank} sent unreadable data: {e}")))?;
+            let part: Vec<T> = serde_json::from_slice(&bytes).map_err(|e| {
+                crate::error::Error::msg(format!("{what}: rank {rank} sent unreadable data: {e}"))
+            })?;
             all.extend(part);
         }
         Ok(all)

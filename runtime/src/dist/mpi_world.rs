@@ -164,11 +164,7 @@ impl Collectives for MpiWorld {
             let mut parts = PartitionMut::new(&mut all[..], &counts[..], &displs[..]);
             comm.all_gather_varcount_into(bytes, &mut parts);
         }
-        Ok(counts
-            .iter()
-            .zip(&displs)
-            .map(|(&c, &d)| all[d as usize..(d + c) as usize].to_vec())
-            .collect())
+        Ok(counts.iter().zip(&displs).map(|(&c, &d)| all[d as usize..(d + c) as usize].to_vec()).collect())
     }
 
     fn broadcast(&self, what: &str, bytes: &[u8]) -> Result<Vec<u8>> {

@@ -187,7 +187,9 @@ impl RunDir {
     /// Append a line of script output to `output.log` (`rank-N.log` on rank N > 0).
     pub fn log_output(&self, line: &str) -> Result<()> {
         let mut w = self.output.lock().unwrap_or_else(|p| p.into_inner());
-        writeln!(w, "{line}").and_then(|_| w.flush()).map_err(|e| Error::io(self.path.join(&self.output_name), e))
+        writeln!(w, "{line}")
+            .and_then(|_| w.flush())
+            .map_err(|e| Error::io(self.path.join(&self.output_name), e))
     }
 }
 

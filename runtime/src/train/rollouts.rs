@@ -23,8 +23,8 @@ use crate::task::McqTask;
 
 use super::data_order::DataOrder;
 use super::grpo_step::{RewardStats, Rollout, RolloutScore};
-use crate::dist::World;
 use super::rewards::Rewards;
+use crate::dist::World;
 
 /// Everything that turns prompt indices into scored rollouts.
 pub(crate) struct RolloutSource<'a> {

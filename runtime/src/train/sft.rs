@@ -143,7 +143,12 @@ pub(crate) fn run_sft(
     poison: &dyn Fn(u64) -> bool,
 ) -> Result<(Vlm, SftSummary)> {
     check(opts, task)?;
-    crate::dist::check_call(&ctx.world, "sft", &vlm.model, &format!("{opts:?} on task {} of {}", task.name(), task.len()))?;
+    crate::dist::check_call(
+        &ctx.world,
+        "sft",
+        &vlm.model,
+        &format!("{opts:?} on task {} of {}", task.name(), task.len()),
+    )?;
     let what = Trainable {
         lora: opts.lora.as_ref(),
         full: opts.full,

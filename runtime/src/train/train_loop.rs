@@ -175,7 +175,11 @@ pub(crate) fn run<T: Trainer>(
         let skipped_before = state.guard.skipped.len();
         let report = trainer.step(&mut state, step, lr)?;
         if step == summary.first_step && world.is_distributed() {
-            check_agreement(world, &format!("the trained weights after {name} step {step}"), &weights_hash(model.trainable())?)?;
+            check_agreement(
+                world,
+                &format!("the trained weights after {name} step {step}"),
+                &weights_hash(model.trainable())?,
+            )?;
         }
         if state.guard.skipped.len() > skipped_before {
             let (loss, norm) = (report.loss, report.grad_norm);
