@@ -72,8 +72,9 @@ impl World {
     /// and write its own run directory.
     pub fn from_launcher() -> Result<World> {
         let launched = launcher_size();
+        // One rank (a sweep cell inside a Slurm step, `mpirun -np 1`) needs no MPI at all.
         #[cfg(feature = "mpi")]
-        if launched.is_some() {
+        if launched.is_some_and(|n| n > 1) {
             return mpi_world::MpiWorld::init().map(|w| World(Arc::new(w)));
         }
         match launched {
