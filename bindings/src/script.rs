@@ -69,7 +69,9 @@ pub fn open_session_on(opts: &SessionOptions, world: &World) -> medbridge_runtim
         .and_then(|p| p.parent().map(Path::to_path_buf));
     let (roots, bases) = Sandbox::standard_roots(script_dir.as_deref(), &opts.allow_read);
     let sandbox = Sandbox::new(roots, bases, run.path())?.for_rank(world.rank(), world.size());
-    let progress = if opts.quiet { ProgressMode::Quiet } else { ProgressMode::Auto };
+    // One set of progress bars: rank 0's.
+    let quiet = opts.quiet || !world.is_root();
+    let progress = if quiet { ProgressMode::Quiet } else { ProgressMode::Auto };
     let session = Session::new(device, sandbox, run, opts.cancel.clone(), progress)
         .with_offline(opts.offline)
         .with_world(world.clone());
