@@ -1,9 +1,17 @@
 //! `run` and `check`: open a session, drive the script, and turn failures into exit codes.
+//!
+//! Under `mpirun` or `srun` (`--features mpi`) every rank runs `run`: rank 0 creates the run
+//! directory and the others attach to it; `--device cuda` means `cuda:LOCAL_RANK`; the ranks
+//! check they were given the same script and arguments; and a rank that fails ends the whole job
+//! (MPI_Abort) after printing its error, since the others would wait for it.
 
 use std::path::{Path, PathBuf};
 
-use medbridge_bindings::script::{check_file, open_session, parse_set, run_file, SessionOptions};
+use medbridge_bindings::script::{
+    check_file, open_session, open_session_on, parse_set, read_script, run_file, SessionOptions,
+};
 use medbridge_bindings::Echo;
+use medbridge_runtime::dist::{check_agreement, launcher_size, local_rank, text_fingerprint, World};
 use medbridge_runtime::run::CancelFlag;
 use rhai::Map;
 
@@ -52,6 +60,45 @@ fn set_cancel_handler(cancel: &CancelFlag, second_stops: bool) {
 }
 
 pub fn run(script: &Path, set: &[String], opts: &RunArgs) -> u8 {
+    let world = match World::from_launcher() {
+        Ok(world) => world,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return USAGE_ERROR;
+        }
+    };
+    let code = run_on(&world, script, set, opts);
+    if code != 0 && world.is_distributed() {
+        world.abort(i32::from(code));
+    }
+    code
+}
+
+/// A command that cannot be split over ranks (the REPL, a sweep) refuses to start under an MPI
+/// launcher of several ranks: each rank would run it whole, writing the same files.
+pub fn refuse_under_mpi(command: &str) -> Option<u8> {
+    let ranks = launcher_size().filter(|&n| n > 1)?;
+    eprintln!(
+        "error: `medbridge {command}` is not rank-safe: it was started as one of {ranks} ranks by mpirun \
+         or srun; run it as one process (only `medbridge run` splits its work over ranks)"
+    );
+    Some(USAGE_ERROR)
+}
+
+/// `--device` for this rank: under MPI, plain `cuda` is the rank's own GPU on its node, or the
+/// one GPU the launcher left it visible (Slurm's `--gpus-per-task=1`).
+fn rank_device(device: &str, world: &World) -> String {
+    let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok().map(|v| v.split(',').count());
+    match device {
+        "cuda" if world.is_distributed() && visible == Some(1) => "cuda:0".to_string(),
+        "cuda" if world.is_distributed() => format!("cuda:{}", local_rank().unwrap_or(world.rank())),
+        other => other.to_string(),
+    }
+}
+
+fn run_on(world: &World, script: &Path, set: &[String], opts: &RunArgs) -> u8 {
+    // Messages of a rank other than 0 say which rank they come from.
+    let who = if world.is_distributed() { format!("rank {}: ", world.rank()) } else { String::new() };
     let mut args = Map::new();
     for pair in set {
         match parse_set(pair) {
@@ -59,40 +106,50 @@ pub fn run(script: &Path, set: &[String], opts: &RunArgs) -> u8 {
                 args.insert(name.into(), value);
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("{who}error: {e}");
                 return USAGE_ERROR;
             }
         }
     }
     if !script.is_file() {
-        eprintln!("error: script {} does not exist", script.display());
+        eprintln!("{who}error: script {} does not exist", script.display());
         return USAGE_ERROR;
     }
-    if let Err(e) = require_fresh_out(opts.out.as_deref()) {
-        eprintln!("error: {e}");
+    // Rank 0 creates the folder the others then find there.
+    if let Err(e) = require_fresh_out(opts.out.as_deref().filter(|_| world.is_root())) {
+        eprintln!("{who}error: {e}");
         return USAGE_ERROR;
     }
     let cancel = CancelFlag::new();
     install_run_cancel_handler(&cancel);
-    let session = match open_session(&session_options(Some(script), opts, cancel.clone())) {
+    let rank_opts = RunArgs { device: rank_device(&opts.device, world), ..opts.clone() };
+    let session = match open_session_on(&session_options(Some(script), &rank_opts, cancel.clone()), world) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("{who}error: {e}");
             return USAGE_ERROR;
         }
     };
     let run = session.clone();
     let run_dir = run.run.path().display().to_string();
-    eprintln!("run directory: {run_dir}");
+    if world.is_root() {
+        eprintln!("run directory: {run_dir}");
+    }
+    if world.is_distributed() {
+        if let Err(e) = agree_on_script(world, script, set, &session) {
+            eprintln!("{who}error: {e}");
+            return USAGE_ERROR;
+        }
+    }
     match run_file(session, script, args, Echo::Terminal, opts.limits.limits()) {
         Ok(_) => 0,
         Err(d) => {
-            eprintln!("{d}");
+            eprintln!("{who}{d}");
             // The log is the run's record; a failed run's reason belongs in it too.
-            if let Err(e) = run.run.log_output(&d.to_string()) {
-                eprintln!("error: {e}");
+            if let Err(e) = run.run.log_output(&format!("{who}{d}")) {
+                eprintln!("{who}error: {e}");
             }
-            eprintln!("run directory: {run_dir}");
+            eprintln!("{who}run directory: {run_dir}");
             if cancel.is_cancelled() {
                 INTERRUPTED
             } else {
@@ -100,6 +157,29 @@ pub fn run(script: &Path, set: &[String], opts: &RunArgs) -> u8 {
             }
         }
     }
+}
+
+/// Every rank must run the same script with the same `--set` arguments; each says in its log who
+/// it is, so a rank's process can be found.
+fn agree_on_script(
+    world: &World,
+    script: &Path,
+    set: &[String],
+    session: &medbridge_runtime::run::Session,
+) -> Result<(), String> {
+    let source = read_script(script).map_err(|d| d.to_string())?;
+    let host = std::env::var("HOSTNAME").unwrap_or_default();
+    let line = format!(
+        "rank {} of {}: pid {}{}, device {}",
+        world.rank(),
+        world.size(),
+        std::process::id(),
+        if host.is_empty() { String::new() } else { format!(" on {host}") },
+        medbridge_runtime::device::device_name(&session.device)
+    );
+    session.run.log_output(&line).map_err(|e| e.to_string())?;
+    let digest = text_fingerprint(&format!("{source}\n--set {set:?}"));
+    check_agreement(world, "the script and its --set arguments", &digest).map_err(|e| e.to_string())
 }
 
 /// `--out` names a new or empty folder: files of an earlier run beside the new ones would be read

@@ -43,6 +43,9 @@ impl Completer for ReplHelper {
 }
 
 pub fn repl(opts: &RunArgs) -> u8 {
+    if let Some(code) = crate::commands::refuse_under_mpi("repl") {
+        return code;
+    }
     if let Err(e) = require_fresh_out(opts.out.as_deref()) {
         eprintln!("error: {e}");
         return USAGE_ERROR;

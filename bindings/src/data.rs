@@ -371,7 +371,8 @@ pub mod data_api {
     /// Write synthetic MedMNIST `.npz` files (the official format, marked `synthetic`) into the
     /// run directory and return that directory, ready for `medmnist(flag, #{root: dir})`:
     /// `synth_medmnist(#{tasks: ["pathmnist"], size: 28, n_train: 500, n_val: 100, n_test: 200,
-    /// difficulty: 0.3, task_difficulty: #{pathmnist: 0.6}, seed: 0, out: "synthetic"})`.
+    /// difficulty: 0.3, task_difficulty: #{pathmnist: 0.6}, seed: 0, out: "synthetic"})`. Under
+    /// MPI rank 0 writes them and every rank gets the folder.
     #[rhai_fn(return_raw)]
     pub fn synth_medmnist(ctx: NativeCallContext, options: Map) -> Result<String, Box<EvalAltResult>> {
         let o = SYNTH_MEDMNIST.parse(&options)?;
@@ -395,8 +396,14 @@ pub mod data_api {
         }
         opts.seed = seed_or_next(&ctx, o.int("seed")?)?;
         let out = o.string_or_default("out")?;
-        opts.out_dir = session(&ctx)?.sandbox.resolve_write(&out).script()?;
-        medbridge_runtime::data::synth_medmnist(&opts).script()?;
+        let s = session(&ctx)?;
+        // Under MPI every rank calls this with the same options: rank 0 writes the files and the
+        // others wait for them, then read the same folder.
+        opts.out_dir = s.sandbox.resolve_collective_write(&out).script()?;
+        if s.world.is_root() {
+            medbridge_runtime::data::synth_medmnist(&opts).script()?;
+        }
+        s.world.any("synth_medmnist: rank 0 writing the files", false).script()?;
         Ok(opts.out_dir.display().to_string())
     }
 

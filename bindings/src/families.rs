@@ -75,7 +75,7 @@ pub fn families() -> Vec<Family> {
         },
         Family {
             name: "run",
-            doc: "the run directory, metrics, seeds, sandboxed file access and a sweep's collected cells",
+            doc: "the run directory, metrics, seeds, sandboxed file access, a sweep's collected cells, and the MPI rank",
             module: exported_module!(crate::run::run_api),
             options: &[],
         },

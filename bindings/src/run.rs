@@ -1,7 +1,8 @@
 //! The `run` family: the run directory, metrics, seeds, and sandboxed file access.
 //!
 //! Scripts touch files only through these functions and the loaders of the other families.
-//! Reads are allowed under the sandbox's roots; writes land inside the run directory.
+//! Reads are allowed under the sandbox's roots; writes land inside the run directory (from rank 0
+//! only under MPI; `rank()` and `world_size()` tell a script where it runs).
 
 use rhai::plugin::*;
 
@@ -92,6 +93,20 @@ pub mod run_api {
     #[rhai_fn(return_raw)]
     pub fn run_dir(ctx: NativeCallContext) -> Result<String, Box<EvalAltResult>> {
         Ok(session(&ctx)?.run.path().display().to_string())
+    }
+
+    /// This process's rank in an MPI run (`mpirun -np N medbridge run ...`); 0 in a run of one
+    /// process. Only rank 0 may write files, so a script saves under `if rank() == 0 { ... }`.
+    #[rhai_fn(return_raw)]
+    pub fn rank(ctx: NativeCallContext) -> Result<i64, Box<EvalAltResult>> {
+        Ok(session(&ctx)?.world.rank() as i64)
+    }
+
+    /// How many ranks the run has (1 without MPI); `sft`, `grpo` and `evaluate` split their work
+    /// over them.
+    #[rhai_fn(return_raw)]
+    pub fn world_size(ctx: NativeCallContext) -> Result<i64, Box<EvalAltResult>> {
+        Ok(session(&ctx)?.world.size() as i64)
     }
 
     /// Read a text file (under the script's, the current or a data directory).

@@ -4,7 +4,7 @@
 //! turns a multiple-choice task into a support report (greedy Acc@1 and sampled Pass@k), reading
 //! answers with the task's own extractor — the same one GRPO rewards with.
 
-use medbridge_runtime::eval::{evaluate, EvalOptions, DEFAULT_EVAL_MAX_NEW_TOKENS, DEFAULT_EVAL_SAMPLES};
+use medbridge_runtime::eval::{evaluate_on, EvalOptions, DEFAULT_EVAL_MAX_NEW_TOKENS, DEFAULT_EVAL_SAMPLES};
 use medbridge_runtime::models::Vlm;
 use medbridge_runtime::sample::{
     sample, SampleRequest, SamplerOptions, DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_SEQS,
@@ -330,7 +330,7 @@ pub mod sample_api {
         if let Some(p) = preset {
             s.run.record_settings("evaluate", eval_settings(p, &opts)).script()?;
         }
-        let run = evaluate(&model, &task, &opts, Some(&s.cancel), s.progress).script()?;
+        let run = evaluate_on(&s.world, &model, &task, &opts, Some(&s.cancel), s.progress).script()?;
         let report = run.report;
         if preset.is_some() {
             for (name, value) in [

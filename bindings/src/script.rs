@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use medbridge_runtime::dist::World;
 use medbridge_runtime::run::{CancelFlag, MemoryBudget, ProgressMode, RunDir, Session};
 use medbridge_runtime::sandbox::Sandbox;
 use rhai::{Dynamic, Engine, Map, Scope, AST};
@@ -30,6 +31,13 @@ pub struct SessionOptions {
 
 /// Create the run directory and sandbox and select the device.
 pub fn open_session(opts: &SessionOptions) -> medbridge_runtime::Result<Arc<Session>> {
+    open_session_on(opts, &World::single())
+}
+
+/// As [`open_session`] for one rank of `world`: rank 0 creates the run directory and tells the
+/// others its path; they attach to it (logging to `rank-N.log`) with a sandbox that refuses
+/// writes.
+pub fn open_session_on(opts: &SessionOptions, world: &World) -> medbridge_runtime::Result<Arc<Session>> {
     let device = medbridge_runtime::device::parse_device(&opts.device)?;
     let stem = opts
         .script
@@ -37,17 +45,36 @@ pub fn open_session(opts: &SessionOptions) -> medbridge_runtime::Result<Arc<Sess
         .and_then(|p| p.file_stem())
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "repl".to_string());
-    let run = RunDir::create(opts.out.as_deref(), &stem)?;
+    let created = world.is_root().then(|| RunDir::create(opts.out.as_deref(), &stem));
+    let run = match created {
+        Some(created) if !world.is_distributed() => created?,
+        created => {
+            // Rank 0 sends an empty path when it failed, so the others stop too.
+            let path = created.as_ref().map(|c| c.as_ref().map(|r| r.path().display().to_string()));
+            let agreed =
+                world.broadcast_text("the run directory", &path.and_then(Result::ok).unwrap_or_default())?;
+            match created {
+                Some(created) => created?,
+                None if agreed.is_empty() => {
+                    medbridge_runtime::bail!("rank 0 could not create the run directory (its error says why)")
+                }
+                None => RunDir::attach_rank(Path::new(&agreed), world.rank())?,
+            }
+        }
+    };
     let script_dir = opts
         .script
         .as_ref()
         .and_then(|p| p.canonicalize().ok())
         .and_then(|p| p.parent().map(Path::to_path_buf));
     let (roots, bases) = Sandbox::standard_roots(script_dir.as_deref(), &opts.allow_read);
-    let sandbox = Sandbox::new(roots, bases, run.path())?;
-    let progress = if opts.quiet { ProgressMode::Quiet } else { ProgressMode::Auto };
-    let session =
-        Session::new(device, sandbox, run, opts.cancel.clone(), progress).with_offline(opts.offline);
+    let sandbox = Sandbox::new(roots, bases, run.path())?.for_rank(world.rank(), world.size());
+    // One set of progress bars: rank 0's.
+    let quiet = opts.quiet || !world.is_root();
+    let progress = if quiet { ProgressMode::Quiet } else { ProgressMode::Auto };
+    let session = Session::new(device, sandbox, run, opts.cancel.clone(), progress)
+        .with_offline(opts.offline)
+        .with_world(world.clone());
     Ok(Arc::new(match opts.max_memory {
         Some(bytes) => session.with_memory(MemoryBudget::given(bytes)),
         None => session,

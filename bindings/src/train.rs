@@ -48,6 +48,7 @@ fn train_context(s: &Session) -> TrainContext<'_> {
         progress: s.progress,
         out_dir: None,
         memory: s.memory,
+        world: s.world.clone(),
     }
 }
 

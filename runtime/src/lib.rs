@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod hub;

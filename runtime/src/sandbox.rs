@@ -9,6 +9,9 @@
 //! `medmnist(.., #{download: true})`): they write only into the Hugging Face cache and
 //! `MEDMNIST_ROOT`, at places the script cannot choose (a file's name in the cache is its hash;
 //! a MedMNIST download into any other `root` is refused).
+//!
+//! Under MPI only rank 0 writes: on any other rank every script write is refused with an error
+//! that says how to write from rank 0 alone, since the ranks would otherwise race on one file.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -28,6 +31,8 @@ pub struct Sandbox {
     /// Relative reads are tried against these, in order.
     bases: Vec<PathBuf>,
     write_root: PathBuf,
+    /// `(rank, ranks)` of a rank other than 0 in an MPI run: its writes are refused.
+    follower: Option<(usize, usize)>,
 }
 
 impl Sandbox {
@@ -42,7 +47,7 @@ impl Sandbox {
             .filter_map(|r| planned_real_path(&r.path).map(|path| ReadRoot { path, origin: r.origin }))
             .collect();
         roots.push(ReadRoot { path: write_root.clone(), origin: "the run directory".into() });
-        Ok(Sandbox { read_roots: roots, bases, write_root })
+        Ok(Sandbox { read_roots: roots, bases, write_root, follower: None })
     }
 
     /// The standard roots: the current directory, the script's directory, `MEDBRIDGE_DATA`,
@@ -73,6 +78,17 @@ impl Sandbox {
             roots.push(ReadRoot { path: p.clone(), origin: format!("--allow-read {}", p.display()) });
         }
         (roots, bases)
+    }
+
+    /// The same sandbox for rank `rank` of `ranks`: on a rank other than 0 it refuses writes.
+    pub fn for_rank(self, rank: usize, ranks: usize) -> Self {
+        Sandbox { follower: (rank > 0).then_some((rank, ranks)), ..self }
+    }
+
+    /// [`Self::resolve_write`] for a write every rank makes together and rank 0 carries out (the
+    /// caller writes only on rank 0 and the others wait for it): the path, on any rank.
+    pub fn resolve_collective_write(&self, path: &str) -> Result<PathBuf> {
+        Sandbox { follower: None, ..self.clone() }.resolve_write(path)
     }
 
     pub fn write_root(&self) -> &Path {
@@ -122,6 +138,12 @@ impl Sandbox {
     /// Resolve a path a script wants to write: relative paths land in the run directory, and the
     /// result (after `..` and symlinks) must stay inside it. Parent directories are created.
     pub fn resolve_write(&self, path: &str) -> Result<PathBuf> {
+        if let Some((rank, ranks)) = self.follower {
+            crate::bail!(
+                "writing `{path}` is not rank-safe: under MPI only rank 0 writes files (this is rank \
+                 {rank} of {ranks}); write it from rank 0 alone: `if rank() == 0 {{ ... }}`"
+            );
+        }
         let raw = Path::new(path);
         let joined = if raw.is_absolute() { raw.to_path_buf() } else { self.write_root.join(raw) };
         let refuse = || {
@@ -265,6 +287,15 @@ mod tests {
         std::fs::write(cache.join("x.png"), "x").unwrap();
         assert!(sandbox.resolve_read(cache.join("x.png").to_str().unwrap()).is_ok());
         assert!(sandbox.resolve_read(dir.path().join("run/../y").to_str().unwrap()).is_err());
+    }
+
+    #[test]
+    fn ranks_other_than_0_may_not_write() {
+        let f = fixture();
+        let root = f.sandbox.clone().for_rank(0, 2);
+        assert!(root.resolve_write("a.json").is_ok());
+        let err = f.sandbox.for_rank(1, 2).resolve_write("a.json").unwrap_err().to_string();
+        assert!(err.contains("not rank-safe") && err.contains("rank 1 of 2"), "{err}");
     }
 
     #[test]

@@ -99,6 +99,9 @@ const OWN_ARGS: [&str; 12] = [
 ];
 
 pub fn main(cmd: SweepCommand) -> u8 {
+    if let Some(code) = crate::commands::refuse_under_mpi("sweep") {
+        return code;
+    }
     match cmd.action {
         Some(SweepAction::Status { dir }) => status::print_status(&dir),
         Some(SweepAction::Cell { dir, index }) => cell::run_slurm_task(&dir, index),

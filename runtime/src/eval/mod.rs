@@ -20,7 +20,9 @@ use crate::sample::{generate, Job, LogitsOptions, RowSpec, Sample, SampleRequest
 use crate::task::{McqTask, TaskPreset};
 
 mod modality;
+mod sharded;
 pub use modality::{label_modality, DEFAULT_LABELS, MODALITY_QUESTION};
+pub use sharded::evaluate_on;
 
 /// Long enough for `<answer>X</answer>` and a little slack; think-style tasks need far more.
 pub const DEFAULT_EVAL_MAX_NEW_TOKENS: usize = 16;

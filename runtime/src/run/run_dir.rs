@@ -3,6 +3,10 @@
 //! `script.rhai` + `script.sha256` (what ran), `run.json` (args, device, seed, versions),
 //! `metrics.jsonl` (every logged value, stamped with time and step) and `output.log` (what the
 //! script printed). A run can be re-checked and compared without the terminal it ran in.
+//!
+//! Under MPI rank 0 creates the directory and writes all of this; every other rank attaches to it
+//! ([`RunDir::attach_rank`]) and writes only its own `rank-N.log` (what it printed and warned),
+//! so the run directory has one writer per file.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -19,8 +23,13 @@ use crate::error::{Error, Result};
 pub struct RunDir {
     path: PathBuf,
     started: Instant,
-    metrics: Mutex<BufWriter<File>>,
+    /// `None` on a rank other than 0: its metrics are rank 0's.
+    metrics: Option<Mutex<BufWriter<File>>>,
     output: Mutex<BufWriter<File>>,
+    /// `output.log`, or `rank-N.log` on rank N > 0.
+    output_name: String,
+    /// 0, or the rank of a process attached to rank 0's directory.
+    rank: usize,
     steps: Mutex<HashMap<String, u64>>,
     said_once: Mutex<HashSet<String>>,
     /// Held while `run.json` is read and rewritten, so two records never interleave.
@@ -47,8 +56,33 @@ impl RunDir {
             File::create(&p).map(BufWriter::new).map_err(|e| Error::io(&p, e))
         };
         Ok(RunDir {
-            metrics: Mutex::new(open("metrics.jsonl")?),
+            metrics: Some(Mutex::new(open("metrics.jsonl")?)),
             output: Mutex::new(open("output.log")?),
+            output_name: "output.log".into(),
+            rank: 0,
+            path,
+            started: Instant::now(),
+            steps: Mutex::new(HashMap::new()),
+            said_once: Mutex::new(HashSet::new()),
+            run_json: Mutex::new(()),
+        })
+    }
+
+    /// Rank `rank` (> 0) of an MPI run joining the directory rank 0 created at `path`: it logs to
+    /// `rank-{rank}.log` there and records nothing else.
+    pub fn attach_rank(path: &Path, rank: usize) -> Result<Self> {
+        if rank == 0 {
+            crate::bail!("rank 0 creates the run directory; it does not attach to one");
+        }
+        let path = path.canonicalize().map_err(|e| Error::io(path, e))?;
+        let output_name = format!("rank-{rank}.log");
+        let log = path.join(&output_name);
+        let output = File::create(&log).map(BufWriter::new).map_err(|e| Error::io(&log, e))?;
+        Ok(RunDir {
+            metrics: None,
+            output: Mutex::new(output),
+            output_name,
+            rank,
             path,
             started: Instant::now(),
             steps: Mutex::new(HashMap::new()),
@@ -61,10 +95,18 @@ impl RunDir {
         &self.path
     }
 
+    /// Whether this process writes the run's records (rank 0, or a run of one process).
+    pub fn is_writer(&self) -> bool {
+        self.rank == 0
+    }
+
     /// Keep a copy of the script and its SHA-256, so a result can be traced to its exact source.
     pub fn record_script(&self, source: &str) -> Result<String> {
         let digest = Sha256::digest(source.as_bytes());
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        if !self.is_writer() {
+            return Ok(hex);
+        }
         self.write("script.rhai", source.as_bytes())?;
         self.write("script.sha256", format!("{hex}  script.rhai\n").as_bytes())?;
         Ok(hex)
@@ -72,6 +114,9 @@ impl RunDir {
 
     /// Write `run.json` (resolved args, device, seed, ...).
     pub fn record_run(&self, info: &Value) -> Result<()> {
+        if !self.is_writer() {
+            return Ok(());
+        }
         let _held = self.run_json.lock().unwrap_or_else(|p| p.into_inner());
         self.write_atomically("run.json", serde_json::to_string_pretty(info)?.as_bytes())
     }
@@ -81,6 +126,9 @@ impl RunDir {
     /// with. The file is rewritten through a temporary file and a rename, so a reader never
     /// sees half of it.
     pub fn record_settings(&self, function: &str, settings: Value) -> Result<()> {
+        if !self.is_writer() {
+            return Ok(());
+        }
         let _held = self.run_json.lock().unwrap_or_else(|p| p.into_inner());
         let path = self.path.join("run.json");
         let mut info = match std::fs::read_to_string(&path) {
@@ -114,6 +162,7 @@ impl RunDir {
 
     /// Append one metric line. Without an explicit step, each name counts its own steps from 0.
     pub fn log_metric(&self, name: &str, value: Value, step: Option<u64>) -> Result<()> {
+        let Some(metrics) = &self.metrics else { return Ok(()) };
         let step = {
             let mut steps = self.steps.lock().unwrap_or_else(|p| p.into_inner());
             let counter = steps.entry(name.to_string()).or_insert(0);
@@ -123,7 +172,7 @@ impl RunDir {
         };
         let line =
             json!({"time": self.started.elapsed().as_secs_f64(), "step": step, "name": name, "value": value});
-        let mut w = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
+        let mut w = metrics.lock().unwrap_or_else(|p| p.into_inner());
         writeln!(w, "{line}")
             .and_then(|_| w.flush())
             .map_err(|e| Error::io(self.path.join("metrics.jsonl"), e))
@@ -135,10 +184,12 @@ impl RunDir {
         self.said_once.lock().unwrap_or_else(|p| p.into_inner()).insert(key.to_string())
     }
 
-    /// Append a line of script output to `output.log`.
+    /// Append a line of script output to `output.log` (`rank-N.log` on rank N > 0).
     pub fn log_output(&self, line: &str) -> Result<()> {
         let mut w = self.output.lock().unwrap_or_else(|p| p.into_inner());
-        writeln!(w, "{line}").and_then(|_| w.flush()).map_err(|e| Error::io(self.path.join("output.log"), e))
+        writeln!(w, "{line}")
+            .and_then(|_| w.flush())
+            .map_err(|e| Error::io(self.path.join(&self.output_name), e))
     }
 }
 
@@ -216,6 +267,22 @@ mod tests {
             json!([{"function": "grpo", "settings": {"lr": 5e-7}}, {"function": "evaluate", "settings": {"n": 16}}])
         );
         assert!(!run.path().join(".run.json.tmp").exists());
+    }
+
+    #[test]
+    fn another_rank_writes_only_its_own_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = RunDir::create(Some(&dir.path().join("r")), "x").unwrap();
+        let other = RunDir::attach_rank(root.path(), 1).unwrap();
+        other.log_output("hello from rank 1").unwrap();
+        other.log_metric("loss", json!(1.0), Some(0)).unwrap();
+        other.record_run(&json!({"seed": 7})).unwrap();
+        other.record_script("print(1);").unwrap();
+        let log = std::fs::read_to_string(root.path().join("rank-1.log")).unwrap();
+        assert_eq!(log, "hello from rank 1\n");
+        assert_eq!(std::fs::read_to_string(root.path().join("metrics.jsonl")).unwrap(), "");
+        assert!(!root.path().join("run.json").exists() && !root.path().join("script.rhai").exists());
+        assert!(!other.is_writer() && RunDir::attach_rank(root.path(), 0).is_err());
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! `Session`: what every primitive of one run shares — device, seed, sandbox, run directory,
-//! cancel flag, progress mode and memory budget. The bindings hold one `Arc<Session>` per engine.
+//! cancel flag, progress mode, memory budget and the ranks of an MPI run. The bindings hold one
+//! `Arc<Session>` per engine.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::Device;
 
 use super::{CancelFlag, MemoryBudget, ProgressMode, RunDir};
+use crate::dist::World;
 use crate::sandbox::Sandbox;
 
 #[derive(Debug)]
@@ -19,6 +21,8 @@ pub struct Session {
     pub memory: MemoryBudget,
     /// `--offline`: loaders never touch the network (as with `HF_HUB_OFFLINE=1`).
     pub offline: bool,
+    /// The ranks training and evaluation split their work over (one process unless under MPI).
+    pub world: World,
     seed: AtomicU64,
     draws: AtomicU64,
 }
@@ -42,6 +46,7 @@ impl Session {
             progress,
             memory: MemoryBudget::machine_default(),
             offline: false,
+            world: World::single(),
             seed: AtomicU64::new(DEFAULT_SEED),
             draws: AtomicU64::new(0),
         }
@@ -50,6 +55,11 @@ impl Session {
     /// The same session under another memory budget (`--max-memory`).
     pub fn with_memory(self, memory: MemoryBudget) -> Self {
         Session { memory, ..self }
+    }
+
+    /// The same session as one rank of `world`.
+    pub fn with_world(self, world: World) -> Self {
+        Session { world, ..self }
     }
 
     /// Refuse network access for this run's loaders (`--offline`).

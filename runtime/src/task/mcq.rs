@@ -180,6 +180,14 @@ impl McqTask {
         McqTask { items: self.items[..n.min(self.items.len())].to_vec().into(), ..self.clone() }
     }
 
+    /// Items `range` (clipped to the task), with the same template and extractor: one rank's
+    /// share of an evaluation.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> McqTask {
+        let end = range.end.min(self.items.len());
+        let start = range.start.min(end);
+        McqTask { items: self.items[start..end].to_vec().into(), ..self.clone() }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -92,13 +92,18 @@ pub fn load_trainer_tensors(
 }
 
 /// Write `out/checkpoint-{step}` and return its path.
+/// Where [`save`] puts the checkpoint of `step` under `out`.
+pub fn checkpoint_dir(out: &Path, step: u64) -> PathBuf {
+    out.join(format!("checkpoint-{step}"))
+}
+
 pub fn save(
     out: &Path,
     trainable: &[(String, Var)],
     optimizer: &AdamW,
     state: &TrainerState,
 ) -> Result<PathBuf> {
-    let dir = out.join(format!("checkpoint-{}", state.step));
+    let dir = checkpoint_dir(out, state.step);
     let run = || -> Result<()> {
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let weights: HashMap<String, Tensor> = trainable

@@ -1,6 +1,7 @@
 //! Where a training call reports and how it stops: the run directory for metrics and warnings,
-//! the cancel flag, the progress mode, where its checkpoints go, and the memory budget of its
-//! sampling.
+//! the cancel flag, the progress mode, where its checkpoints go, the memory budget of its
+//! sampling, and the ranks it splits its batches over (under MPI, rank 0 alone claims the
+//! checkpoint folder and writes into it).
 //!
 //! Under a run directory each call gets its own checkpoint folder, `checkpoints/{trainer}/` for
 //! the first `sft` (or `grpo`) of the run, then `checkpoints/{trainer}-2/`, `-3/`, … for later
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
+use crate::dist::World;
 use crate::error::{Error, Result};
 use crate::run::{CancelFlag, MemoryBudget, ProgressMode, RunDir};
 
@@ -27,6 +29,8 @@ pub struct TrainContext<'a> {
     pub out_dir: Option<PathBuf>,
     /// What one rollout or evaluation sampling call may hold (the run's `--max-memory`).
     pub memory: MemoryBudget,
+    /// The ranks of the run; one process unless under MPI.
+    pub world: World,
 }
 
 impl TrainContext<'_> {
@@ -39,11 +43,23 @@ impl TrainContext<'_> {
             progress: ProgressMode::Quiet,
             out_dir: None,
             memory: MemoryBudget::machine_default(),
+            world: World::single(),
         }
     }
 
-    /// Claim this call's checkpoint folder for `trainer` (`"sft"` or `"grpo"`).
+    /// Claim this call's checkpoint folder for `trainer` (`"sft"` or `"grpo"`): rank 0 claims it
+    /// and every other rank learns its path.
     pub(crate) fn claim_checkpoint_dir(&self, trainer: &str) -> Result<Option<PathBuf>> {
+        let claimed = if self.world.is_root() { self.claim_here(trainer)? } else { None };
+        if !self.world.is_distributed() {
+            return Ok(claimed);
+        }
+        let text = claimed.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        let agreed = self.world.broadcast_text("the checkpoint folder", &text)?;
+        Ok((!agreed.is_empty()).then(|| PathBuf::from(agreed)))
+    }
+
+    fn claim_here(&self, trainer: &str) -> Result<Option<PathBuf>> {
         if let Some(out) = &self.out_dir {
             return Ok(Some(out.clone()));
         }

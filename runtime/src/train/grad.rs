@@ -1,10 +1,11 @@
-//! Gradients between backward passes and the optimiser: accumulation over micro-batches,
-//! global-norm clipping (as `torch.nn.utils.clip_grad_norm_`) and the guard that skips updates
-//! whose loss or gradient is not finite.
+//! Gradients between backward passes and the optimiser: accumulation over micro-batches, the sum
+//! over MPI ranks, global-norm clipping (as `torch.nn.utils.clip_grad_norm_`) and the guard that
+//! skips updates whose loss or gradient is not finite.
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
+use crate::dist::World;
 use crate::error::Result;
 
 /// Sums of f32 gradients over micro-batches, one per parameter (zeros where none flowed).
@@ -31,6 +32,26 @@ impl GradAccumulator {
             if let Some(g) = grads.get(var.as_tensor()) {
                 *sum = (&*sum + (g.to_dtype(DType::F32)? * scale)?)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Replace each sum by its sum over the ranks of `world` (through host memory, as f32), so
+    /// every rank holds the whole batch's gradient before clipping and the update.
+    pub fn all_reduce(&mut self, world: &World) -> Result<()> {
+        if !world.is_distributed() {
+            return Ok(());
+        }
+        let mut flat = Vec::with_capacity(self.sums.iter().map(Tensor::elem_count).sum());
+        for sum in &self.sums {
+            flat.extend(sum.flatten_all()?.to_vec1::<f32>()?);
+        }
+        world.all_reduce_f32("the all-reduce of gradients", &mut flat)?;
+        let mut at = 0;
+        for sum in self.sums.iter_mut() {
+            let n = sum.elem_count();
+            *sum = Tensor::from_slice(&flat[at..at + n], sum.shape(), sum.device())?;
+            at += n;
         }
         Ok(())
     }

@@ -18,9 +18,13 @@
 //! reference); every step's
 //! sampling seed derives from the run seed and the step, so a resumed run draws the same
 //! completions and repeats the uninterrupted run's losses and rewards.
+//!
+//! Under MPI (`ctx.world`) each rank samples and trains on whole groups of a step's prompts
+//! (`rollouts.rs`, `grpo_step.rs`); CARE's bonus and confidence means are summed over the ranks.
 
 use std::path::PathBuf;
 
+use crate::dist::World;
 use crate::error::Result;
 use crate::models::qwen2_5_vl::LoraConfig;
 use crate::models::Vlm;
@@ -167,6 +171,8 @@ pub fn grpo_with_rewards(
     ctx: &TrainContext,
 ) -> Result<(Vlm, GrpoSummary)> {
     check(opts)?;
+    let described = format!("{opts:?}; rewards {:?}; task {} of {}", custom.names(), task.name(), task.len());
+    crate::dist::check_call(&ctx.world, "grpo", &vlm.model, &described)?;
     let names: Vec<(&str, f64)> = opts.rewards.iter().map(|(n, w)| (n.as_str(), *w)).collect();
     let mut rewards = Rewards::builtin(&names)?;
     for r in custom.rewards {
@@ -212,7 +218,14 @@ pub fn grpo_with_rewards(
         eval: opts.eval.as_ref(),
     };
     let mut trainer = GrpoStep {
-        source: RolloutSource { policy: &policy, task, rewards: &rewards, sampler, cancel: &ctx.cancel },
+        source: RolloutSource {
+            policy: &policy,
+            task,
+            rewards: &rewards,
+            sampler,
+            cancel: &ctx.cancel,
+            world: &ctx.world,
+        },
         opts,
         dynamic: opts.dynamic_sampling.then(|| opts.max_draws.unwrap_or(3 * opts.batch)),
         pad: vlm.processor.endoftext_id(),
@@ -253,14 +266,25 @@ struct Care {
 impl Care {
     /// Add each rollout's bonus (per prompt group of `group`) to its reward; returns the mean
     /// bonus and the mean confidence.
-    fn reward(&self, rollouts: &mut [Rollout], group: usize, policy: &Vlm, pad: u32) -> Result<(f64, f64)> {
-        if rollouts.is_empty() {
+    fn reward(
+        &self,
+        rollouts: &mut [Rollout],
+        group: usize,
+        policy: &Vlm,
+        pad: u32,
+        world: &World,
+    ) -> Result<(f64, f64)> {
+        let mut sums = [0.0; 3];
+        if !rollouts.is_empty() {
+            let confidence = self.reference.confidences(rollouts, &policy.processor, pad)?;
+            let bonus = add_care_bonus(rollouts, &confidence, &self.options.bonus, group)?;
+            sums = [bonus.iter().sum(), confidence.iter().sum(), rollouts.len() as f64];
+        }
+        world.all_reduce_f64("grpo: CARE's bonus and confidence", &mut sums)?;
+        if sums[2] == 0.0 {
             return Ok((0.0, 0.0));
         }
-        let confidence = self.reference.confidences(rollouts, &policy.processor, pad)?;
-        let bonus = add_care_bonus(rollouts, &confidence, &self.options.bonus, group)?;
-        let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
-        Ok((mean(&bonus), mean(&confidence)))
+        Ok((sums[0] / sums[2], sums[1] / sums[2]))
     }
 }
 
@@ -295,12 +319,14 @@ impl Trainer for GrpoStep<'_> {
         let mut drawn = self.source.step(&mut state.order, opts.batch, self.dynamic, seed)?;
         let care = match &self.care {
             Some(care) => {
-                Some(care.reward(&mut drawn.rollouts, opts.step.group, self.source.policy, self.pad)?)
+                let (policy, world) = (self.source.policy, self.source.world);
+                Some(care.reward(&mut drawn.rollouts, opts.step.group, policy, self.pad, world)?)
             }
             None => None,
         };
         let model = &self.source.policy.model;
-        let mut stats = if drawn.rollouts.is_empty() {
+        let world = self.source.world;
+        let mut stats = if !world.any("grpo: whether any rollouts are left", !drawn.rollouts.is_empty())? {
             GrpoStepStats::default()
         } else {
             grpo_step(
@@ -311,6 +337,7 @@ impl Trainer for GrpoStep<'_> {
                 &mut state.guard,
                 lr,
                 self.pad,
+                world,
             )?
         };
         if let Some(care) = &self.care {

@@ -7,6 +7,10 @@
 //! `token_mean` (DAPO) averages over every completion token of the batch, `seq_mean` (original
 //! GRPO) over each completion's tokens and then over completions, and `dr_grpo` divides the sum
 //! by `completions × max_completion_length`, so no length is favoured.
+//!
+//! Under MPI each rank computes the loss of its share of the completions over the whole batch's
+//! token and completion counts ([`LossTotals`]), so the ranks' losses and gradients sum to one
+//! process's.
 
 use candle_core::{DType, Tensor};
 
@@ -62,6 +66,22 @@ impl Default for GrpoLossConfig {
     }
 }
 
+/// The denominators of the aggregations: the whole batch's counted tokens and completions (across
+/// ranks under MPI).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossTotals {
+    pub tokens: f64,
+    pub completions: f64,
+}
+
+impl LossTotals {
+    /// This batch's own counts.
+    pub fn of(mask: &Tensor) -> Result<Self> {
+        let tokens = mask.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as f64;
+        Ok(LossTotals { tokens, completions: mask.dims2()?.0 as f64 })
+    }
+}
+
 /// Per-token inputs, all `[completions, width]` f32 except `advantages` `[completions]`.
 #[derive(Debug, Clone, Copy)]
 pub struct GrpoLossInputs<'a> {
@@ -74,6 +94,8 @@ pub struct GrpoLossInputs<'a> {
     pub advantages: &'a Tensor,
     /// 1 for a completion token that counts, 0 for padding (and for masked truncated completions).
     pub mask: &'a Tensor,
+    /// The denominators; `None`: this batch's own ([`LossTotals::of`]).
+    pub totals: Option<LossTotals>,
 }
 
 /// The loss and what is logged beside it.
@@ -94,8 +116,11 @@ fn masked_mean(x: &Tensor, mask: &Tensor) -> Result<f64> {
 }
 
 pub fn grpo_loss(cfg: &GrpoLossConfig, x: &GrpoLossInputs) -> Result<GrpoLoss> {
-    let (rows, _) = x.logprobs.dims2()?;
     let mask = x.mask.to_dtype(DType::F32)?;
+    let totals = match x.totals {
+        Some(t) => t,
+        None => LossTotals::of(&mask)?,
+    };
     let ratio = (x.logprobs - x.old_logprobs)?.exp()?;
     let clipped = ratio.clamp(1.0 - cfg.epsilon_low, 1.0 + cfg.epsilon_high)?;
     let adv = x.advantages.to_dtype(DType::F32)?.unsqueeze(1)?;
@@ -113,14 +138,14 @@ pub fn grpo_loss(cfg: &GrpoLossConfig, x: &GrpoLossInputs) -> Result<GrpoLoss> {
     }
     let masked = (per_token * &mask)?;
     let loss = match cfg.aggregation {
-        LossAggregation::TokenMean => {
-            (masked.sum_all()? / mask.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64)?
-        }
+        LossAggregation::TokenMean => (masked.sum_all()? / totals.tokens.max(1.0))?,
         LossAggregation::SeqMean => {
             let lengths = mask.sum(1)?.clamp(1.0, f64::INFINITY)?;
-            (masked.sum(1)? / lengths)?.mean_all()?
+            ((masked.sum(1)? / lengths)?.sum_all()? / totals.completions.max(1.0))?
         }
-        LossAggregation::DrGrpo => (masked.sum_all()? / (rows * cfg.max_completion_length.max(1)) as f64)?,
+        LossAggregation::DrGrpo => {
+            (masked.sum_all()? / (totals.completions * cfg.max_completion_length.max(1) as f64).max(1.0))?
+        }
     };
     let ratio_d = ratio.detach();
     let adv_sign = adv.broadcast_as(ratio_d.shape())?;
@@ -167,6 +192,7 @@ mod tests {
             ref_logprobs: Some(&reference),
             advantages: &adv,
             mask: &mask,
+            totals: None,
         };
         grpo_loss(&cfg, &x).unwrap()
     }
@@ -215,6 +241,7 @@ mod tests {
             ref_logprobs: None,
             advantages: &adv,
             mask: &mask,
+            totals: None,
         };
         let out = grpo_loss(&GrpoLossConfig::default(), &x).unwrap();
         let g: Vec<Vec<f32>> = out.loss.backward().unwrap().get(var.as_tensor()).unwrap().to_vec2().unwrap();

@@ -261,7 +261,17 @@ mod tests {
         let mut opt = AdamW::new(model.trainable(), AdamWConfig::default()).unwrap();
         let mut guard = NonFiniteGuard::new(3);
         let pad = vlm.processor.endoftext_id();
-        let stats = grpo_step(&model, &rs, &opts.step, &mut opt, &mut guard, opts.lr, pad).unwrap();
+        let stats = grpo_step(
+            &model,
+            &rs,
+            &opts.step,
+            &mut opt,
+            &mut guard,
+            opts.lr,
+            pad,
+            &crate::dist::World::single(),
+        )
+        .unwrap();
         let want_loss = -want_adv.iter().sum::<f64>() / want_adv.len() as f64;
         assert!((stats.loss - want_loss).abs() < 1e-6, "{} vs {want_loss}", stats.loss);
         assert_eq!((stats.updates, stats.clip_low, stats.clip_high, stats.kl), (1, 0.0, 0.0, 0.0));

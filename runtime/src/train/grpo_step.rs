@@ -6,14 +6,20 @@
 //! With `mu = 1` the sampling policy is the current one, so (as TRL does) the old log-probs are
 //! the current ones detached and the ratio is exactly 1; with `mu > 1` the sampler's log-probs
 //! are the old policy's.
+//!
+//! Under MPI each rank holds whole groups of the batch; the loss's denominators are the batch's
+//! (summed over ranks first), the gradients and the logged statistics are summed over the ranks,
+//! and every decision (nothing left to train on, a non-finite step) is taken on the sums, so the
+//! ranks' identical optimisers take one process's update.
 
 use candle_core::{Device, Tensor};
 
-use super::advantages::{group_advantages, ScaleRewards};
+use super::advantages::{group_advantages, Advantages, ScaleRewards};
 use super::grad::{GradAccumulator, NonFiniteGuard};
-use super::grpo_loss::{grpo_loss, GrpoLossConfig, GrpoLossInputs};
+use super::grpo_loss::{grpo_loss, GrpoLossConfig, GrpoLossInputs, LossTotals};
 use super::optim::AdamW;
 use super::token_logprobs::{score_tokens, score_tokens_for_training, Sequence, TokenScores};
+use crate::dist::World;
 use crate::error::Result;
 use crate::models::qwen2_5_vl::{Grid, Qwen25VL};
 
@@ -107,8 +113,31 @@ pub struct RewardStats {
     pub zero_variance_fraction: f64,
 }
 
+/// What [`RewardStats`] reads of one rollout; small, so ranks gather them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RolloutScore {
+    pub reward: f64,
+    pub reward_components: Vec<f64>,
+    pub completion_length: usize,
+}
+
+impl RolloutScore {
+    pub fn of(r: &Rollout) -> Self {
+        RolloutScore {
+            reward: r.reward,
+            reward_components: r.reward_components.clone(),
+            completion_length: r.completion_ids.len(),
+        }
+    }
+}
+
 impl RewardStats {
     pub fn of(rollouts: &[Rollout], group: usize) -> Self {
+        Self::of_scores(&rollouts.iter().map(RolloutScore::of).collect::<Vec<_>>(), group)
+    }
+
+    /// As [`Self::of`], from the rollouts' scores (gathered from every rank under MPI).
+    pub fn of_scores(rollouts: &[RolloutScore], group: usize) -> Self {
         let rewards: Vec<f64> = rollouts.iter().map(|r| r.reward).collect();
         let (reward_mean, reward_std) = mean_std(&rewards);
         let components = rollouts.first().map_or(0, |r| r.reward_components.len());
@@ -122,7 +151,7 @@ impl RewardStats {
                 )
             })
             .unzip();
-        let lengths: Vec<f64> = rollouts.iter().map(|r| r.completion_ids.len() as f64).collect();
+        let lengths: Vec<f64> = rollouts.iter().map(|r| r.completion_length as f64).collect();
         let chunks = rewards.chunks(group.max(1));
         let groups = chunks.len();
         let flat = chunks.filter(|g| g.iter().all(|&r| r == g[0])).count();
@@ -154,7 +183,9 @@ fn mean_std(xs: &[f64]) -> (f64, f64) {
 }
 
 /// Update `model`'s trainable weights (those `optimizer` holds) from `rollouts` at learning
-/// rate `lr`; `pad_id` pads the batch. `guard` skips non-finite passes.
+/// rate `lr`; `pad_id` pads the batch. `guard` skips non-finite passes. Under MPI `rollouts` are
+/// this rank's whole groups and every rank calls this together.
+#[allow(clippy::too_many_arguments)]
 pub fn grpo_step(
     model: &Qwen25VL,
     rollouts: &[Rollout],
@@ -163,72 +194,152 @@ pub fn grpo_step(
     guard: &mut NonFiniteGuard,
     lr: f64,
     pad_id: u32,
+    world: &World,
 ) -> Result<GrpoStepStats> {
     if opts.mu == 0 {
         crate::bail!("grpo: mu must be at least 1");
     }
     let rewards: Vec<f64> = rollouts.iter().map(|r| r.reward).collect();
-    let adv = group_advantages(&rewards, opts.group, opts.scale_rewards)?;
+    let adv = batch_advantages(&rewards, opts, world)?;
     let mut stats = GrpoStepStats::default();
     RewardStats::of(rollouts, opts.group).apply(&mut stats);
     let keep: Vec<usize> = (0..rollouts.len())
         .filter(|&k| !(opts.filter_zero_variance && adv.zero_variance_groups.contains(&(k / opts.group))))
         .filter(|&k| !rollouts[k].completion_ids.is_empty())
         .collect();
-    if keep.is_empty() {
+    let local = match keep.is_empty() {
+        true => None,
+        false => Some(Batch::new(rollouts, &keep, opts.mask_truncated, model.device())?),
+    };
+    let mut totals = match &local {
+        Some(batch) => {
+            let t = LossTotals::of(&batch.mask)?;
+            [t.tokens, t.completions]
+        }
+        None => [0.0, 0.0],
+    };
+    world.all_reduce_f64("grpo: the batch's token and completion counts", &mut totals)?;
+    if totals[1] == 0.0 {
         return Ok(stats);
     }
-    let batch = Batch::new(rollouts, &keep, opts.mask_truncated, model.device())?;
-    let advantages =
-        Tensor::new(keep.iter().map(|&k| adv.values[k] as f32).collect::<Vec<_>>(), model.device())?;
-    let reference = if opts.loss.beta != 0.0 {
-        if model.lora.is_none() {
-            crate::bail!(
-                "grpo: beta = {} needs LoRA adapters (the reference is the model with them off)",
-                opts.loss.beta
-            );
-        }
-        model.set_adapters_enabled(false);
-        let scored = score_tokens(model, &batch.sequences(), pad_id, opts.temperature);
-        model.set_adapters_enabled(true);
-        Some(batch.padded(&scored?, true)?)
-    } else {
-        None
+    if opts.loss.beta != 0.0 && model.lora.is_none() {
+        crate::bail!(
+            "grpo: beta = {} needs LoRA adapters (the reference is the model with them off)",
+            opts.loss.beta
+        );
+    }
+    let totals = LossTotals { tokens: totals[0], completions: totals[1] };
+    let prepared = match &local {
+        Some(batch) => Some(Prepared::new(model, batch, &keep, &adv.values, opts, pad_id)?),
+        None => None,
     };
-    let old_from_sampler = batch.old_logprobs(model.device())?;
     model.set_training(true);
     let passes = (0..opts.mu).try_for_each(|_| -> Result<()> {
-        let scores = score_tokens_for_training(model, &batch.sequences(), pad_id, opts.temperature)?;
-        let logprobs = batch.padded(&scores, false)?;
-        let old = if opts.mu == 1 { logprobs.detach() } else { old_from_sampler.clone() };
-        let inputs = GrpoLossInputs {
-            logprobs: &logprobs,
-            old_logprobs: &old,
-            ref_logprobs: reference.as_ref(),
-            advantages: &advantages,
-            mask: &batch.mask,
-        };
-        let out = grpo_loss(&opts.loss, &inputs)?;
-        let loss = out.loss.to_scalar::<f32>()? as f64;
         let mut acc = GradAccumulator::new(optimizer.vars().map(|(_, v)| v))?;
-        acc.add(&scores.backward(&out.loss)?, optimizer.vars().map(|(_, v)| v), 1.0)?;
+        // loss, then sums over counted tokens of kl, clip_low, clip_high; entropy sum and count.
+        let mut sums = [0.0f64; 6];
+        if let (Some(batch), Some(prep)) = (&local, &prepared) {
+            let scores = score_tokens_for_training(model, &batch.sequences(), pad_id, opts.temperature)?;
+            let logprobs = batch.padded(&scores, false)?;
+            let old = if opts.mu == 1 { logprobs.detach() } else { prep.old_from_sampler.clone() };
+            let inputs = GrpoLossInputs {
+                logprobs: &logprobs,
+                old_logprobs: &old,
+                ref_logprobs: prep.reference.as_ref(),
+                advantages: &prep.advantages,
+                mask: &batch.mask,
+                totals: Some(totals),
+            };
+            let out = grpo_loss(&opts.loss, &inputs)?;
+            acc.add(&scores.backward(&out.loss)?, optimizer.vars().map(|(_, v)| v), 1.0)?;
+            let tokens = LossTotals::of(&batch.mask)?.tokens;
+            sums = [
+                out.loss.to_scalar::<f32>()? as f64,
+                out.kl * tokens,
+                out.clip_low * tokens,
+                out.clip_high * tokens,
+                scores.entropy.sum_all()?.to_scalar::<f32>()? as f64,
+                scores.entropy.elem_count() as f64,
+            ];
+        }
+        acc.all_reduce(world)?;
+        world.all_reduce_f64("grpo: the step's loss and statistics", &mut sums)?;
+        let [loss, kl, clip_low, clip_high, entropy, entropy_count] = sums;
         let (grads, norm) = acc.finish(opts.max_grad_norm)?;
         if guard.admit(optimizer.steps(), loss, norm)? {
             optimizer.step(&grads, lr)?;
             stats.updates += 1;
         }
-        let mu = opts.mu as f64;
+        let (mu, tokens) = (opts.mu as f64, totals.tokens.max(1.0));
         stats.loss += loss / mu;
-        stats.kl += out.kl / mu;
-        stats.clip_low += out.clip_low / mu;
-        stats.clip_high += out.clip_high / mu;
+        stats.kl += kl / tokens / mu;
+        stats.clip_low += clip_low / tokens / mu;
+        stats.clip_high += clip_high / tokens / mu;
         stats.grad_norm += norm / mu;
-        stats.entropy += scores.entropy.mean_all()?.to_scalar::<f32>()? as f64 / mu;
+        stats.entropy += entropy / entropy_count.max(1.0) / mu;
         Ok(())
     });
     model.set_training(false);
     passes?;
     Ok(stats)
+}
+
+/// The advantages of this rank's `rewards` (whole groups), computed over the whole batch's rewards
+/// gathered from every rank, so `scale_rewards = batch` divides by the batch's deviation as in one
+/// process; zero-variance groups are numbered locally.
+fn batch_advantages(rewards: &[f64], opts: &GrpoStepOptions, world: &World) -> Result<Advantages> {
+    if !world.is_distributed() {
+        return group_advantages(rewards, opts.group, opts.scale_rewards);
+    }
+    let by_rank = world.gather_items("grpo: the batch's rewards", vec![rewards.to_vec()])?;
+    let offset: usize = by_rank[..world.rank()].iter().map(Vec::len).sum();
+    let all: Vec<f64> = by_rank.concat();
+    if all.is_empty() {
+        return Ok(Advantages { values: Vec::new(), zero_variance_groups: Vec::new() });
+    }
+    let whole = group_advantages(&all, opts.group, opts.scale_rewards)?;
+    let first_group = offset / opts.group.max(1);
+    let groups = first_group..first_group + rewards.len() / opts.group.max(1);
+    Ok(Advantages {
+        values: whole.values[offset..offset + rewards.len()].to_vec(),
+        zero_variance_groups: whole
+            .zero_variance_groups
+            .into_iter()
+            .filter(|g| groups.contains(g))
+            .map(|g| g - first_group)
+            .collect(),
+    })
+}
+
+/// What the passes of a step share: the kept rollouts' advantages, the reference log-probs (with
+/// `beta`) and the sampler's log-probs.
+struct Prepared {
+    advantages: Tensor,
+    reference: Option<Tensor>,
+    old_from_sampler: Tensor,
+}
+
+impl Prepared {
+    fn new(
+        model: &Qwen25VL,
+        batch: &Batch,
+        keep: &[usize],
+        advantages: &[f64],
+        opts: &GrpoStepOptions,
+        pad_id: u32,
+    ) -> Result<Self> {
+        let values: Vec<f32> = keep.iter().map(|&k| advantages[k] as f32).collect();
+        let advantages = Tensor::new(values, model.device())?;
+        let reference = if opts.loss.beta != 0.0 {
+            model.set_adapters_enabled(false);
+            let scored = score_tokens(model, &batch.sequences(), pad_id, opts.temperature);
+            model.set_adapters_enabled(true);
+            Some(batch.padded(&scored?, true)?)
+        } else {
+            None
+        };
+        Ok(Prepared { advantages, reference, old_from_sampler: batch.old_logprobs(model.device())? })
+    }
 }
 
 /// The kept rollouts as scoring sequences, with the completion mask.
@@ -371,7 +482,7 @@ mod tests {
         let mut opt = AdamW::new(model.trainable(), AdamWConfig::default()).unwrap();
         let mut guard = NonFiniteGuard::new(3);
         let opts = GrpoStepOptions { group: 4, ..Default::default() }.with_beta(0.04);
-        let stats = grpo_step(&model, &rs, &opts, &mut opt, &mut guard, 1e-3, 0).unwrap();
+        let stats = grpo_step(&model, &rs, &opts, &mut opt, &mut guard, 1e-3, 0, &World::single()).unwrap();
         assert_eq!(stats.updates, 1);
         assert_eq!(stats.zero_variance_fraction, 0.5);
         assert!((stats.reward_mean - 0.125).abs() < 1e-12);
@@ -405,7 +516,7 @@ mod tests {
         let mut opt = AdamW::new(model.trainable(), AdamWConfig::default()).unwrap();
         let mut guard = NonFiniteGuard::new(3);
         let opts = GrpoStepOptions { group: 4, filter_zero_variance: true, mu: 2, ..Default::default() };
-        let stats = grpo_step(&model, &rs, &opts, &mut opt, &mut guard, 1e-3, 0).unwrap();
+        let stats = grpo_step(&model, &rs, &opts, &mut opt, &mut guard, 1e-3, 0, &World::single()).unwrap();
         assert_eq!((stats.updates, stats.zero_variance_fraction), (0, 1.0));
         assert_eq!(opt.steps(), 0);
         let full = vlm.model.full_finetune().unwrap();
@@ -418,6 +529,7 @@ mod tests {
             &mut guard,
             1e-3,
             0,
+            &World::single(),
         )
         .unwrap_err()
         .to_string();

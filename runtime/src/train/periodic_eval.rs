@@ -1,5 +1,6 @@
 //! Support measured while training: every `every` steps (and after the last one) the model in
-//! training is evaluated with [`crate::eval::evaluate`] — greedy Acc@1 and Pass@k from `n`
+//! training is evaluated with [`crate::eval::evaluate_on`] (its questions split over the ranks
+//! under MPI) — greedy Acc@1 and Pass@k from `n`
 //! samples — so a run logs the paper's support curve as it goes. Each point is logged to
 //! `metrics.jsonl` as `eval/acc1`, `eval/pass@{k}` and `eval/gap` (Pass@k − Acc@1) at the number of
 //! steps completed.
@@ -9,7 +10,7 @@
 //! without.
 
 use crate::error::{Context, Result};
-use crate::eval::{evaluate, EvalOptions};
+use crate::eval::{evaluate_on, EvalOptions};
 use crate::models::Vlm;
 use crate::task::McqTask;
 
@@ -75,7 +76,14 @@ impl PeriodicEval {
     ) -> Result<EvalPoint> {
         let task = self.task.as_ref().unwrap_or(train_task);
         policy.model.set_training(false);
-        let done = evaluate(policy, task, &self.options, Some(&ctx.cancel), crate::run::ProgressMode::Quiet);
+        let done = evaluate_on(
+            &ctx.world,
+            policy,
+            task,
+            &self.options,
+            Some(&ctx.cancel),
+            crate::run::ProgressMode::Quiet,
+        );
         let report = done.with_context(|| format!("evaluating at step {step}"))?.report;
         let acc1 = report.acc1().value;
         let pass_at_k = report.pass_at(self.k)?.value;

@@ -8,6 +8,12 @@
 //! batch holds `batch` groups with reward variance or `max_draws` prompts have been drawn in the
 //! step; the step then trains on what it has. Reward statistics always describe every group
 //! drawn, so the logged reward is the sampling policy's, not the filtered batch's.
+//!
+//! Under MPI every rank draws the same prompt indices from its copy of the data order and samples
+//! a contiguous share of them (whole groups; each sample's random stream is keyed by question and
+//! sample index, not by batch position, so a rank draws exactly what one process would). The
+//! groups' scores are gathered, so every rank counts the same varied groups, makes the same
+//! dynamic-sampling decisions and logs the same statistics; each keeps only its own rollouts.
 
 use crate::error::Result;
 use crate::models::Vlm;
@@ -16,8 +22,9 @@ use crate::sample::{sample, FinishReason, SampleRequest, SamplerOptions};
 use crate::task::McqTask;
 
 use super::data_order::DataOrder;
-use super::grpo_step::{RewardStats, Rollout};
+use super::grpo_step::{RewardStats, Rollout, RolloutScore};
 use super::rewards::Rewards;
+use crate::dist::World;
 
 /// Everything that turns prompt indices into scored rollouts.
 pub(crate) struct RolloutSource<'a> {
@@ -27,12 +34,13 @@ pub(crate) struct RolloutSource<'a> {
     /// `n` is the group size; the seed is set per draw.
     pub sampler: SamplerOptions,
     pub cancel: &'a CancelFlag,
+    pub world: &'a World,
 }
 
 /// One step's rollouts and how they were drawn.
 #[derive(Debug)]
 pub(crate) struct StepRollouts {
-    /// The groups to train on, `group` consecutive rollouts each.
+    /// The groups to train on, `group` consecutive rollouts each (this rank's share under MPI).
     pub rollouts: Vec<Rollout>,
     /// Over every group drawn this step, dropped ones included.
     pub stats: RewardStats,
@@ -53,7 +61,7 @@ impl RolloutSource<'_> {
         seed: u64,
     ) -> Result<StepRollouts> {
         let group = self.sampler.n;
-        let (mut all, mut keep, mut prompts, mut varied) = (Vec::new(), Vec::new(), 0usize, 0usize);
+        let (mut mine, mut scores, mut prompts, mut varied) = (Vec::new(), Vec::new(), 0usize, 0usize);
         for round in 0u64.. {
             let want = match dynamic {
                 None if round > 0 => break,
@@ -65,16 +73,25 @@ impl RolloutSource<'_> {
             }
             let round_seed =
                 if round == 0 { seed } else { splitmix64(seed ^ round.wrapping_mul(0xD1B5_4A32)) };
-            for rollouts in self.draw(&order.next_batch(want), round_seed)? {
-                let flat = rollouts.iter().all(|r| r.reward == rollouts[0].reward);
+            let indices = order.next_batch(want);
+            let drawn = self.draw(&indices[self.world.shard(indices.len())], round_seed)?;
+            let local: Vec<Vec<RolloutScore>> =
+                drawn.iter().map(|g| g.iter().map(RolloutScore::of).collect()).collect();
+            for group_scores in self.world.gather_items("grpo: the rollouts' rewards", local)? {
+                let flat = group_scores.iter().all(|r| r.reward == group_scores[0].reward);
                 varied += usize::from(!flat);
-                keep.push(dynamic.is_none() || !flat);
-                all.extend(rollouts);
+                scores.extend(group_scores);
+            }
+            for rollouts in drawn {
+                let flat = rollouts.iter().all(|r| r.reward == rollouts[0].reward);
+                if dynamic.is_none() || !flat {
+                    mine.extend(rollouts);
+                }
             }
             prompts += want;
         }
-        let stats = RewardStats::of(&all, group);
-        let rollouts = all.into_iter().enumerate().filter(|(k, _)| keep[k / group]).map(|(_, r)| r).collect();
+        let stats = RewardStats::of_scores(&scores, group);
+        let rollouts = mine;
         let filled = varied == batch;
         Ok(StepRollouts { rollouts, stats, prompts, filled })
     }

@@ -8,6 +8,10 @@
 //! The input model is left untouched: training happens on a copy with fresh LoRA adapters (or
 //! copied weights for full fine-tuning) over the shared frozen base. This file is SFT's step;
 //! resume, checkpoints, evaluation and the rest are [`super::train_loop`]'s.
+//!
+//! Under MPI each rank scores a contiguous share of the step's examples, divides by the scored
+//! tokens of the whole step (every rank encodes every example, so each knows that count), and the
+//! gradients, loss and hits are summed over the ranks: the update is one process's.
 
 use std::path::PathBuf;
 
@@ -19,6 +23,7 @@ use super::schedule::Schedule;
 use super::token_logprobs::{score_tokens_for_training, Sequence};
 use super::train_loop::{self, LoopSettings, StepReport, TrainState, Trainer};
 use super::trainable_copy::{trainable_copy, Trainable};
+use crate::dist::World;
 use crate::error::{Context, Result};
 use crate::models::qwen2_5_vl::{EncodedConversation, LoraConfig, Qwen25VL};
 use crate::models::vlm::Vlm;
@@ -138,6 +143,12 @@ pub(crate) fn run_sft(
     poison: &dyn Fn(u64) -> bool,
 ) -> Result<(Vlm, SftSummary)> {
     check(opts, task)?;
+    crate::dist::check_call(
+        &ctx.world,
+        "sft",
+        &vlm.model,
+        &format!("{opts:?} on task {} of {}", task.name(), task.len()),
+    )?;
     let what = Trainable {
         lora: opts.lora.as_ref(),
         full: opts.full,
@@ -165,6 +176,7 @@ pub(crate) fn run_sft(
         pad: vlm.processor.endoftext_id(),
         poison,
         curves: Curves::default(),
+        world: &ctx.world,
     };
     let run = train_loop::run(&mut trainer, &policy, task, &settings, ctx)?;
     let Curves { losses, token_accuracy, grad_norms } = trainer.curves;
@@ -199,6 +211,7 @@ struct SftStep<'a> {
     pad: u32,
     poison: &'a dyn Fn(u64) -> bool,
     curves: Curves,
+    world: &'a World,
 }
 
 impl Trainer for SftStep<'_> {
@@ -213,7 +226,8 @@ impl Trainer for SftStep<'_> {
             indices.iter().map(|&i| examples[i].completion_mask.iter().skip(1).filter(|&&m| m).count()).sum();
         let mut acc = GradAccumulator::new(optimizer.vars().map(|(_, v)| v))?;
         let (mut loss_sum, mut hits) = (0.0f64, 0usize);
-        for micro in indices.chunks(self.opts.batch) {
+        let mine = &indices[self.world.shard(indices.len())];
+        for micro in mine.chunks(self.opts.batch) {
             let seqs: Vec<Sequence> = micro.iter().map(|&i| sequence(&examples[i])).collect();
             let scores = score_tokens_for_training(model, &seqs, self.pad, 1.0)?;
             let mut loss = (scores.logprobs.sum_all()?.neg()? / scored_total as f64)?;
@@ -224,6 +238,10 @@ impl Trainer for SftStep<'_> {
             hits += scores.argmax_hits;
             acc.add(&scores.backward(&loss)?, optimizer.vars().map(|(_, v)| v), 1.0)?;
         }
+        acc.all_reduce(self.world)?;
+        let mut totals = [loss_sum, hits as f64];
+        self.world.all_reduce_f64("sft: the loss and hits of the step", &mut totals)?;
+        let (loss_sum, hits) = (totals[0], totals[1] as usize);
         let (grads, norm) = acc.finish(self.opts.max_grad_norm)?;
         if state.guard.admit(step, loss_sum, norm)? {
             optimizer.step(&grads, lr)?;

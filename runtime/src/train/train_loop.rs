@@ -7,6 +7,12 @@
 //! The order of work is fixed and is part of the numbers: a step never sees evaluation or saving,
 //! and both trainers build their optimiser, data order and guard here, from the run seed, so a
 //! resumed run repeats the uninterrupted one.
+//!
+//! Under MPI every rank runs this loop in step: each draws the same data order and shards the
+//! step's examples inside [`Trainer::step`]; the ranks decide together whether to stop for a
+//! cancel request; after the first step they check that their weights still agree; and rank 0
+//! alone writes checkpoints, which the others wait for before going on, so any rank can resume
+//! from one.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +27,7 @@ use super::grad::NonFiniteGuard;
 use super::optim::{AdamW, AdamWConfig};
 use super::periodic_eval::{EvalPoint, PeriodicEval};
 use super::schedule::Schedule;
+use crate::dist::check_agreement;
 use crate::error::{Error, Result};
 use crate::models::Vlm;
 use crate::task::McqTask;
@@ -128,17 +135,25 @@ pub(crate) fn run<T: Trainer>(
         }
     }
     let out = ctx.claim_checkpoint_dir(name)?;
+    let world = &ctx.world;
     let save = |step: u64, s: &TrainState, trainer: &T| {
-        checkpoint::save_progress(
-            out.as_deref(),
-            name,
-            model.trainable(),
-            step,
-            &s.order,
-            &s.optimizer,
-            &s.guard,
-            &trainer.checkpoint_tensors()?,
-        )
+        let saved = if world.is_root() {
+            checkpoint::save_progress(
+                out.as_deref(),
+                name,
+                model.trainable(),
+                step,
+                &s.order,
+                &s.optimizer,
+                &s.guard,
+                &trainer.checkpoint_tensors()?,
+            )?
+        } else {
+            out.as_ref().map(|o| checkpoint::checkpoint_dir(o, step))
+        };
+        // The others wait here until rank 0 has written it, so any rank may read it next.
+        world.any(&format!("{name}: checkpoint at step {step}"), false)?;
+        Ok::<_, Error>(saved)
     };
 
     let mut summary = LoopSummary { first_step: step, ..LoopSummary::default() };
@@ -147,7 +162,7 @@ pub(crate) fn run<T: Trainer>(
     let started = Instant::now();
     let mut eval_seconds = 0.0;
     while step < total {
-        if ctx.cancel.is_cancelled() {
+        if world.any(&format!("{name}: cancel check at step {step}"), ctx.cancel.is_cancelled())? {
             model.set_training(false);
             let saved = save(step, &state, trainer)?;
             let where_ = saved.map_or("no output directory, nothing saved".to_string(), |p| {
@@ -159,6 +174,13 @@ pub(crate) fn run<T: Trainer>(
         let lr = settings.schedule.lr_at(settings.lr, step, total, settings.warmup);
         let skipped_before = state.guard.skipped.len();
         let report = trainer.step(&mut state, step, lr)?;
+        if step == summary.first_step && world.is_distributed() {
+            check_agreement(
+                world,
+                &format!("the trained weights after {name} step {step}"),
+                &weights_hash(model.trainable())?,
+            )?;
+        }
         if state.guard.skipped.len() > skipped_before {
             let (loss, norm) = (report.loss, report.grad_norm);
             ctx.warn(&format!(
@@ -192,6 +214,19 @@ pub(crate) fn run<T: Trainer>(
         summary.last_checkpoint = Some(p);
     }
     Ok(summary)
+}
+
+/// A cheap hash of the trainable weights (each one's f32 sum and sum of squares), to check the
+/// ranks' identical optimisers stayed identical.
+fn weights_hash(trainable: &[(String, candle_core::Var)]) -> Result<Vec<u8>> {
+    let mut sums = Vec::with_capacity(2 * trainable.len());
+    for (_, v) in trainable {
+        let f = v.as_tensor().to_dtype(candle_core::DType::F32)?;
+        sums.push(f.sum_all()?.to_scalar::<f32>()?);
+        sums.push(f.sqr()?.sum_all()?.to_scalar::<f32>()?);
+    }
+    let text: Vec<String> = sums.iter().map(|x| x.to_bits().to_string()).collect();
+    Ok(crate::dist::text_fingerprint(&text.join(",")))
 }
 
 #[cfg(test)]

@@ -253,6 +253,26 @@ impl Qwen25VL {
         })
     }
 
+    /// Call `f` with every tensor the model holds, by name: weights, biases and LoRA's `A`/`B`
+    /// unmerged, so nothing of the model's size is copied (the MPI ranks' model check).
+    pub fn each_tensor(&self, f: &mut dyn FnMut(&str, &Tensor) -> Result<()>) -> Result<()> {
+        let mut model = self.clone();
+        model.visit_all(&mut |name, p| match p {
+            Param::Tensor(t) => f(name, t),
+            Param::Linear(l) => {
+                f(&format!("{name}.weight"), &l.weight)?;
+                if let Some(b) = &l.bias {
+                    f(&format!("{name}.bias"), b)?;
+                }
+                if let Some(a) = l.adapter() {
+                    f(&format!("{name}.lora_A"), &a.a)?;
+                    f(&format!("{name}.lora_B"), &a.b)?;
+                }
+                Ok(())
+            }
+        })
+    }
+
     fn visit_all(&mut self, f: &mut Visitor) -> Result<()> {
         self.text.visit(f)?;
         self.vision.visit(f)
