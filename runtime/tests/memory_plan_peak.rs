@@ -86,7 +86,10 @@ fn measured_peak(model: &Qwen25VL, Shape(SEQS, PROMPT, COMPLETION): Shape, check
 fn check(shape: Shape, dtype: DType, checkpointing: bool) {
     let Shape(SEQS, PROMPT, COMPLETION) = shape;
     let cfg = config();
-    let model = Qwen25VL::new_random(&cfg, 1, dtype, &Device::Cpu).unwrap().with_lora(&LoraConfig::new(8, 16.0)).unwrap();
+    let model = Qwen25VL::new_random(&cfg, 1, dtype, &Device::Cpu)
+        .unwrap()
+        .with_lora(&LoraConfig::new(8, 16.0))
+        .unwrap();
     // The first pass also fills the matmul kernels' per-thread packing buffers, which stay.
     measured_peak(&model, shape, checkpointing);
     let measured = measured_peak(&model, shape, checkpointing);

@@ -91,7 +91,8 @@ fn parameter_counts(cfg: &Config, mode: PlanMode) -> (u64, u64) {
     let merged = w * (vc.spatial_merge_size * vc.spatial_merge_size) as u64;
     let block = w * 3 * w + 3 * w + w * w + w + 3 * w * vi + 2 * vi + w + 2 * w;
     let patch = (vc.in_chans * vc.temporal_patch_size * vc.patch_size * vc.patch_size) as u64 * w;
-    let merger = w + merged * merged + merged + merged * vc.out_hidden_size as u64 + vc.out_hidden_size as u64;
+    let merger =
+        w + merged * merged + merged + merged * vc.out_hidden_size as u64 + vc.out_hidden_size as u64;
     let total = text + patch + vc.depth as u64 * block + merger;
     let trainable = match mode {
         PlanMode::Full => text,
@@ -112,7 +113,11 @@ pub fn memory_plan(cfg: &Config, req: &PlanRequest) -> MemoryPlan {
     let gradients = trainable * 4 + grad_copy;
     let optimizer_state = trainable * 12;
 
-    let (b, seq, scored) = (req.sequences as u64, (req.prompt_tokens + req.completion_tokens) as u64, req.completion_tokens as u64);
+    let (b, seq, scored) = (
+        req.sequences as u64,
+        (req.prompt_tokens + req.completion_tokens) as u64,
+        req.completion_tokens as u64,
+    );
     let n = b * seq;
     let (h, i, v) = (t.hidden_size as u64, t.intermediate_size as u64, t.vocab_size as u64);
     let kv = (t.num_key_value_heads * t.head_dim()) as u64;
@@ -130,20 +135,32 @@ pub fn memory_plan(cfg: &Config, req: &PlanRequest) -> MemoryPlan {
         false => (65, 29, 3 * s + 20, 24),
     };
     let scores = b * t.num_attention_heads as u64 * seq * seq;
-    let layer_forward = (hidden_halves * n * h + kv_halves * n * kv) * s / 2 + 10 * n * i * s + kept_per_score * scores;
+    let layer_forward =
+        (hidden_halves * n * h + kv_halves * n * kv) * s / 2 + 10 * n * i * s + kept_per_score * scores;
     // The gradients in flight while the backward crosses a layer: through the softmax six
     // score-sized f32 ones (the incoming gradient, the softmax backward's two temporaries, the
-    // outgoing one, and the zeros-then-sum of its accumulation), through the MLP about four
-    // MLP-wide ones.
-    let backward_front = front_per_score * scores + 4 * n * h.max(i) * s;
+    // outgoing one, and the zeros-then-sum of its accumulation); through SwiGLU about ten
+    // MLP-wide ones (candle's SiLU backward builds its derivative from five temporaries, next to
+    // the product's two gradients and their accumulations) and four hidden-wide ones.
+    let backward_front = front_per_score * scores + (10 * n * i + 4 * n * h) * s;
     let head = 4 * b * scored * v * 4 + 4 * n * h * s + b * scored * h * s;
     let mask = b * seq * seq * 4;
+    // candle's matmul backward computes a gradient for every weight it multiplies, frozen or
+    // not, and keeps it until its backward returns: one layer's worth with checkpointing (which
+    // drops the LM head's at once), every layer's and the head's without.
+    let layer_weights = (2 * h * h + 2 * h * kv + 3 * h * i) * s;
+    let head_weights = v * h * s;
     let activations = match req.checkpointing {
-        true => layers * n * h * s + layer_forward + backward_front + head + mask,
-        false => layers * layer_forward + backward_front + head + mask,
+        true => layers * n * h * s + layer_forward + backward_front + head + mask + layer_weights,
+        false => layers * (layer_forward + layer_weights) + head_weights + backward_front + head + mask,
     };
 
-    let kv_cache = 2 * layers * kv * (req.prompt_tokens + req.completion_tokens) as u64 * req.rollout_sequences as u64 * s;
+    let kv_cache = 2
+        * layers
+        * kv
+        * (req.prompt_tokens + req.completion_tokens) as u64
+        * req.rollout_sequences as u64
+        * s;
     let total = weights + gradients + optimizer_state + activations + kv_cache;
     MemoryPlan { weights, gradients, optimizer_state, activations, kv_cache, total }
 }

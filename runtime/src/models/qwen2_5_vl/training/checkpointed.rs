@@ -83,6 +83,11 @@ impl CheckpointedForward {
     pub fn backward(&self, grads: &mut GradStore) -> Result<()> {
         let mut incoming =
             grads.remove(self.last.as_tensor()).context("the loss does not depend on the hidden states")?;
+        // candle's matmul backward also computes the gradient of a frozen weight and leaves it in
+        // the store (the LM head's is vocabulary × hidden): keep only what is trained.
+        let mut trained = GradStore::default();
+        self.keep_trainable(grads, &mut trained)?;
+        *grads = trained;
         let model = &self.model;
         for (i, layer) in model.text.layers.iter().enumerate().rev() {
             if let (Some(lora), Some(state)) = (&model.lora, &self.dropout_before[i]) {
