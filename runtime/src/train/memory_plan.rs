@@ -83,6 +83,15 @@ pub struct MemoryPlan {
     pub activation_parts: ActivationParts,
 }
 
+impl MemoryPlan {
+    /// The most one step holds at once: rollouts and the backward do not overlap, so the larger
+    /// of the KV cache and the activations, beside the weights, gradients and optimizer state.
+    /// (`total` adds both, an upper bound.)
+    pub fn peak(&self) -> u64 {
+        self.weights + self.gradients + self.optimizer_state + self.activations.max(self.kv_cache)
+    }
+}
+
 /// The activations of one backward, by part; they sum to [`MemoryPlan::activations`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ActivationParts {
