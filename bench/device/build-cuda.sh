@@ -7,8 +7,8 @@
 # dynamically (-lcuda -lnvrtc -lcublas -lcublasLt -lcurand -lcudart) and the wheels ship only
 # versioned `.so.N` files and no driver, so a link folder gets unversioned symlinks and a stub
 # `libcuda.so` (soname `libcuda.so.1`, as NVIDIA's own `lib/stubs/libcuda.so`) defining the `cu*`
-# driver symbols the compiled crates reference, read from their object code with `nm`. At run
-# time the real `libcuda.so.1` of the driver replaces the stub.
+# driver symbols the compiled crates reference, read from their object code with `nm`; each
+# returns CUDA_ERROR_STUB_LIBRARY. At run time the real `libcuda.so.1` of the driver replaces it.
 #
 # The stripped binary is ~70 MB, over the device tool's 64 MiB carry limit, so it is
 # xz-compressed to bench/device/out/medbridge.xz (ignored by git; carry `bench/device/out`);
@@ -63,7 +63,9 @@ cargo build --release -p medbridge-runtime --features cuda --lib
 echo "== stub libcuda.so from the cu* symbols the compiled crates reference"
 symbols=$(nm -u "$target"/release/deps/*.rlib 2>/dev/null | awk '$1 == "U" && $2 ~ /^cu[A-Z]/ { print $2 }' | sort -u)
 [ -n "$symbols" ] || { echo "no cu* symbols found in $target/release/deps: did cudarc compile?" >&2; exit 1; }
-printf '%s\n' "$symbols" | sed 's/.*/void &(void) {}/' >"$link/libcuda-stub.c"
+# Each returns CUDA_ERROR_STUB_LIBRARY (34), as NVIDIA's stub does, so a run that reaches the
+# stub instead of a driver gets an error that says so (device.rs explains it), never garbage.
+printf '%s\n' "$symbols" | sed 's/.*/int &(void) { return 34; }/' >"$link/libcuda-stub.c"
 cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$link/libcuda.so" "$link/libcuda-stub.c"
 echo "$(printf '%s\n' "$symbols" | wc -l) driver symbols"
 
