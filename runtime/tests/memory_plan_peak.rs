@@ -2,9 +2,11 @@
 //!
 //! A counting global allocator (this test binary only) records the bytes alive at the peak of
 //! one forward-and-backward over a LoRA batch, above what was alive before it (the weights and
-//! adapters). CPU tensors are plain heap allocations, so this is the activation memory the plan
-//! models; the estimate must be within 25% of it, with and without checkpointing, in f32 (the
-//! CPU's fused kernels) and in bf16 (the elementary ops a GPU runs).
+//! adapters), and those alive between the forward and the backward (the autograd graph). CPU
+//! tensors are plain heap allocations, so these are what the plan models: the graph, counted op
+//! by op, must be within 10%, the peak within 25%, with and without checkpointing, in f32 (the
+//! CPU's fused kernels) and in bf16 (the elementary ops a GPU runs, except the CPU's fused
+//! softmax on the f32 upcast), at shapes where attention or the MLP dominates.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -59,12 +61,11 @@ struct Shape(usize, usize, usize);
 
 /// Bytes alive at the peak of one scored forward and backward, and those kept between the
 /// forward and the backward (the graph), above those alive before.
-#[allow(non_snake_case)]
-fn measured_peak(model: &Qwen25VL, Shape(SEQS, PROMPT, COMPLETION): Shape, checkpointed: bool) -> (usize, usize) {
-    let rows: Vec<(Vec<u32>, Vec<bool>)> = (0..SEQS)
+fn measured_peak(model: &Qwen25VL, Shape(seqs, prompt, completion): Shape, checkpointed: bool) -> (usize, usize) {
+    let rows: Vec<(Vec<u32>, Vec<bool>)> = (0..seqs)
         .map(|r| {
-            let ids = (0..PROMPT + COMPLETION).map(|i| ((i * 7 + r * 13) % 400) as u32).collect();
-            (ids, (0..PROMPT + COMPLETION).map(|i| i >= PROMPT).collect())
+            let ids = (0..prompt + completion).map(|i| ((i * 7 + r * 13) % 400) as u32).collect();
+            (ids, (0..prompt + completion).map(|i| i >= prompt).collect())
         })
         .collect();
     let seqs: Vec<Sequence> =
@@ -85,9 +86,8 @@ fn measured_peak(model: &Qwen25VL, Shape(SEQS, PROMPT, COMPLETION): Shape, check
     (PEAK.load(Ordering::Relaxed) - before, kept)
 }
 
-#[allow(non_snake_case)]
 fn check(shape: Shape, dtype: DType, checkpointing: bool) {
-    let Shape(SEQS, PROMPT, COMPLETION) = shape;
+    let Shape(seqs, prompt, completion) = shape;
     let cfg = config();
     let model = Qwen25VL::new_random(&cfg, 1, dtype, &Device::Cpu)
         .unwrap()
@@ -100,9 +100,9 @@ fn check(shape: Shape, dtype: DType, checkpointing: bool) {
         &cfg,
         &PlanRequest {
             mode: PlanMode::Lora { rank: 8 },
-            sequences: SEQS,
-            prompt_tokens: PROMPT,
-            completion_tokens: COMPLETION,
+            sequences: seqs,
+            prompt_tokens: prompt,
+            completion_tokens: completion,
             dtype,
             checkpointing,
             on_cpu: true,
@@ -110,7 +110,7 @@ fn check(shape: Shape, dtype: DType, checkpointing: bool) {
         },
     );
     let parts = plan.activation_parts;
-    let what = format!("{SEQS}x({PROMPT}+{COMPLETION}) {dtype:?}, checkpointing {checkpointing}");
+    let what = format!("{seqs}x({prompt}+{completion}) {dtype:?}, checkpointing {checkpointing}");
     // The graph between forward and backward is counted op by op, so it must be close.
     let kept = parts.layer_inputs + if checkpointing { 0 } else { parts.layer_graphs } + parts.head + parts.shared;
     let kept_ratio = kept as f64 / measured_kept as f64;
