@@ -39,7 +39,12 @@ fn the_device_check_runs_dry_on_the_cpu() {
     assert!(check["memory_plan"]["measured_peak_bytes"].as_u64().unwrap() > 0);
     // The Python stages either measured or said why not.
     for side in [&check["sampling"]["transformers"], &check["grpo_step"]["pytorch_peft"]] {
-        assert!(side.get("skipped").is_some() || side.get("seconds").is_some() || side.get("seconds_per_step").is_some(), "{side}");
+        assert!(
+            side.get("skipped").is_some()
+                || side.get("seconds").is_some()
+                || side.get("seconds_per_step").is_some(),
+            "{side}"
+        );
     }
     assert!(said.contains("== device check (dry)"), "{said}");
 }

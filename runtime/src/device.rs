@@ -208,7 +208,10 @@ mod tests {
     fn driver_failures_say_what_to_do() {
         let cases = [
             ("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")", "memory_plan"),
-            ("DriverError(CUDA_ERROR_STUB_LIBRARY, \"<Failure when calling cuGetErrorString()>\")", "LD_LIBRARY_PATH"),
+            (
+                "DriverError(CUDA_ERROR_STUB_LIBRARY, \"<Failure when calling cuGetErrorString()>\")",
+                "LD_LIBRARY_PATH",
+            ),
             ("DriverError(CUDA_ERROR_INSUFFICIENT_DRIVER, \"\")", "update the driver"),
             ("DriverError(CUDA_ERROR_NO_BINARY_FOR_GPU, \"\")", "CUDA_COMPUTE_CAP"),
         ];

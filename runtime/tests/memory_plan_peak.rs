@@ -61,7 +61,11 @@ struct Shape(usize, usize, usize);
 
 /// Bytes alive at the peak of one scored forward and backward, and those kept between the
 /// forward and the backward (the graph), above those alive before.
-fn measured_peak(model: &Qwen25VL, Shape(seqs, prompt, completion): Shape, checkpointed: bool) -> (usize, usize) {
+fn measured_peak(
+    model: &Qwen25VL,
+    Shape(seqs, prompt, completion): Shape,
+    checkpointed: bool,
+) -> (usize, usize) {
     let rows: Vec<(Vec<u32>, Vec<bool>)> = (0..seqs)
         .map(|r| {
             let ids = (0..prompt + completion).map(|i| ((i * 7 + r * 13) % 400) as u32).collect();
@@ -112,12 +116,20 @@ fn check(shape: Shape, dtype: DType, checkpointing: bool) {
     let parts = plan.activation_parts;
     let what = format!("{seqs}x({prompt}+{completion}) {dtype:?}, checkpointing {checkpointing}");
     // The graph between forward and backward is counted op by op, so it must be close.
-    let kept = parts.layer_inputs + if checkpointing { 0 } else { parts.layer_graphs } + parts.head + parts.shared;
+    let kept =
+        parts.layer_inputs + if checkpointing { 0 } else { parts.layer_graphs } + parts.head + parts.shared;
     let kept_ratio = kept as f64 / measured_kept as f64;
     let ratio = plan.activations as f64 / measured as f64;
     eprintln!("{what}: graph planned {kept} measured {measured_kept} ({kept_ratio:.3}); peak planned {} measured {measured} ({ratio:.3}); {parts:?}", plan.activations);
-    assert!((0.9..=1.1).contains(&kept_ratio), "{what}: planned {kept} bytes of graph, measured {measured_kept}");
-    assert!((0.75..=1.25).contains(&ratio), "{what}: planned {} bytes of activations, measured {measured}", plan.activations);
+    assert!(
+        (0.9..=1.1).contains(&kept_ratio),
+        "{what}: planned {kept} bytes of graph, measured {measured_kept}"
+    );
+    assert!(
+        (0.75..=1.25).contains(&ratio),
+        "{what}: planned {} bytes of activations, measured {measured}",
+        plan.activations
+    );
 }
 
 #[test]

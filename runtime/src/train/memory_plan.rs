@@ -115,7 +115,12 @@ pub struct ActivationParts {
 
 impl ActivationParts {
     fn total(&self) -> u64 {
-        self.layer_inputs + self.layer_graphs + self.head + self.shared + self.untracked_gradients + self.backward_in_flight
+        self.layer_inputs
+            + self.layer_graphs
+            + self.head
+            + self.shared
+            + self.untracked_gradients
+            + self.backward_in_flight
     }
 }
 
@@ -236,7 +241,11 @@ impl Sizes {
             + 3 * h * s
             + self.linear(h, h, false, true)
             + h * s;
-        let mlp = self.norm(h, true) + 2 * self.linear(h, i, false, true) + 2 * i * s + self.linear(i, h, false, true) + h * s;
+        let mlp = self.norm(h, true)
+            + 2 * self.linear(h, i, false, true)
+            + 2 * i * s
+            + self.linear(i, h, false, true)
+            + h * s;
         attention + mlp
     }
 
@@ -332,12 +341,12 @@ fn activation_parts(cfg: &Config, req: &PlanRequest) -> ActivationParts {
     };
     // The final norm over every position, the scored rows picked, the head's logits, their f32
     // copy (half only), the log-softmax's shifted, exponentiated and result tensors.
-    let head = n * sizes.norm(h, true) + rows * h * s + rows * v * (s + if sizes.half { 4 } else { 0 } + 3 * 4);
+    let head =
+        n * sizes.norm(h, true) + rows * h * s + rows * v * (s + if sizes.half { 4 } else { 0 } + 3 * 4);
     // The additive mask (f32), the rotary tables, and without checkpointing the embeddings
     // (layer 0's input, which its residual keeps).
-    let shared = b * seq * seq * 4
-        + 2 * n * t.head_dim() as u64 * s
-        + if req.checkpointing { 0 } else { n * h * s };
+    let shared =
+        b * seq * seq * 4 + 2 * n * t.head_dim() as u64 * s + if req.checkpointing { 0 } else { n * h * s };
     // candle's backward also computes gradients for what nothing trains and keeps them to the
     // end: every frozen weight a matmul reads (none in full fine-tuning, where they are the
     // gradients) and, where the mask is added by an elementary op, its broadcast onto the
