@@ -71,6 +71,8 @@ main() {
   # stub instead of a driver gets an error that says so (device.rs explains it), never garbage.
   printf '%s\n' "$symbols" | sed 's/.*/int &(void) { return 34; }/' >"$link/libcuda-stub.c"
   cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$link/libcuda.so" "$link/libcuda-stub.c"
+  # The binary asks for the soname at run time; here the stub answers it.
+  ln -sf libcuda.so "$link/libcuda.so.1"
   echo "$(printf '%s\n' "$symbols" | wc -l) driver symbols"
 
   echo "== linking the medbridge binary"
