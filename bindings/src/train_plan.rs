@@ -17,10 +17,20 @@ use crate::options::{opt, Absent, Kind, OptionSet, COUNT, POSITIVE};
 pub static MEMORY_PLAN: OptionSet = OptionSet::new(
     "memory_plan",
     &[&[
-        opt("mode", Kind::Str(&["lora", "full"]), Absent::Str("lora"), "what trains: LoRA adapters or every language-model weight"),
+        opt(
+            "mode",
+            Kind::Str(&["lora", "full"]),
+            Absent::Str("lora"),
+            "what trains: LoRA adapters or every language-model weight",
+        ),
         opt("rank", POSITIVE, Absent::Means("the model's adapters' rank, else 8"), "LoRA rank (mode \"lora\")"),
         opt("batch", POSITIVE, Absent::Int(1), "prompts per step"),
-        opt("group", POSITIVE, Absent::Int(8), "completions per prompt (GRPO's G; 1 for SFT); batch × group sequences are scored in one backward and sampled at once"),
+        opt(
+            "group",
+            POSITIVE,
+            Absent::Int(8),
+            "completions per prompt (GRPO's G; 1 for SFT); batch × group sequences are scored in one backward and sampled at once",
+        ),
         opt("prompt_tokens", COUNT, Absent::Required, "tokens of a prompt, image tokens included"),
         opt("completion_tokens", COUNT, Absent::Required, "tokens of a completion"),
         opt(
@@ -29,13 +39,23 @@ pub static MEMORY_PLAN: OptionSet = OptionSet::new(
             Absent::Means("a model's dtype; bf16 for a preset"),
             "weights' and activations' dtype",
         ),
-        opt("checkpointing", Kind::Bool, Absent::Bool(true), "per-layer activation checkpointing (as training runs it)"),
-        opt("optimizer", Kind::Str(&["adamw", "sgd"]), Absent::Str("adamw"), "AdamW keeps an f32 master and two moments per trained weight; SGD none"),
+        opt(
+            "checkpointing",
+            Kind::Bool,
+            Absent::Bool(true),
+            "per-layer activation checkpointing (as training runs it)",
+        ),
+        opt(
+            "optimizer",
+            Kind::Str(&["adamw", "sgd"]),
+            Absent::Str("adamw"),
+            "AdamW (what sft and grpo run) keeps an f32 master and two moments per trained weight; \"sgd\" plans a stateless optimizer",
+        ),
         opt(
             "device",
             Kind::Str(&["cuda", "cpu"]),
             Absent::Means("a model's device; cuda for a preset"),
-            "whose kernels: the CPU's fused f32 ones keep less",
+            "whose kernels: the CPU's fused f32 ones keep less (the plan counts the autograd pass; LoRA on CPU f32 trains by the hand-derived one, which keeps less still)",
         ),
     ]],
 );

@@ -50,7 +50,8 @@ pub struct PlanRequest {
     pub rollout_sequences: usize,
     /// Whether AdamW's state is counted (false: plain SGD keeps none).
     pub adamw: bool,
-    /// Planning for the CPU, whose f32 kernels are fused (see [`Kernels`]).
+    /// Planning for the CPU, whose f32 kernels are fused (see [`Kernels`]). The plan counts the
+    /// autograd pass; CPU f32 training with LoRA takes the hand-derived pass, which keeps less.
     pub on_cpu: bool,
 }
 
