@@ -65,10 +65,11 @@ pub fn families() -> Vec<Family> {
         },
         Family {
             name: "train",
-            doc: "SFT that bridges support and GRPO that sharpens it (LoRA or full), logged per step; GRPO's pieces (rewards, CARE bonus, advantages) one at a time",
+            doc: "SFT that bridges support and GRPO that sharpens it (LoRA or full), logged per step; GRPO's pieces (rewards, CARE bonus, advantages) one at a time; memory_plan: a step's memory by part before it runs",
             module: {
                 let mut m = exported_module!(crate::train::train_api);
                 m.combine_flatten(exported_module!(crate::train_pieces::train_pieces_api));
+                m.combine_flatten(exported_module!(crate::train_plan::train_plan_api));
                 m
             },
             options: &crate::train::OPTIONS,

@@ -24,6 +24,7 @@ pub mod script_types;
 pub mod tensor;
 pub mod train;
 pub mod train_pieces;
+pub mod train_plan;
 
 pub use engine::{new_engine, new_engine_with_limits, Echo, ScriptLimits};
 pub use error::Diagnostic;

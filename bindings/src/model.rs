@@ -6,6 +6,7 @@
 //! `image` arguments take a file path or an `Image` (e.g. `ds[0].image`).
 
 use candle_core::Tensor;
+use medbridge_runtime::device::check_dtype;
 use medbridge_runtime::hub::HubConfig;
 use medbridge_runtime::image::Image;
 use medbridge_runtime::models::qwen2_5_vl::load::{parse_dtype, HubSource};
@@ -230,6 +231,7 @@ pub mod model_api {
         let device = placement_device(&ctx, &o)?;
         let s = session(&ctx)?;
         let dtype = parse_dtype(&o.string_or_default("dtype")?).script()?;
+        check_dtype(&device, dtype).script()?;
         // A local directory goes through the sandbox; anything else is a hub id, read from the
         // cache or downloaded into it (the only place outside the run directory a load writes).
         let source = match s.sandbox.locate_read(path_or_id).script()? {
@@ -276,6 +278,7 @@ pub mod model_api {
             layers: o.count("layers")?,
             vision_layers: o.count("vision_layers")?,
         };
+        check_dtype(&init.device, init.dtype).script()?;
         if let Some(map) = preset.read_lock::<Map>() {
             return Vlm::new_custom(config_from_map(&map)?, &init).script();
         }

@@ -288,7 +288,8 @@ static REWARD: OptionSet = OptionSet::new(
 );
 
 /// The train family's declared options, its pieces' (`train_pieces.rs`) included.
-pub static OPTIONS: [&OptionSet; 5] = [&SFT, &GRPO, &SCORE_REWARD, &CARE_BONUS, &GROUP_ADVANTAGES];
+pub static OPTIONS: [&OptionSet; 6] =
+    [&SFT, &GRPO, &SCORE_REWARD, &CARE_BONUS, &GROUP_ADVANTAGES, &crate::train_plan::MEMORY_PLAN];
 
 /// The shared training keys as parsed values.
 struct Training {

@@ -39,10 +39,15 @@ impl fmt::Display for Error {
     }
 }
 
-/// candle appends a backtrace to some errors; users need only the first line of the message.
+/// candle appends a backtrace to some errors; users need only the first line of the message,
+/// and for a CUDA driver failure (out of memory on the GPU, say) what to do about it.
 fn tensor_message(e: &candle_core::Error) -> String {
     let full = e.to_string();
-    full.lines().next().unwrap_or_default().trim().to_string()
+    let first = full.lines().next().unwrap_or_default().trim();
+    match crate::device::explain_cuda_error(&full) {
+        Some(hint) => format!("{hint} ({first})"),
+        None => first.to_string(),
+    }
 }
 
 impl std::error::Error for Error {
@@ -131,6 +136,17 @@ mod tests {
         let inner: Result<()> = Err(Error::msg("tensor lm_head.weight missing"));
         let err = inner.context("model.safetensors").context("loading model ./ckpt").unwrap_err();
         assert_eq!(err.to_string(), "loading model ./ckpt: model.safetensors: tensor lm_head.weight missing");
+    }
+
+    #[test]
+    fn an_out_of_memory_gpu_says_what_to_do() {
+        // As candle wraps cudarc's allocation failure.
+        let oom = candle_core::Error::Cuda(Box::new(std::io::Error::other(
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")",
+        )));
+        let err = Err::<(), _>(oom).context("grpo step 3").unwrap_err().to_string();
+        assert!(err.starts_with("grpo step 3: the GPU ran out of memory"), "{err}");
+        assert!(err.contains("memory_plan") && err.contains("CUDA_ERROR_OUT_OF_MEMORY"), "{err}");
     }
 
     #[test]

@@ -83,12 +83,23 @@ impl Vlm {
     /// A random-initialised preset with the tiny tokenizer: `qwen2_5_vl_tiny`, or the hub shapes
     /// of `qwen2_5_vl_3b`/`qwen2_5_vl_7b` with the hub's image processor.
     pub fn new_preset_with(name: &str, init: &RandomInit) -> Result<Self> {
+        let (config, processor) = Self::preset_parts(name)?;
+        Self::new_random(config, processor, init, name)
+    }
+
+    /// The config [`Vlm::new_preset_with`] builds preset `name` from, without its weights (what
+    /// `memory_plan` reads).
+    pub fn preset_config(name: &str) -> Result<Config> {
+        Ok(Self::preset_parts(name)?.0)
+    }
+
+    fn preset_parts(name: &str) -> Result<(Config, Processor)> {
         let processor = match presets::is_hub_shaped(name) {
             true => Processor::tiny_tokenizer_with(presets::HUB_PREPROCESSOR_CONFIG)?,
             false => Processor::tiny()?,
         };
         let config = presets::preset(name, processor.vocab_size(), tiny_token_ids(&processor))?;
-        Self::new_random(config, processor, init, name)
+        Ok((config, processor))
     }
 
     /// A random-initialised model of `config` paired with the tiny tokenizer (whose vocabulary

@@ -26,6 +26,7 @@ pub mod grpo;
 pub mod grpo_loss;
 pub mod grpo_preset;
 pub mod grpo_step;
+pub mod memory_plan;
 pub mod optim;
 pub mod periodic_eval;
 pub mod rewards;
