@@ -211,6 +211,27 @@ fn the_run_directory_records_script_args_metrics_and_output() {
     assert_eq!(std::fs::read_to_string(run.join("output.log")).unwrap(), "hello\n");
 }
 
+/// `medbridge run s.rhai | head`: once the reader has gone, printing must not panic or end the
+/// run; the run directory's output.log still holds every line.
+#[test]
+fn a_closed_stdout_does_not_end_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("s.rhai"), "for i in 0..2000 { print(`line ${i}`); }").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_medbridge"))
+        .args(["run", "s.rhai", "--quiet", "--out", "run"])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    let log = std::fs::read_to_string(dir.path().join("run/output.log")).unwrap();
+    assert_eq!(log.lines().count(), 2000);
+}
+
 /// Without `MEDBRIDGE_CACHE`, `linear_probe`'s feature cache lands in the run directory and
 /// nowhere else (not in `~/.cache`).
 #[test]
@@ -529,9 +550,9 @@ fn piped_repl_input_with_a_failed_entry_exits_1() {
             .args(["repl", "--quiet", "--out", "run"])
             .current_dir(dir.path())
             .env("HOME", dir.path())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();

@@ -1,6 +1,7 @@
 //! Building the engine a script runs in: the families, the script names of host types, the session
 //! tag, stdlib/file imports, printing into the run log, and Ctrl-C cancellation.
 
+use std::io::Write;
 use std::sync::Arc;
 
 use medbridge_runtime::run::Session;
@@ -70,7 +71,9 @@ pub fn new_engine_with_limits(session: Arc<Session>, echo: Echo, limits: ScriptL
     let out = session.clone();
     engine.on_print(move |text| {
         if echo == Echo::Terminal {
-            println!("{text}");
+            // A closed stdout (`medbridge run ... | head`) must not abort the run either: the
+            // run directory's output.log below still records every line.
+            let _ = writeln!(std::io::stdout().lock(), "{text}");
         }
         // A full disk must not abort the script; the terminal still shows the output.
         let _ = out.run.log_output(text);
@@ -82,7 +85,7 @@ pub fn new_engine_with_limits(session: Arc<Session>, echo: Echo, limits: ScriptL
             None => format!("[{pos}] {text}"),
         };
         if echo == Echo::Terminal {
-            eprintln!("{line}");
+            let _ = writeln!(std::io::stderr().lock(), "{line}");
         }
         let _ = dbg.run.log_output(&line);
     });
