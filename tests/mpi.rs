@@ -178,6 +178,30 @@ fn evaluate_on_two_ranks_equals_one_process_exactly() {
     assert_eq!(csv.lines().count(), 8, "7 questions and a header:\n{csv}");
 }
 
+/// A paper script written for one process (`scripts/paper/support_boundary.rhai`, its smoke-run
+/// settings) runs unchanged on two ranks: its evaluations shard, rank 0 alone writes the results
+/// (`report::write` and the script's guarded writes), and they equal one process's.
+#[test]
+fn a_paper_script_runs_unchanged_on_two_ranks() {
+    if !mpi_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = root().join("scripts/paper/support_boundary.rhai");
+    let sets =
+        ["models=tests/fixtures/qwen2_5_vl_tiny", "synthetic=true", "limit=6", "k=2", "max_new_tokens=4"];
+    for (ranks, out) in [(1, "one"), (2, "two")] {
+        let out = dir.path().join(out);
+        let mut cmd = medbridge(&root(), ranks, &script, out.to_str().unwrap(), &sets);
+        let o = cmd.env("MEDBRIDGE_CACHE", dir.path().join("cache")).output().unwrap();
+        assert!(o.status.success(), "{ranks} rank(s):\n{}", text(&o));
+    }
+    let read = |run: &str, file: &str| std::fs::read_to_string(dir.path().join(run).join(file)).unwrap();
+    assert_eq!(read("one", "boundary.json"), read("two", "boundary.json"));
+    assert_eq!(read("one", "report/report.md"), read("two", "report/report.md"));
+    assert!(dir.path().join("two/rank-1.log").is_file());
+}
+
 /// Run `cmd` to its end, failing the test if that takes longer than `limit`.
 fn finish_within(mut cmd: Command, limit: Duration) -> (Output, Duration) {
     let started = Instant::now();

@@ -11,7 +11,7 @@ use medbridge_bindings::script::{
     check_file, open_session, open_session_on, parse_set, read_script, run_file, SessionOptions,
 };
 use medbridge_bindings::Echo;
-use medbridge_runtime::dist::{check_agreement, launcher_size, local_rank, text_fingerprint, World};
+use medbridge_runtime::dist::{check_agreement, launcher_size, rank_device, text_fingerprint, World};
 use medbridge_runtime::run::CancelFlag;
 use rhai::Map;
 
@@ -83,17 +83,6 @@ pub fn refuse_under_mpi(command: &str) -> Option<u8> {
          or srun; run it as one process (only `medbridge run` splits its work over ranks)"
     );
     Some(USAGE_ERROR)
-}
-
-/// `--device` for this rank: under MPI, plain `cuda` is the rank's own GPU on its node, or the
-/// one GPU the launcher left it visible (Slurm's `--gpus-per-task=1`).
-fn rank_device(device: &str, world: &World) -> String {
-    let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok().map(|v| v.split(',').count());
-    match device {
-        "cuda" if world.is_distributed() && visible == Some(1) => "cuda:0".to_string(),
-        "cuda" if world.is_distributed() => format!("cuda:{}", local_rank().unwrap_or(world.rank())),
-        other => other.to_string(),
-    }
 }
 
 fn run_on(world: &World, script: &Path, set: &[String], opts: &RunArgs) -> u8 {

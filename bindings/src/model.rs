@@ -166,10 +166,13 @@ fn adapter_base(dir: &std::path::Path) -> Option<String> {
     config.get("base_model_name_or_path")?.as_str().map(str::to_string)
 }
 
-/// The `device` option, or the run's device.
+/// The `device` option (plain `cuda` being this rank's GPU under MPI), or the run's device.
 fn placement_device(ctx: &NativeCallContext, o: &Opts) -> ScriptResult<candle_core::Device> {
     match o.string("device")? {
-        Some(d) => medbridge_runtime::device::parse_device(&d).script(),
+        Some(d) => {
+            let d = medbridge_runtime::dist::rank_device(&d, &session(ctx)?.world);
+            medbridge_runtime::device::parse_device(&d).script()
+        }
         None => Ok(session(ctx)?.device.clone()),
     }
 }

@@ -199,6 +199,19 @@ pub fn local_rank() -> Option<usize> {
         .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
 }
 
+/// A device name for this rank: under several ranks, plain `cuda` is the rank's own GPU on its
+/// node (`cuda:LOCAL_RANK`), or the one GPU the launcher left it visible (Slurm's
+/// `--gpus-per-task=1`). `--device` and a script's own `device:` option both pass through this,
+/// so a script written for one GPU puts each rank on its own.
+pub fn rank_device(device: &str, world: &World) -> String {
+    let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok().map(|v| v.split(',').count());
+    match device {
+        "cuda" if world.is_distributed() && visible == Some(1) => "cuda:0".to_string(),
+        "cuda" if world.is_distributed() => format!("cuda:{}", local_rank().unwrap_or(world.rank())),
+        other => other.to_string(),
+    }
+}
+
 /// What the world's collectives do in a world of one: nothing.
 struct Single;
 
