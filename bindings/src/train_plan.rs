@@ -29,7 +29,13 @@ pub static MEMORY_PLAN: OptionSet = OptionSet::new(
             "group",
             POSITIVE,
             Absent::Int(8),
-            "completions per prompt (GRPO's G; 1 for SFT); batch × group sequences are scored in one backward and sampled at once",
+            "completions per prompt (GRPO's G; 1 for SFT); batch × group sequences are sampled at once",
+        ),
+        opt(
+            "micro_batch",
+            POSITIVE,
+            Absent::Means("batch × group: every sequence in one backward"),
+            "sequences scored per backward (as grpo's micro_batch); activations are one micro-batch's",
         ),
         opt("prompt_tokens", COUNT, Absent::Required, "tokens of a prompt, image tokens included"),
         opt("completion_tokens", COUNT, Absent::Required, "tokens of a completion"),
@@ -127,6 +133,7 @@ fn plan(subject: impl FnOnce() -> ScriptResult<Subject>, options: &Map) -> Scrip
     let request = PlanRequest {
         mode,
         sequences,
+        micro_batch: o.count("micro_batch")?,
         prompt_tokens: count("prompt_tokens")?,
         completion_tokens: count("completion_tokens")?,
         dtype,
