@@ -453,6 +453,8 @@ pub mod train_api {
     /// `question`, `options`, `answer` index, `letter`, `task`, ...) and returns a number.
     /// `dynamic_sampling` drops groups whose rewards are all equal and draws more prompts until
     /// `batch` groups carry signal or `max_draws` prompts were drawn.
+    /// `micro_batch: n` scores n completions per backward pass and accumulates their gradients
+    /// into the pass's one update (the same update, one micro-batch's activations in memory).
     /// `preset: "medbridgerl"` starts from every setting of the paper's released GRPO-CARE run
     /// (`GrpoOptions::preset`: one epoch, G 8, 4 prompts, lr 5e-7, released rewards, CARE on,
     /// seed 42) and the keys given override it; without `preset` the defaults here apply even on a
