@@ -154,7 +154,8 @@ pub mod train_plan_api {
     /// gradients, optimizer_state, activations, kv_cache, total, peak, activation_parts}`.
     /// `kv_cache` is the rollouts' (batch × group sequences of prompt + completion positions);
     /// `total` adds every part, `peak` counts the larger of rollouts and backward, which do not
-    /// overlap. A preset name builds no weights.
+    /// overlap; `activations` are one backward's, over `micro_batch` sequences when given (as
+    /// `grpo`'s option). A preset name builds no weights.
     #[rhai_fn(name = "memory_plan", return_raw)]
     pub fn memory_plan_of_preset(preset: &str, options: Map) -> Result<Map, Box<EvalAltResult>> {
         let subject = || {
