@@ -173,6 +173,13 @@ static GRPO: OptionSet = OptionSet::new(
             opt("epsilon_high", NON_NEGATIVE, Absent::Float(0.2), "upper clip range of the ratio"),
             opt("mu", POSITIVE, Absent::Int(1), "optimizer passes per generated batch"),
             opt(
+                "micro_batch",
+                POSITIVE,
+                Absent::Means("all of a process's completions in one backward"),
+                "completions scored per backward pass; gradients accumulate to one step, the \
+                 update is the same, only memory changes",
+            ),
+            opt(
                 "loss",
                 Kind::Str(&["token_mean", "seq_mean", "dr_grpo", "dapo", "bnpo", "grpo"]),
                 Absent::Str("token_mean"),
@@ -446,6 +453,8 @@ pub mod train_api {
     /// `question`, `options`, `answer` index, `letter`, `task`, ...) and returns a number.
     /// `dynamic_sampling` drops groups whose rewards are all equal and draws more prompts until
     /// `batch` groups carry signal or `max_draws` prompts were drawn.
+    /// `micro_batch: n` scores n completions per backward pass and accumulates their gradients
+    /// into the pass's one update (the same update, one micro-batch's activations in memory).
     /// `preset: "medbridgerl"` starts from every setting of the paper's released GRPO-CARE run
     /// (`GrpoOptions::preset`: one epoch, G 8, 4 prompts, lr 5e-7, released rewards, CARE on,
     /// seed 42) and the keys given override it; without `preset` the defaults here apply even on a
@@ -477,6 +486,7 @@ pub mod train_api {
         let step = &mut opts.step;
         step.group = o.count("group")?.unwrap_or(base.step.group);
         step.mu = o.count("mu")?.unwrap_or(base.step.mu);
+        step.micro_batch = o.count("micro_batch")?.or(base.step.micro_batch);
         step.loss.beta = o.float("beta")?.unwrap_or(base.step.loss.beta);
         step.loss.epsilon_low = o.float("epsilon_low")?.unwrap_or(base.step.loss.epsilon_low);
         step.loss.epsilon_high = o.float("epsilon_high")?.unwrap_or(base.step.loss.epsilon_high);

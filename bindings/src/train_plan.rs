@@ -29,7 +29,13 @@ pub static MEMORY_PLAN: OptionSet = OptionSet::new(
             "group",
             POSITIVE,
             Absent::Int(8),
-            "completions per prompt (GRPO's G; 1 for SFT); batch × group sequences are scored in one backward and sampled at once",
+            "completions per prompt (GRPO's G; 1 for SFT); batch × group sequences are sampled at once",
+        ),
+        opt(
+            "micro_batch",
+            POSITIVE,
+            Absent::Means("batch × group: every sequence in one backward"),
+            "sequences scored per backward (as grpo's micro_batch); activations are one micro-batch's",
         ),
         opt("prompt_tokens", COUNT, Absent::Required, "tokens of a prompt, image tokens included"),
         opt("completion_tokens", COUNT, Absent::Required, "tokens of a completion"),
@@ -127,6 +133,7 @@ fn plan(subject: impl FnOnce() -> ScriptResult<Subject>, options: &Map) -> Scrip
     let request = PlanRequest {
         mode,
         sequences,
+        micro_batch: o.count("micro_batch")?,
         prompt_tokens: count("prompt_tokens")?,
         completion_tokens: count("completion_tokens")?,
         dtype,
@@ -147,7 +154,8 @@ pub mod train_plan_api {
     /// gradients, optimizer_state, activations, kv_cache, total, peak, activation_parts}`.
     /// `kv_cache` is the rollouts' (batch × group sequences of prompt + completion positions);
     /// `total` adds every part, `peak` counts the larger of rollouts and backward, which do not
-    /// overlap. A preset name builds no weights.
+    /// overlap; `activations` are one backward's, over `micro_batch` sequences when given (as
+    /// `grpo`'s option). A preset name builds no weights.
     #[rhai_fn(name = "memory_plan", return_raw)]
     pub fn memory_plan_of_preset(preset: &str, options: Map) -> Result<Map, Box<EvalAltResult>> {
         let subject = || {

@@ -4,7 +4,8 @@
 //! one forward-and-backward over a LoRA batch, above what was alive before it (the weights and
 //! adapters), and those alive between the forward and the backward (the autograd graph). CPU
 //! tensors are plain heap allocations, so these are what the plan models: the graph, counted op
-//! by op, must be within 10%, the peak within 25%, with and without checkpointing, in f32 (the
+//! by op, must be within 10%, the peak within 25%, with and without checkpointing, whole batches
+//! and micro-batches (a backward per micro-batch, gradients accumulated), in f32 (the
 //! CPU's fused kernels) and in bf16 (the elementary ops a GPU runs, except the CPU's fused
 //! softmax on the f32 upcast), at shapes where attention or the MLP dominates.
 
@@ -13,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType, Device};
 use medbridge_runtime::models::qwen2_5_vl::{Config, LoraConfig, Qwen25VL, TokenIds};
+use medbridge_runtime::train::grad::GradAccumulator;
 use medbridge_runtime::train::memory_plan::{memory_plan, PlanMode, PlanRequest};
 use medbridge_runtime::train::token_logprobs::{score_tokens, score_tokens_checkpointed, Sequence};
 
@@ -55,15 +57,18 @@ fn config() -> Config {
     cfg
 }
 
-/// A batch: sequences, prompt tokens, completion tokens (all scored).
+/// A batch: sequences, prompt tokens, completion tokens (all scored), and sequences per backward
+/// (as GRPO's `micro_batch`; `None`: all at once).
 #[derive(Clone, Copy)]
-struct Shape(usize, usize, usize);
+struct Shape(usize, usize, usize, Option<usize>);
 
-/// Bytes alive at the peak of one scored forward and backward, and those kept between the
-/// forward and the backward (the graph), above those alive before.
+/// Bytes alive at the peak of scored forwards and backwards over the batch, a micro-batch at a
+/// time with the gradients accumulated, and those kept between a forward and its backward (the
+/// graph, the largest micro-batch's), above those alive before (the accumulator's sums, which
+/// the plan counts as gradients, included).
 fn measured_peak(
     model: &Qwen25VL,
-    Shape(seqs, prompt, completion): Shape,
+    Shape(seqs, prompt, completion, micro): Shape,
     checkpointed: bool,
 ) -> (usize, usize) {
     let rows: Vec<(Vec<u32>, Vec<bool>)> = (0..seqs)
@@ -74,24 +79,27 @@ fn measured_peak(
         .collect();
     let seqs: Vec<Sequence> =
         rows.iter().map(|(ids, scored)| Sequence { ids, scored, pixel_values: None, grid: None }).collect();
+    let vars = model.trainable();
+    let mut acc = GradAccumulator::new(vars.iter().map(|(_, v)| v)).unwrap();
     let before = LIVE.load(Ordering::Relaxed);
     PEAK.store(before, Ordering::Relaxed);
-    let kept;
-    {
+    let mut kept = 0;
+    for part in seqs.chunks(micro.unwrap_or(seqs.len())) {
         let scores = match checkpointed {
-            true => score_tokens_checkpointed(model, &seqs, 0, 1.0).unwrap(),
-            false => score_tokens(model, &seqs, 0, 1.0).unwrap(),
+            true => score_tokens_checkpointed(model, part, 0, 1.0).unwrap(),
+            false => score_tokens(model, part, 0, 1.0).unwrap(),
         };
         let loss = scores.logprobs.mean_all().unwrap().neg().unwrap();
-        kept = LIVE.load(Ordering::Relaxed) - before;
+        kept = kept.max(LIVE.load(Ordering::Relaxed) - before);
         let grads = scores.backward(&loss).unwrap();
-        assert!(grads.get(model.trainable()[0].1.as_tensor()).is_some());
+        assert!(grads.get(vars[0].1.as_tensor()).is_some());
+        acc.add(&grads, vars.iter().map(|(_, v)| v), 1.0).unwrap();
     }
     (PEAK.load(Ordering::Relaxed) - before, kept)
 }
 
 fn check(shape: Shape, dtype: DType, checkpointing: bool) {
-    let Shape(seqs, prompt, completion) = shape;
+    let Shape(seqs, prompt, completion, micro_batch) = shape;
     let cfg = config();
     let model = Qwen25VL::new_random(&cfg, 1, dtype, &Device::Cpu)
         .unwrap()
@@ -105,6 +113,7 @@ fn check(shape: Shape, dtype: DType, checkpointing: bool) {
         &PlanRequest {
             mode: PlanMode::Lora { rank: 8 },
             sequences: seqs,
+            micro_batch,
             prompt_tokens: prompt,
             completion_tokens: completion,
             dtype,
@@ -114,7 +123,8 @@ fn check(shape: Shape, dtype: DType, checkpointing: bool) {
         },
     );
     let parts = plan.activation_parts;
-    let what = format!("{seqs}x({prompt}+{completion}) {dtype:?}, checkpointing {checkpointing}");
+    let what =
+        format!("{seqs}x({prompt}+{completion}) by {micro_batch:?} {dtype:?}, checkpointing {checkpointing}");
     // The graph between forward and backward is counted op by op, so it must be close.
     let kept =
         parts.layer_inputs + if checkpointing { 0 } else { parts.layer_graphs } + parts.head + parts.shared;
@@ -136,7 +146,14 @@ fn check(shape: Shape, dtype: DType, checkpointing: bool) {
 fn activation_estimate_is_within_a_quarter_of_the_measured_peak() {
     // f32 takes the CPU's fused kernels; bf16 the elementary ops a GPU runs.
     for dtype in [DType::F32, DType::BF16] {
-        for shape in [Shape(4, 192, 64), Shape(2, 448, 64), Shape(8, 64, 32)] {
+        for shape in [
+            Shape(4, 192, 64, None),
+            Shape(2, 448, 64, None),
+            Shape(8, 64, 32, None),
+            // GRPO's micro-batches: one backward's activations, the gradients accumulated.
+            Shape(6, 192, 64, Some(2)),
+            Shape(4, 192, 64, Some(1)),
+        ] {
             check(shape, dtype, true);
             check(shape, dtype, false);
         }

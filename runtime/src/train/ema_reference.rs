@@ -101,13 +101,20 @@ impl EmaReference {
     }
 
     /// Each rollout's confidence (uncapped): `exp(mean log-prob)` of its answer tokens under the
-    /// reference, scored in one batch padded with `pad_id`.
-    pub fn confidences(&self, rollouts: &[Rollout], processor: &Processor, pad_id: u32) -> Result<Vec<f64>> {
+    /// reference, scored `micro_batch` rollouts at a time (`None`: all in one batch) padded with
+    /// `pad_id`.
+    pub fn confidences(
+        &self,
+        rollouts: &[Rollout],
+        processor: &Processor,
+        pad_id: u32,
+        micro_batch: Option<usize>,
+    ) -> Result<Vec<f64>> {
         let scored: Vec<usize> =
             (0..rollouts.len()).filter(|&k| !rollouts[k].completion_ids.is_empty()).collect();
         let mut per_row: Vec<Vec<f64>> = vec![Vec::new(); rollouts.len()];
-        if !scored.is_empty() {
-            let (ids, flags): (Vec<Vec<u32>>, Vec<Vec<bool>>) = scored
+        for part in scored.chunks(micro_batch.unwrap_or(scored.len()).max(1)) {
+            let (ids, flags): (Vec<Vec<u32>>, Vec<Vec<bool>>) = part
                 .iter()
                 .map(|&k| {
                     let r = &rollouts[k];
@@ -117,7 +124,7 @@ impl EmaReference {
                     (ids, flags)
                 })
                 .unzip();
-            let seqs: Vec<Sequence> = scored
+            let seqs: Vec<Sequence> = part
                 .iter()
                 .enumerate()
                 .map(|(row, &k)| Sequence {
@@ -130,7 +137,7 @@ impl EmaReference {
             let scores = score_tokens(&self.model, &seqs, pad_id, 1.0)?;
             let logprobs = scores.logprobs.detach().to_dtype(DType::F32)?.to_vec1::<f32>()?;
             for (&row, &lp) in scores.rows.iter().zip(&logprobs) {
-                per_row[scored[row]].push(f64::from(lp));
+                per_row[part[row]].push(f64::from(lp));
             }
         }
         Ok(rollouts
@@ -184,7 +191,8 @@ mod tests {
             truncated: false,
         };
         let rs = [rollout(tagged.clone()), rollout(untagged), rollout(Vec::new())];
-        let got = ema.confidences(&rs, p, p.endoftext_id()).unwrap();
+        let got = ema.confidences(&rs, p, p.endoftext_id(), None).unwrap();
+        let by_one = ema.confidences(&rs, p, p.endoftext_id(), Some(1)).unwrap();
         // By hand: score the tagged completion alone and average the span's log-probs.
         let ids: Vec<u32> = enc.input_ids.iter().chain(&tagged).copied().collect();
         let mut scored = vec![false; enc.input_ids.len()];
@@ -200,6 +208,8 @@ mod tests {
         assert!(got[0] < 1.0);
         // No tag or no completion: no answer tokens, confidence exp(0).
         assert_eq!(&got[1..], &[1.0, 1.0]);
+        let most = got.iter().zip(&by_one).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(most < 1e-6, "one at a time: {by_one:?} vs {got:?}");
     }
 
     #[test]

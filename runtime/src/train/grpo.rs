@@ -264,20 +264,21 @@ struct Care {
 }
 
 impl Care {
-    /// Add each rollout's bonus (per prompt group of `group`) to its reward; returns the mean
-    /// bonus and the mean confidence.
+    /// Add each rollout's bonus (per prompt group of `step.group`, the reference scoring
+    /// `step.micro_batch` at a time) to its reward; returns the mean bonus and the mean confidence.
     fn reward(
         &self,
         rollouts: &mut [Rollout],
-        group: usize,
+        step: &GrpoStepOptions,
         policy: &Vlm,
         pad: u32,
         world: &World,
     ) -> Result<(f64, f64)> {
         let mut sums = [0.0; 3];
         if !rollouts.is_empty() {
-            let confidence = self.reference.confidences(rollouts, &policy.processor, pad)?;
-            let bonus = add_care_bonus(rollouts, &confidence, &self.options.bonus, group)?;
+            let confidence =
+                self.reference.confidences(rollouts, &policy.processor, pad, step.micro_batch)?;
+            let bonus = add_care_bonus(rollouts, &confidence, &self.options.bonus, step.group)?;
             sums = [bonus.iter().sum(), confidence.iter().sum(), rollouts.len() as f64];
         }
         world.all_reduce_f64("grpo: CARE's bonus and confidence", &mut sums)?;
@@ -320,7 +321,7 @@ impl Trainer for GrpoStep<'_> {
         let care = match &self.care {
             Some(care) => {
                 let (policy, world) = (self.source.policy, self.source.world);
-                Some(care.reward(&mut drawn.rollouts, opts.step.group, policy, self.pad, world)?)
+                Some(care.reward(&mut drawn.rollouts, &opts.step, policy, self.pad, world)?)
             }
             None => None,
         };

@@ -7,7 +7,9 @@
 //!   (`--max_completion_length 2048`).
 //! - 4 prompts per optimiser step: 4 processes × `--per_device_train_batch_size 1`, no gradient
 //!   accumulation; DDP averages the processes' losses, so the step's loss is the mean over its 32
-//!   completions of each one's token mean — our `seq_mean`.
+//!   completions of each one's token mean — our `seq_mean`. Each process scored its 8
+//!   completions in one backward; our `micro_batch` (completions per backward) only bounds
+//!   memory — any value gives the same update — so the preset leaves it unset (all at once).
 //! - One epoch (`--num_train_epochs 1`): `steps = ceil(examples / 4)`. GRPO draws its prompts from
 //!   the run's seeded data order, reshuffled each epoch ([`super::data_order`]), so one epoch's
 //!   steps visit every example once; the seed (42, `--data_seed 42`) seeds our shuffle, not
@@ -72,6 +74,7 @@ impl GrpoOptions {
                         filter_zero_variance: false,
                         temperature: 1.0,
                         max_grad_norm: Some(5.0),
+                        micro_batch: None,
                     },
                     lr: 5e-7,
                     schedule: Schedule::Linear,
@@ -133,6 +136,7 @@ impl GrpoOptions {
             "mask_truncated": step.mask_truncated,
             "filter_zero_variance": step.filter_zero_variance,
             "max_grad_norm": step.max_grad_norm,
+            "micro_batch": step.micro_batch,
             "seed": self.seed,
             "max_bad_steps": self.max_bad_steps,
             "save_every": self.save_every,

@@ -7,6 +7,12 @@
 //! the current ones detached and the ratio is exactly 1; with `mu > 1` the sampler's log-probs
 //! are the old policy's.
 //!
+//! `micro_batch` splits this rank's kept completions into micro-batches of that many, each
+//! scored and back-propagated on its own (reference and old log-probs too), so a backward holds
+//! one micro-batch's activations. Every micro-batch's loss is taken over the whole batch's token
+//! and completion counts, so their losses and gradients sum to the whole batch's; the gradients
+//! accumulate and each pass still takes one optimiser step.
+//!
 //! Under MPI each rank holds whole groups of the batch; the loss's denominators are the batch's
 //! (summed over ranks first), the gradients and the logged statistics are summed over the ranks,
 //! and every decision (nothing left to train on, a non-finite step) is taken on the sums, so the
@@ -56,6 +62,8 @@ pub struct GrpoStepOptions {
     pub filter_zero_variance: bool,
     pub temperature: f64,
     pub max_grad_norm: Option<f64>,
+    /// Completions per backward pass; `None`: all of this rank's at once.
+    pub micro_batch: Option<usize>,
 }
 
 impl GrpoStepOptions {
@@ -77,6 +85,7 @@ impl Default for GrpoStepOptions {
             filter_zero_variance: false,
             temperature: 1.0,
             max_grad_norm: Some(1.0),
+            micro_batch: None,
         }
     }
 }
@@ -199,6 +208,9 @@ pub fn grpo_step(
     if opts.mu == 0 {
         crate::bail!("grpo: mu must be at least 1");
     }
+    if opts.micro_batch == Some(0) {
+        crate::bail!("grpo: micro_batch must be at least 1 (completions per backward pass)");
+    }
     let rewards: Vec<f64> = rollouts.iter().map(|r| r.reward).collect();
     let adv = batch_advantages(&rewards, opts, world)?;
     let mut stats = GrpoStepStats::default();
@@ -207,17 +219,16 @@ pub fn grpo_step(
         .filter(|&k| !(opts.filter_zero_variance && adv.zero_variance_groups.contains(&(k / opts.group))))
         .filter(|&k| !rollouts[k].completion_ids.is_empty())
         .collect();
-    let local = match keep.is_empty() {
-        true => None,
-        false => Some(Batch::new(rollouts, &keep, opts.mask_truncated, model.device())?),
-    };
-    let mut totals = match &local {
-        Some(batch) => {
-            let t = LossTotals::of(&batch.mask)?;
-            [t.tokens, t.completions]
-        }
-        None => [0.0, 0.0],
-    };
+    let size = opts.micro_batch.unwrap_or(keep.len()).max(1);
+    let batches = keep
+        .chunks(size)
+        .map(|c| Batch::new(rollouts, c, opts.mask_truncated, model.device()))
+        .collect::<Result<Vec<_>>>()?;
+    let mut totals = [0.0, 0.0];
+    for batch in &batches {
+        let t = LossTotals::of(&batch.mask)?;
+        totals = [totals[0] + t.tokens, totals[1] + t.completions];
+    }
     world.all_reduce_f64("grpo: the batch's token and completion counts", &mut totals)?;
     if totals[1] == 0.0 {
         return Ok(stats);
@@ -229,38 +240,22 @@ pub fn grpo_step(
         );
     }
     let totals = LossTotals { tokens: totals[0], completions: totals[1] };
-    let prepared = match &local {
-        Some(batch) => Some(Prepared::new(model, batch, &keep, &adv.values, opts, pad_id)?),
-        None => None,
-    };
+    let micro: Vec<(Batch, Prepared)> = batches
+        .into_iter()
+        .zip(keep.chunks(size))
+        .map(|(batch, kept)| {
+            let prep = Prepared::new(model, &batch, kept, &adv.values, opts, pad_id)?;
+            Ok((batch, prep))
+        })
+        .collect::<Result<_>>()?;
     model.set_training(true);
     let passes = (0..opts.mu).try_for_each(|_| -> Result<()> {
         let mut acc = GradAccumulator::new(optimizer.vars().map(|(_, v)| v))?;
         // loss, then sums over counted tokens of kl, clip_low, clip_high; entropy sum and count.
         let mut sums = [0.0f64; 6];
-        if let (Some(batch), Some(prep)) = (&local, &prepared) {
-            let scores = score_tokens_for_training(model, &batch.sequences(), pad_id, opts.temperature)?;
-            let logprobs = batch.padded(&scores, false)?;
-            let old = if opts.mu == 1 { logprobs.detach() } else { prep.old_from_sampler.clone() };
-            let inputs = GrpoLossInputs {
-                logprobs: &logprobs,
-                old_logprobs: &old,
-                ref_logprobs: prep.reference.as_ref(),
-                advantages: &prep.advantages,
-                mask: &batch.mask,
-                totals: Some(totals),
-            };
-            let out = grpo_loss(&opts.loss, &inputs)?;
-            acc.add(&scores.backward(&out.loss)?, optimizer.vars().map(|(_, v)| v), 1.0)?;
-            let tokens = LossTotals::of(&batch.mask)?.tokens;
-            sums = [
-                out.loss.to_scalar::<f32>()? as f64,
-                out.kl * tokens,
-                out.clip_low * tokens,
-                out.clip_high * tokens,
-                scores.entropy.sum_all()?.to_scalar::<f32>()? as f64,
-                scores.entropy.elem_count() as f64,
-            ];
+        for (batch, prep) in &micro {
+            let part = micro_batch_backward(model, batch, prep, opts, totals, pad_id, &mut acc, optimizer)?;
+            sums.iter_mut().zip(part).for_each(|(sum, x)| *sum += x);
         }
         acc.all_reduce(world)?;
         world.all_reduce_f64("grpo: the step's loss and statistics", &mut sums)?;
@@ -282,6 +277,44 @@ pub fn grpo_step(
     model.set_training(false);
     passes?;
     Ok(stats)
+}
+
+/// Score one micro-batch, add its loss's gradients (over the whole batch's `totals`) to `acc`,
+/// and return its loss and its sums of kl, clip_low and clip_high over counted tokens, and of
+/// entropy with the entropy's count.
+#[allow(clippy::too_many_arguments)]
+fn micro_batch_backward(
+    model: &Qwen25VL,
+    batch: &Batch,
+    prep: &Prepared,
+    opts: &GrpoStepOptions,
+    totals: LossTotals,
+    pad_id: u32,
+    acc: &mut GradAccumulator,
+    optimizer: &AdamW,
+) -> Result<[f64; 6]> {
+    let scores = score_tokens_for_training(model, &batch.sequences(), pad_id, opts.temperature)?;
+    let logprobs = batch.padded(&scores, false)?;
+    let old = if opts.mu == 1 { logprobs.detach() } else { prep.old_from_sampler.clone() };
+    let inputs = GrpoLossInputs {
+        logprobs: &logprobs,
+        old_logprobs: &old,
+        ref_logprobs: prep.reference.as_ref(),
+        advantages: &prep.advantages,
+        mask: &batch.mask,
+        totals: Some(totals),
+    };
+    let out = grpo_loss(&opts.loss, &inputs)?;
+    acc.add(&scores.backward(&out.loss)?, optimizer.vars().map(|(_, v)| v), 1.0)?;
+    let tokens = LossTotals::of(&batch.mask)?.tokens;
+    Ok([
+        out.loss.to_scalar::<f32>()? as f64,
+        out.kl * tokens,
+        out.clip_low * tokens,
+        out.clip_high * tokens,
+        scores.entropy.sum_all()?.to_scalar::<f32>()? as f64,
+        scores.entropy.elem_count() as f64,
+    ])
 }
 
 /// The advantages of this rank's `rewards` (whole groups), computed over the whole batch's rewards
@@ -311,8 +344,8 @@ fn batch_advantages(rewards: &[f64], opts: &GrpoStepOptions, world: &World) -> R
     })
 }
 
-/// What the passes of a step share: the kept rollouts' advantages, the reference log-probs (with
-/// `beta`) and the sampler's log-probs.
+/// What the passes of a step share, per micro-batch: its rollouts' advantages, the reference
+/// log-probs (with `beta`) and the sampler's log-probs.
 struct Prepared {
     advantages: Tensor,
     reference: Option<Tensor>,
@@ -342,7 +375,8 @@ impl Prepared {
     }
 }
 
-/// The kept rollouts as scoring sequences, with the completion mask.
+/// Kept rollouts (one micro-batch) as scoring sequences, with the completion mask, padded to
+/// the micro-batch's longest completion.
 struct Batch<'a> {
     rollouts: Vec<&'a Rollout>,
     ids: Vec<Vec<u32>>,
@@ -414,6 +448,7 @@ impl<'a> Batch<'a> {
 mod tests {
     use super::*;
     use crate::models::qwen2_5_vl::{LoraConfig, LoraInit};
+    use crate::train::grpo_loss::LossAggregation;
     use crate::train::optim::AdamWConfig;
     use crate::train::sft::tests::{synthetic_task, tiny_vlm};
 
@@ -534,5 +569,76 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("needs LoRA adapters"), "{err}");
+    }
+
+    /// Final adapter weights and per-step stats after two steps of `opts` from the same start.
+    fn train(opts: &GrpoStepOptions) -> (Vec<Vec<f32>>, Vec<GrpoStepStats>) {
+        let (vlm, model) = lora_model();
+        let mut rs = rollouts(&model, &vlm);
+        // Uneven lengths, so micro-batches pad differently, and signal in both groups.
+        for (k, r) in rs.iter_mut().enumerate() {
+            r.completion_ids.truncate(1 + k % 3);
+            r.old_logprobs.truncate(1 + k % 3);
+            r.reward = [0.0, 1.0, 0.5, 0.0, 0.25, 0.0, 1.0, 0.75][k];
+        }
+        let cfg = AdamWConfig { eps: 1e-3, ..AdamWConfig::default() };
+        let mut opt = AdamW::new(model.trainable(), cfg).unwrap();
+        let mut guard = NonFiniteGuard::new(3);
+        let stats = (0..2)
+            .map(|_| grpo_step(&model, &rs, opts, &mut opt, &mut guard, 1e-2, 0, &World::single()).unwrap())
+            .collect();
+        let weights = model
+            .trainable()
+            .iter()
+            .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect();
+        (weights, stats)
+    }
+
+    #[test]
+    fn micro_batches_give_the_whole_batch_update() {
+        for loss in ["token_mean", "seq_mean", "dr_grpo"] {
+            let mut base = GrpoStepOptions { group: 4, mu: 2, mask_truncated: true, ..Default::default() };
+            base.loss.aggregation = LossAggregation::parse(loss).unwrap();
+            base.loss.max_completion_length = 3;
+            let base = base.with_beta(0.1);
+            let (whole_w, whole_s) = train(&base);
+            assert_eq!(whole_s.iter().map(|s| s.updates).sum::<usize>(), 4);
+            assert!(whole_s[1].kl > 0.0 && whole_s[1].clip_high + whole_s[1].clip_low >= 0.0);
+            for size in [1, 3] {
+                let (w, s) = train(&GrpoStepOptions { micro_batch: Some(size), ..base });
+                for (a, b) in whole_s.iter().zip(&s) {
+                    for (name, x, y) in [
+                        ("loss", a.loss, b.loss),
+                        ("kl", a.kl, b.kl),
+                        ("clip_low", a.clip_low, b.clip_low),
+                        ("clip_high", a.clip_high, b.clip_high),
+                        ("entropy", a.entropy, b.entropy),
+                        ("grad_norm", a.grad_norm, b.grad_norm),
+                    ] {
+                        assert!((x - y).abs() < 1e-5, "{loss}, micro_batch {size}: {name} {x} vs {y}");
+                    }
+                }
+                let moved = whole_w.iter().flatten().zip(w.iter().flatten()).map(|(x, y)| (x - y).abs());
+                let worst = moved.fold(0.0f32, f32::max);
+                assert!(worst < 1e-5, "{loss}, micro_batch {size}: weights differ by {worst}");
+            }
+        }
+        let (vlm, model) = lora_model();
+        let mut opt = AdamW::new(model.trainable(), AdamWConfig::default()).unwrap();
+        let opts = GrpoStepOptions { group: 4, micro_batch: Some(0), ..Default::default() };
+        let err = grpo_step(
+            &model,
+            &rollouts(&model, &vlm),
+            &opts,
+            &mut opt,
+            &mut NonFiniteGuard::new(3),
+            1e-3,
+            0,
+            &World::single(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("micro_batch must be at least 1"), "{err}");
     }
 }

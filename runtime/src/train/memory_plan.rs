@@ -5,7 +5,8 @@
 //! The parts: weights (base in the run's dtype, LoRA adapters in f32), gradients (f32
 //! accumulators plus the backward's own copy in the parameter dtype), AdamW's state (an f32
 //! master, first and second moments), the KV cache of the rollouts ([`kv_cache_bytes`]), and the
-//! activations of one backward over a step's sequences.
+//! activations of one backward over a step's sequences — or over one micro-batch of them, when the
+//! step scores them a micro-batch at a time (GRPO's `micro_batch`).
 //!
 //! Activations are counted op by op from what candle's autograd keeps: every tensor that is an
 //! input of a recorded op stays alive until the backward is done with its graph (the test finds
@@ -38,8 +39,11 @@ pub enum PlanMode {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanRequest {
     pub mode: PlanMode,
-    /// Sequences scored in one backward (GRPO: prompts × group; SFT: the micro-batch).
+    /// Sequences a step trains on in this process (GRPO: prompts × group; SFT: the micro-batch).
     pub sequences: usize,
+    /// Sequences scored per backward (GRPO's `micro_batch`); `None`: all of `sequences` at once.
+    /// Activations are one micro-batch's; gradients accumulate in the f32 sums counted anyway.
+    pub micro_batch: Option<usize>,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     /// The weights' and activations' dtype.
@@ -60,6 +64,7 @@ impl Default for PlanRequest {
         Self {
             mode: PlanMode::Lora { rank: 8 },
             sequences: 1,
+            micro_batch: None,
             prompt_tokens: 0,
             completion_tokens: 0,
             dtype: DType::F32,
@@ -304,7 +309,7 @@ fn parameter_counts(cfg: &Config, mode: PlanMode) -> (u64, u64) {
     (total, trainable)
 }
 
-/// The activations of one forward and backward over `req`'s sequences.
+/// The activations of one forward and backward over one micro-batch of `req`'s sequences.
 fn activation_parts(cfg: &Config, req: &PlanRequest) -> ActivationParts {
     let t = &cfg.text;
     let s = req.dtype.size_in_bytes() as u64;
@@ -323,7 +328,7 @@ fn activation_parts(cfg: &Config, req: &PlanRequest) -> ActivationParts {
     };
     let Sizes { h, kv, i, v, .. } = sizes;
     let (b, seq, scored) = (
-        req.sequences as u64,
+        req.micro_batch.map_or(req.sequences, |m| m.min(req.sequences)) as u64,
         (req.prompt_tokens + req.completion_tokens) as u64,
         req.completion_tokens as u64,
     );
