@@ -28,6 +28,7 @@ use crate::options::{
 use crate::sample::{sampler_options, EVAL_KEYS, EVAL_SAMPLER_KEYS, TOP_P};
 use crate::script_types::type_of;
 use crate::train_pieces::{bonus_over, BONUS_KEYS, CARE_BONUS, GROUP_ADVANTAGES, SCORE_REWARD};
+use medbridge_runtime::sample::{DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_SEQS};
 
 /// The sub-options of `eval_options`: evaluation's sampler keys and defaults, plus the task.
 static PERIODIC_EVAL: OptionSet = OptionSet::new(
@@ -224,6 +225,18 @@ static GRPO: OptionSet = OptionSet::new(
             opt("max_new_tokens", POSITIVE, Absent::Int(32), "tokens per completion at most"),
             opt("temperature", NON_NEGATIVE, Absent::Float(1.0), "sampling temperature"),
             opt("top_p", TOP_P, Absent::Float(1.0), "nucleus mass kept when sampling"),
+            opt(
+                "max_batch_tokens",
+                POSITIVE,
+                Absent::Int(DEFAULT_MAX_BATCH_TOKENS as i64),
+                "rollouts: KV-cache positions the running samples may hold at once (as the sampler's option; raise it on a GPU)",
+            ),
+            opt(
+                "max_seqs",
+                POSITIVE,
+                Absent::Int(DEFAULT_MAX_SEQS as i64),
+                "rollouts: samples decoded at once at most (as the sampler's option)",
+            ),
             opt(
                 "preset",
                 PRESETS,
@@ -483,6 +496,8 @@ pub mod train_api {
         opts.max_draws = o.count("max_draws")?.or(base.max_draws);
         opts.max_new_tokens = o.count("max_new_tokens")?.unwrap_or(base.max_new_tokens);
         opts.top_p = o.float("top_p")?.unwrap_or(base.top_p);
+        opts.max_batch_tokens = o.count("max_batch_tokens")?.unwrap_or(base.max_batch_tokens);
+        opts.max_seqs = o.count("max_seqs")?.unwrap_or(base.max_seqs);
         let step = &mut opts.step;
         step.group = o.count("group")?.unwrap_or(base.step.group);
         step.mu = o.count("mu")?.unwrap_or(base.step.mu);
@@ -612,6 +627,8 @@ mod tests {
         assert_eq!(number(&GRPO, "epsilon_low"), grpo.step.loss.epsilon_low);
         assert_eq!(number(&GRPO, "epsilon_high"), grpo.step.loss.epsilon_high);
         assert_eq!(number(&GRPO, "max_new_tokens"), grpo.max_new_tokens as f64);
+        assert_eq!(number(&GRPO, "max_batch_tokens"), grpo.max_batch_tokens as f64);
+        assert_eq!(number(&GRPO, "max_seqs"), grpo.max_seqs as f64);
         assert_eq!(number(&GRPO, "temperature"), grpo.step.temperature);
         assert_eq!(number(&GRPO, "top_p"), grpo.top_p);
         assert_eq!(number(&GRPO, "warmup"), grpo.warmup as f64);

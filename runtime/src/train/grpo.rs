@@ -71,6 +71,10 @@ pub struct GrpoOptions {
     pub max_draws: Option<usize>,
     pub max_new_tokens: usize,
     pub top_p: f64,
+    /// The rollout engine's budget: KV positions held at once and samples decoded at once (the
+    /// sampler's options of the same names; a GPU wants far more than the CPU default).
+    pub max_batch_tokens: usize,
+    pub max_seqs: usize,
     pub save_every: Option<u64>,
     /// A checkpoint directory, or an output directory whose latest checkpoint to continue.
     pub resume: Option<PathBuf>,
@@ -98,6 +102,8 @@ impl Default for GrpoOptions {
             max_draws: None,
             max_new_tokens: 32,
             top_p: 1.0,
+            max_batch_tokens: crate::sample::DEFAULT_MAX_BATCH_TOKENS,
+            max_seqs: crate::sample::DEFAULT_MAX_SEQS,
             save_every: None,
             resume: None,
             eval: None,
@@ -200,6 +206,8 @@ pub fn grpo_with_rewards(
     let mut sampler = SamplerOptions {
         n: opts.step.group,
         max_new_tokens: opts.max_new_tokens,
+        max_batch_tokens: opts.max_batch_tokens,
+        max_seqs: opts.max_seqs,
         ..SamplerOptions::default()
     };
     sampler.logits.temperature = opts.step.temperature as f32;

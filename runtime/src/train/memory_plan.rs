@@ -131,12 +131,11 @@ impl ActivationParts {
 }
 
 /// The KV cache of `sequences` sampled sequences of `tokens` positions each (prompt plus
-/// completion) in `dtype`: keys and values of every layer at the config's kv heads and head
-/// dimension. A rollout engine's own byte count should agree with this.
+/// completion) in `dtype`, counted as the rollout engine sizes its paged cache: every sequence at
+/// full length in whole blocks. An upper bound of what the engine holds for them, since the K
+/// samples of a prompt share its blocks (`sample::engine` tests it against a real pool).
 pub fn kv_cache_bytes(cfg: &Config, sequences: usize, tokens: usize, dtype: DType) -> u64 {
-    let t = &cfg.text;
-    let per_token = 2 * t.num_hidden_layers * t.num_key_value_heads * t.head_dim() * dtype.size_in_bytes();
-    (per_token * tokens * sequences) as u64
+    crate::sample::kv_cache_bytes(&cfg.text, dtype, crate::sample::BLOCK_SIZE, sequences, tokens)
 }
 
 /// Which kernels the autograd pass runs, which decides the tensors it keeps.

@@ -105,3 +105,30 @@ fn bf16_samples_take_the_device_agnostic_path_and_do_not_depend_on_batching() {
     }
     assert_eq!(tokens(&run(1).0), tokens(&wide));
 }
+
+/// `memory_plan`'s rollout KV cache bounds the pool the engine really allocates for a GRPO group:
+/// G samples of one prompt, each to its full length, at any `max_seqs`.
+#[test]
+fn memory_plans_kv_cache_bounds_the_engines_pool_for_a_group() {
+    let vlm = tiny();
+    let reqs = golden_requests();
+    let (group, new_tokens) = (8, 20);
+    let opts =
+        SamplerOptions { max_new_tokens: new_tokens, stop_token_ids: Some(vec![]), ..Default::default() };
+    let request = &reqs[0];
+    let rows = (0..group as u64).map(|sample_index| RowSpec { logits: opts.logits, sample_index }).collect();
+    let jobs = [Job { request, rows }];
+    let prompt = vlm.processor.prompt_len(request.image.as_ref(), &request.prompt).unwrap();
+    let cfg = vlm.model.config();
+    let planned =
+        crate::train::memory_plan::kv_cache_bytes(cfg, group, prompt + new_tokens, vlm.model.dtype());
+    for max_seqs in [1, 3, 8] {
+        let engine = EngineOptions { max_seqs, ..engine_options(&opts) };
+        let (samples, stats) = generate_with(&vlm, &jobs, &opts, &engine, None, ProgressMode::Quiet).unwrap();
+        assert!(samples[0].iter().all(|s| s.token_ids.len() == new_tokens));
+        assert!(
+            stats.kv_cache_bytes > 0 && stats.kv_cache_bytes <= planned,
+            "{stats:?} vs planned {planned}"
+        );
+    }
+}
