@@ -45,20 +45,24 @@ pub const fn sampler_keys(n: i64, max_new_tokens: i64) -> [OptionSpec; 12] {
             Absent::Means("as many prompts as max_batch_tokens and max_seqs allow"),
             "prompts decoded at once at most",
         ),
-        opt(
-            "max_batch_tokens",
-            POSITIVE,
-            Absent::Int(DEFAULT_MAX_BATCH_TOKENS as i64),
-            "KV-cache positions the running samples may hold at once (each at its full length, a shared prompt once); sizes the paged cache",
-        ),
-        opt(
-            "max_seqs",
-            POSITIVE,
-            Absent::Int(DEFAULT_MAX_SEQS as i64),
-            "samples decoded at once at most; a finished one's slot goes to the next waiting sample",
-        ),
+        MAX_BATCH_TOKENS,
+        MAX_SEQS,
     ]
 }
+
+/// The rollout engine's budget, shared by the sampler keys and `grpo` (its rollouts).
+pub const MAX_BATCH_TOKENS: OptionSpec = opt(
+    "max_batch_tokens",
+    POSITIVE,
+    Absent::Int(DEFAULT_MAX_BATCH_TOKENS as i64),
+    "KV-cache positions the running samples may hold at once (each at its full length, a shared prompt once); sizes the paged cache",
+);
+pub const MAX_SEQS: OptionSpec = opt(
+    "max_seqs",
+    POSITIVE,
+    Absent::Int(DEFAULT_MAX_SEQS as i64),
+    "samples decoded at once at most; a finished one's slot goes to the next waiting sample",
+);
 
 /// `top_p`: the nucleus keeps a mass in (0, 1].
 pub const TOP_P: Kind = Kind::Float { min: Bound::Excl(0.0), max: Bound::Incl(1.0) };

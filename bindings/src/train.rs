@@ -25,10 +25,9 @@ use crate::options::{
     opt, Absent, Kind, OptionSet, OptionSpec, Opts, COUNT, FLOAT, FRACTION, NON_NEGATIVE, POSITIVE,
     POSITIVE_FLOAT, SEED, STR,
 };
-use crate::sample::{sampler_options, EVAL_KEYS, EVAL_SAMPLER_KEYS, TOP_P};
+use crate::sample::{sampler_options, EVAL_KEYS, EVAL_SAMPLER_KEYS, MAX_BATCH_TOKENS, MAX_SEQS, TOP_P};
 use crate::script_types::type_of;
 use crate::train_pieces::{bonus_over, BONUS_KEYS, CARE_BONUS, GROUP_ADVANTAGES, SCORE_REWARD};
-use medbridge_runtime::sample::{DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_SEQS};
 
 /// The sub-options of `eval_options`: evaluation's sampler keys and defaults, plus the task.
 static PERIODIC_EVAL: OptionSet = OptionSet::new(
@@ -225,18 +224,8 @@ static GRPO: OptionSet = OptionSet::new(
             opt("max_new_tokens", POSITIVE, Absent::Int(32), "tokens per completion at most"),
             opt("temperature", NON_NEGATIVE, Absent::Float(1.0), "sampling temperature"),
             opt("top_p", TOP_P, Absent::Float(1.0), "nucleus mass kept when sampling"),
-            opt(
-                "max_batch_tokens",
-                POSITIVE,
-                Absent::Int(DEFAULT_MAX_BATCH_TOKENS as i64),
-                "rollouts: KV-cache positions the running samples may hold at once (as the sampler's option; raise it on a GPU)",
-            ),
-            opt(
-                "max_seqs",
-                POSITIVE,
-                Absent::Int(DEFAULT_MAX_SEQS as i64),
-                "rollouts: samples decoded at once at most (as the sampler's option)",
-            ),
+            MAX_BATCH_TOKENS,
+            MAX_SEQS,
             opt(
                 "preset",
                 PRESETS,

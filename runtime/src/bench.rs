@@ -23,9 +23,10 @@ pub struct ForwardBench {
     pub tokens_per_s: f64,
 }
 
-/// Median wall time of `f` over `repeats` runs after one warm-up run.
-pub fn median_seconds(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    f()?;
+/// `f`'s result (from its warm-up run) and its median wall time over `repeats` runs after that
+/// warm-up: the protocol the Python references use.
+pub fn timed<T>(repeats: usize, mut f: impl FnMut() -> Result<T>) -> Result<(T, f64)> {
+    let out = f()?;
     let mut times = Vec::with_capacity(repeats.max(1));
     for _ in 0..repeats.max(1) {
         let start = Instant::now();
@@ -33,7 +34,7 @@ pub fn median_seconds(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Resu
         times.push(start.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    Ok((out, times[times.len() / 2]))
 }
 
 /// Forward tokens/s of `vlm` over each (image, prompt), summed as the Python script sums them.
@@ -43,10 +44,7 @@ pub fn bench_forward(vlm: &Vlm, inputs: &[(Image, String)], repeats: usize) -> R
         let enc = vlm.encode(Some(image), prompt)?;
         let ids = Tensor::new(enc.input_ids.as_slice(), vlm.device())?.unsqueeze(0)?;
         let grids: Vec<[usize; 3]> = enc.grid_thw.into_iter().collect();
-        seconds += median_seconds(repeats, || {
-            vlm.model.forward(&ids, enc.pixel_values.as_ref(), &grids)?;
-            Ok(())
-        })?;
+        seconds += timed(repeats, || vlm.model.forward(&ids, enc.pixel_values.as_ref(), &grids))?.1;
         tokens += enc.input_ids.len();
     }
     Ok(ForwardBench { model: vlm.source.clone(), tokens, seconds, tokens_per_s: tokens as f64 / seconds })

@@ -61,6 +61,17 @@ impl MpiWorld {
         Ok(MpiWorld { comm: Mutex::new(comm), rank, size, timeout, _universe: universe })
     }
 
+    /// Element-wise sum over the ranks, in place, in calls of at most [`CHUNK`] elements.
+    fn sum_in_place<T: Equivalence + Copy>(&self, what: &str, values: &mut [T]) -> Result<()> {
+        let comm = self.comm();
+        self.arrive(&comm, what)?;
+        for chunk in values.chunks_mut(CHUNK) {
+            let send = chunk.to_vec();
+            comm.all_reduce_into(&send[..], chunk, SystemOperation::sum());
+        }
+        Ok(())
+    }
+
     fn comm(&self) -> std::sync::MutexGuard<'_, SimpleCommunicator> {
         self.comm.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -127,23 +138,11 @@ impl Collectives for MpiWorld {
     }
 
     fn all_reduce_f32(&self, what: &str, values: &mut [f32]) -> Result<()> {
-        let comm = self.comm();
-        self.arrive(&comm, what)?;
-        for chunk in values.chunks_mut(CHUNK) {
-            let send = chunk.to_vec();
-            comm.all_reduce_into(&send[..], chunk, SystemOperation::sum());
-        }
-        Ok(())
+        self.sum_in_place(what, values)
     }
 
     fn all_reduce_f64(&self, what: &str, values: &mut [f64]) -> Result<()> {
-        let comm = self.comm();
-        self.arrive(&comm, what)?;
-        for chunk in values.chunks_mut(CHUNK) {
-            let send = chunk.to_vec();
-            comm.all_reduce_into(&send[..], chunk, SystemOperation::sum());
-        }
-        Ok(())
+        self.sum_in_place(what, values)
     }
 
     fn all_gather(&self, what: &str, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {

@@ -105,6 +105,13 @@ pub fn evaluate(
     cancel: Option<&CancelFlag>,
     progress: ProgressMode,
 ) -> Result<EvalRun> {
+    let task = questions(task, opts)?;
+    let (records, completions) = answer(vlm, &task, opts, cancel, progress)?;
+    score(&task, records, completions, opts)
+}
+
+/// The questions an evaluation answers (the first `limit` of `task`), after checking `opts`.
+fn questions(task: &McqTask, opts: &EvalOptions) -> Result<McqTask> {
     opts.sampler.validate()?;
     opts.bootstrap.validate()?;
     if opts.limit == Some(0) {
@@ -114,6 +121,17 @@ pub fn evaluate(
     if task.is_empty() {
         bail!("evaluate: task {} has no questions", task.name());
     }
+    Ok(task)
+}
+
+/// The per-question records and completions of every question of `task`, in order.
+fn answer(
+    vlm: &Vlm,
+    task: &McqTask,
+    opts: &EvalOptions,
+    cancel: Option<&CancelFlag>,
+    progress: ProgressMode,
+) -> Result<(Vec<QuestionRecord>, Vec<Completions>)> {
     let mut requests = Vec::with_capacity(task.len());
     for (i, item) in task.items().iter().enumerate() {
         if item.is_free_text() {
@@ -160,6 +178,16 @@ pub fn evaluate(
         });
         completions.push(Completions { id: item.id.clone(), greedy, samples });
     }
+    Ok((records, completions))
+}
+
+/// The support report of `task`'s records (bootstrap intervals included), with the completions.
+fn score(
+    task: &McqTask,
+    records: Vec<QuestionRecord>,
+    completions: Vec<Completions>,
+    opts: &EvalOptions,
+) -> Result<EvalRun> {
     let report = SupportReport::new(records, opts.bootstrap)
         .with_context(|| format!("scoring task {}", task.name()))?;
     Ok(EvalRun { report, completions })

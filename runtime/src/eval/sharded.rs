@@ -5,10 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{evaluate, Completions, EvalOptions, EvalRun};
+use super::{answer, evaluate, questions, score, Completions, EvalOptions, EvalRun};
 use crate::dist::World;
-use crate::error::{Context, Result};
-use crate::metrics::SupportReport;
+use crate::error::Result;
 use crate::models::vlm::Vlm;
 use crate::run::{CancelFlag, ProgressMode};
 use crate::sample::{FinishReason, Sample};
@@ -28,28 +27,19 @@ pub fn evaluate_on(
     }
     let described = format!("{opts:?} on task {} of {}", task.name(), task.len());
     crate::dist::check_call(world, "evaluate", &vlm.model, &described)?;
-    if opts.limit == Some(0) {
-        crate::bail!("evaluate option limit = 0: at least one question is needed");
-    }
-    let task = opts.limit.map_or_else(|| task.clone(), |n| task.limit(n));
-    if task.is_empty() {
-        crate::bail!("evaluate: task {} has no questions", task.name());
-    }
+    let task = questions(task, opts)?;
     let share = task.slice(world.shard(task.len()));
-    let local = match share.is_empty() {
-        true => None,
-        false => Some(evaluate(vlm, &share, &EvalOptions { limit: None, ..opts.clone() }, cancel, progress)?),
+    // Each rank answers its share only; the report (and its bootstrap) is built once, from the
+    // gathered records.
+    let (records, completions) = match share.is_empty() {
+        true => (Vec::new(), Vec::new()),
+        false => answer(vlm, &share, opts, cancel, progress)?,
     };
-    let (records, completions) = match local {
-        Some(run) => (run.report.records().to_vec(), run.completions.iter().map(Sent::from).collect()),
-        None => (Vec::new(), Vec::new()),
-    };
+    let completions = completions.iter().map(Sent::from).collect();
     let records = world.gather_items("evaluate: the per-question records", records)?;
     let sent: Vec<Sent> = world.gather_items("evaluate: the completions", completions)?;
     let completions = sent.into_iter().map(Sent::into_completions).collect::<Result<_>>()?;
-    let report = SupportReport::new(records, opts.bootstrap)
-        .with_context(|| format!("scoring task {}", task.name()))?;
-    Ok(EvalRun { report, completions })
+    score(&task, records, completions, opts)
 }
 
 /// One question's completions as ranks exchange them.

@@ -9,12 +9,11 @@
 //!   against fixed batches of the same size that each run until their longest row ends, as the
 //!   sampler before the engine did.
 
-use std::time::Instant;
-
 use super::engine::EngineStats;
 use super::generate::{engine_options, generate, generate_with, sample, Job, RowSpec, Sample, SampleRequest};
 use super::options::SamplerOptions;
 use crate::bail;
+use crate::bench::timed;
 use crate::error::Result;
 use crate::models::vlm::Vlm;
 use crate::run::ProgressMode;
@@ -36,18 +35,9 @@ pub struct BenchReport {
     pub identical: bool,
 }
 
-/// `f`'s result and its median wall time over `repeats` runs after a warm-up run, the protocol
-/// the Python references use.
-fn timed<T>(repeats: usize, mut f: impl FnMut() -> Result<T>) -> Result<(T, f64)> {
-    let out = f()?;
-    let mut times = Vec::with_capacity(repeats.max(1));
-    for _ in 0..repeats.max(1) {
-        let start = Instant::now();
-        f()?;
-        times.push(start.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
-    Ok((out, times[times.len() / 2]))
+/// Every sample's tokens, in order: what two runs of the same rows must agree on.
+fn tokens_of(runs: &[Vec<Sample>]) -> Vec<Vec<u32>> {
+    runs.iter().flatten().map(|s| s.token_ids.clone()).collect()
 }
 
 /// Time `k` samples of every question (temperature 1, seed 0) both ways, each the median of
@@ -81,9 +71,6 @@ pub fn bench_sampling(
     let (separate, seconds_separate_prefills) =
         timed(repeats, || generate(vlm, &jobs, &opts, None, ProgressMode::Auto))?;
 
-    let tokens_of = |runs: &[Vec<Sample>]| -> Vec<Vec<u32>> {
-        runs.iter().flatten().map(|s| s.token_ids.clone()).collect()
-    };
     let tokens = questions.len() * k * max_new_tokens;
     let per_s = |seconds: f64| tokens as f64 / seconds.max(f64::MIN_POSITIVE);
     let (shared_rate, separate_rate) = (per_s(seconds_shared_prefill), per_s(seconds_separate_prefills));
@@ -169,9 +156,6 @@ pub fn bench_variable_lengths(
     let lengths: Vec<usize> = continuous.iter().flatten().map(|s| s.token_ids.len()).collect();
     let tokens: usize = lengths.iter().sum();
     let per_s = |seconds: f64| tokens as f64 / seconds.max(f64::MIN_POSITIVE);
-    let tokens_of = |runs: &[Vec<Sample>]| -> Vec<Vec<u32>> {
-        runs.iter().flatten().map(|s| s.token_ids.clone()).collect()
-    };
     Ok(VariableLengthReport {
         questions: questions.len(),
         k,
